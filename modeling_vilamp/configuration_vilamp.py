@@ -1,0 +1,138 @@
+"""ViLaMP model configuration."""
+
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.models.auto import CONFIG_MAPPING
+
+# SigLIP so400m-patch14-384 with its last encoder layer removed: the original tower deletes it and
+# reads the output of the remaining 26 layers, before `post_layernorm`.
+DEFAULT_VISION_CONFIG = {
+    "model_type": "siglip_vision_model",
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 16,
+    "image_size": 384,
+    "patch_size": 14,
+    "vision_use_head": False,
+}
+
+# Qwen2-7B, the language model of LLaVA-OneVision-Qwen2-7B.
+DEFAULT_TEXT_CONFIG = {
+    "model_type": "qwen2",
+    "vocab_size": 152064,
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+}
+
+
+@strict
+class ViLaMPConfig(PreTrainedConfig):
+    r"""
+    Configuration of a ViLaMP model: a SigLIP vision tower, a 2-layer projector, the differential feature merger
+    (DFM) and a Qwen2 language model. The keyframe selection (DKS) settings are stored here so that a checkpoint
+    carries them, and are read by the processor.
+
+    Args:
+        vision_config (`dict` or `PreTrainedConfig`, *optional*):
+            The SigLIP vision tower. Every layer of it runs: the converter stores the original tower without its
+            last layer, and the output of the last layer that is kept, before `post_layernorm`, is the frame feature.
+        text_config (`dict` or `PreTrainedConfig`, *optional*):
+            The Qwen2 language model.
+        video_token_index (`int`, *optional*, defaults to 151646):
+            The id of the `<video>` placeholder token, which the processor repeats once per video token.
+        projector_hidden_act (`str`, *optional*, defaults to `"gelu"`):
+            The activation between the two projector layers (`mlp2x_gelu` in the original).
+        multimodal_projector_bias (`bool`, *optional*, defaults to `True`):
+            Whether the projector layers have biases.
+        num_keyframes (`int`, *optional*, defaults to 32):
+            Keyframes per video K (`max_frame_num` in the original; read by the processor).
+        keyframe_relevance_threshold (`float`, *optional*, defaults to 0.2):
+            Frames whose CLIP similarity to the query is below this end the relevance ranking (`f2t_thrd` in the
+            original; read by the processor).
+        keyframe_similarity_threshold (`float`, *optional*, defaults to 0.85):
+            A frame more similar than this to a chosen keyframe is skipped (`f2f_thrd` in the original; read by the
+            processor).
+        query_embed_dim (`int`, *optional*, defaults to 512):
+            Size of the CLIP text embedding that the DFM receives as its query (`composer_proj_dim` in the original;
+            read by the model).
+        keyframe_pooled_size (`int`, *optional*, defaults to 14):
+            Keyframe features are bilinearly resized to this grid, giving `keyframe_pooled_size**2` tokens
+            (hard-coded 14x14 in the original; read by the model and the processor).
+        dfm_reference_rule (`str`, *optional*, defaults to `"original"`):
+            Which frame a non-keyframe is compared with in the DFM. `"original"`: the rule of the original code,
+            which the released weights were trained with (frame `i` for frames after the `i`-th keyframe, the frame
+            itself before the first keyframe). `"paper"`: the nearest preceding keyframe, and no redundancy term
+            before the first keyframe (read by the model).
+        vision_chunk_size (`int`, *optional*):
+            Frames encoded at once by the vision tower, projector and DFM. `None` chooses it from the free device
+            memory; the number of frames of a video encodes it in one piece (read by the model).
+
+    Example:
+
+    ```python
+    >>> from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
+
+    >>> configuration = ViLaMPConfig(num_keyframes=32)
+    >>> model = ViLaMPForConditionalGeneration(configuration)
+    ```"""
+
+    model_type = "vilamp"
+    attribute_map = {"video_token_id": "video_token_index"}
+    sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    video_token_index: int = 151646
+    projector_hidden_act: str = "gelu"
+    multimodal_projector_bias: bool = True
+    num_keyframes: int = 32
+    keyframe_relevance_threshold: float = 0.2
+    keyframe_similarity_threshold: float = 0.85
+    query_embed_dim: int = 512
+    keyframe_pooled_size: int = 14
+    dfm_reference_rule: Literal["original", "paper"] = "original"
+    vision_chunk_size: int | None = None
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        self.vision_config = _build_sub_config(self.vision_config, DEFAULT_VISION_CONFIG)
+        self.text_config = _build_sub_config(self.text_config, DEFAULT_TEXT_CONFIG)
+        super().__post_init__(**kwargs)
+
+    def validate_vilamp_settings(self):
+        """Checks the ViLaMP fields, naming the field, the value seen and the rule."""
+        positive_fields = ("num_keyframes", "query_embed_dim", "keyframe_pooled_size")
+        for name in positive_fields:
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
+        if self.vision_chunk_size is not None and self.vision_chunk_size < 1:
+            raise ValueError(
+                f"`vision_chunk_size` must be None (chosen from free memory) or at least 1, got {self.vision_chunk_size}."
+            )
+        for name in ("keyframe_relevance_threshold", "keyframe_similarity_threshold"):
+            if not -1.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"`{name}` is a cosine similarity and must lie in [-1, 1], got {getattr(self, name)}.")
+
+
+def _build_sub_config(sub_config, defaults: dict) -> PreTrainedConfig:
+    """Builds a sub-config from a dict (its `model_type` defaulting to that of `defaults`), or from `defaults`."""
+    if isinstance(sub_config, PreTrainedConfig):
+        return sub_config
+    if sub_config is None:
+        sub_config = defaults
+    model_type = sub_config.get("model_type", defaults["model_type"])
+    return CONFIG_MAPPING[model_type](**{**sub_config, "model_type": model_type})
+
+
+__all__ = ["ViLaMPConfig"]

@@ -1,0 +1,597 @@
+"""ViLaMP: SigLIP frames, keyframes pooled to a grid, non-keyframes merged by the DFM, and a Qwen2 language model."""
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+
+from .configuration_vilamp import ViLaMPConfig
+from .feature_merger import ViLaMPDifferentialFeatureMerger, reference_frame_indices
+
+# Inputs that only the prefill step reads; `prepare_inputs_for_generation` drops them once the cache holds the video.
+VIDEO_INPUT_NAMES = ("pixel_values_videos", "keyframe_mask", "query_embeds", "video_frame_counts")
+
+# SigLIP normalisation: the processor hands over uint8 frames, normalised here on the device, chunk by chunk.
+SIGLIP_PIXEL_MEAN = 0.5
+SIGLIP_PIXEL_STD = 0.5
+
+# Frames per vision chunk when it is chosen from free memory: larger chunks no longer speed up the encoder.
+MAX_AUTO_VISION_CHUNK_SIZE = 128
+
+
+@dataclass
+class ViLaMPModelOutputWithPast(BaseModelOutputWithPast):
+    r"""
+    video_hidden_states (`torch.Tensor` of shape `(num_video_tokens, hidden_size)`, *optional*):
+        The video tokens of every video of the batch, in order, as scattered into the placeholders.
+    """
+
+    video_hidden_states: torch.Tensor | None = None
+
+
+@dataclass
+class ViLaMPCausalLMOutputWithPast(ModelOutput):
+    r"""
+    loss (`torch.Tensor` of shape `(1,)`, *optional*, returned when `labels` is provided):
+        Language modeling loss (next-token prediction).
+    logits (`torch.Tensor` of shape `(batch_size, sequence_length, config.text_config.vocab_size)`):
+        Prediction scores of the language modeling head, for the positions kept by `logits_to_keep`.
+    past_key_values (`Cache`, *optional*, returned when `use_cache=True`):
+        The key/value cache of the language model.
+    hidden_states (`tuple(torch.Tensor)`, *optional*):
+        Hidden states of the language model, when asked for.
+    attentions (`tuple(torch.Tensor)`, *optional*):
+        Attention weights of the language model, when asked for.
+    video_hidden_states (`torch.Tensor` of shape `(num_video_tokens, hidden_size)`, *optional*):
+        The video tokens of every video of the batch, in order.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.Tensor] | None = None
+    attentions: tuple[torch.Tensor] | None = None
+    video_hidden_states: torch.Tensor | None = None
+
+
+@dataclass
+class VideoTokenLayout:
+    """Where each frame's tokens go in the concatenated video tokens, and which frame each non-keyframe is compared with."""
+
+    token_starts: torch.Tensor  # (num_frames,) position of each frame's first token
+    newline_positions: torch.Tensor  # (num_videos,) position of each video's closing `image_newline`
+    num_tokens: int
+    reference_frames: list[int]  # global index of each frame's reference frame, -1 where there is none
+    last_reference_use: list[int]  # last non-keyframe that uses each frame as its reference, -1 where none does
+    frame_video_indices: torch.Tensor  # (num_frames,) which video each frame belongs to
+
+
+def plan_video_tokens(
+    keyframe_mask: torch.Tensor, video_frame_counts: list[int], num_keyframe_tokens: int, rule: str
+) -> VideoTokenLayout:
+    """Lays out the tokens of a batch of videos (frames of all videos concatenated) in temporal order."""
+    frame_token_counts = torch.where(keyframe_mask, num_keyframe_tokens, 1)
+    frame_video_indices = torch.repeat_interleave(
+        torch.arange(len(video_frame_counts)), torch.tensor(video_frame_counts)
+    )
+    # each earlier video's closing newline shifts the frames of the later videos by one
+    token_starts = frame_token_counts.cumsum(0) - frame_token_counts + frame_video_indices
+    video_ends = torch.tensor(video_frame_counts).cumsum(0)
+    newline_positions = frame_token_counts.cumsum(0)[video_ends - 1] + torch.arange(len(video_frame_counts))
+
+    reference_frames, last_reference_use = [], [-1] * keyframe_mask.shape[0]
+    for video_start, video_mask in zip((video_ends - video_ends[0]).tolist(), keyframe_mask.split(video_frame_counts)):
+        references = reference_frame_indices(video_mask, rule).tolist()
+        for offset, (reference, is_keyframe) in enumerate(zip(references, video_mask.tolist())):
+            reference = reference + video_start if reference >= 0 else -1
+            reference_frames.append(reference)
+            if reference >= 0 and not is_keyframe:
+                last_reference_use[reference] = video_start + offset
+    return VideoTokenLayout(
+        token_starts=token_starts,
+        newline_positions=newline_positions,
+        num_tokens=int(newline_positions[-1]) + 1,
+        reference_frames=reference_frames,
+        last_reference_use=last_reference_use,
+        frame_video_indices=frame_video_indices,
+    )
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Free memory of `device`: the accelerator's free memory, or the host's available memory for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+class ViLaMPMultiModalProjector(nn.Module):
+    """The 2-layer MLP from SigLIP features to the language model's width (`mlp2x_gelu` in the original)."""
+
+    def __init__(self, config: ViLaMPConfig):
+        super().__init__()
+        self.linear_1 = nn.Linear(
+            config.vision_config.hidden_size, config.text_config.hidden_size, bias=config.multimodal_projector_bias
+        )
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear_2 = nn.Linear(
+            config.text_config.hidden_size, config.text_config.hidden_size, bias=config.multimodal_projector_bias
+        )
+
+    def forward(self, vision_features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(vision_features)))
+
+
+class ViLaMPPreTrainedModel(PreTrainedModel):
+    config_class = ViLaMPConfig
+    config: ViLaMPConfig
+    base_model_prefix = "model"
+    input_modalities = ("video", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Qwen2DecoderLayer", "SiglipEncoderLayer", "SiglipVisionEmbeddings"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, ViLaMPModel):
+            init.normal_(module.image_newline, mean=0.0, std=1 / math.sqrt(self.config.text_config.hidden_size))
+        elif isinstance(module, ViLaMPDifferentialFeatureMerger):
+            # the original initialises the DFM temperature to 0.01
+            init.constant_(module.tau, 0.01)
+
+
+class ViLaMPModel(ViLaMPPreTrainedModel):
+    """The ViLaMP encoder stages and the Qwen2 language model, without the language modeling head."""
+
+    def __init__(self, config: ViLaMPConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = ViLaMPMultiModalProjector(config)
+        self.feature_merger = ViLaMPDifferentialFeatureMerger(config)
+        self.image_newline = nn.Parameter(torch.empty(config.text_config.hidden_size))
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.language_model.set_input_embeddings(value)
+
+    def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """
+        Encodes frames with the SigLIP tower, normalising the uint8 pixels on the tower's device.
+
+        Args:
+            pixel_values (`torch.ByteTensor` of shape `(num_frames, 3, image_size, image_size)`):
+                Frames resized by the processor, as uint8.
+
+        Returns:
+            `torch.Tensor` of shape `(num_frames, num_patches, vision_hidden_size)`: the output of the tower's last
+            layer, before `post_layernorm` (golden key `siglip_features`).
+        """
+        if pixel_values.dtype != torch.uint8:
+            raise TypeError(
+                f"`pixel_values_videos` must be uint8 frames as the processor returns them, got {pixel_values.dtype}; "
+                "the model normalises them on its device."
+            )
+        patch_embedding = self.vision_tower.embeddings.patch_embedding.weight
+        pixel_values = pixel_values.to(patch_embedding.device, non_blocking=True).float()
+        pixel_values = (pixel_values / 255.0 - SIGLIP_PIXEL_MEAN) / SIGLIP_PIXEL_STD
+        patch_embeds = self.vision_tower.embeddings(pixel_values.to(patch_embedding.dtype))
+        return self.vision_tower.encoder(inputs_embeds=patch_embeds).last_hidden_state
+
+    def get_frame_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            pixel_values (`torch.ByteTensor` of shape `(num_frames, 3, image_size, image_size)`):
+                Frames resized by the processor, as uint8.
+
+        Returns:
+            `torch.Tensor` of shape `(num_frames, num_patches, hidden_size)`: projected patches
+            (golden key `projected_features`).
+        """
+        return self.multi_modal_projector(self.get_vision_features(pixel_values))
+
+    def pool_keyframes(self, frame_features: torch.Tensor) -> torch.Tensor:
+        """
+        Bilinearly resizes each keyframe's patch grid to `keyframe_pooled_size` x `keyframe_pooled_size`.
+
+        Args:
+            frame_features (`torch.Tensor` of shape `(num_keyframes, num_patches, hidden_size)`):
+                Projected patches of the keyframes.
+
+        Returns:
+            `torch.Tensor` of shape `(num_keyframes, keyframe_pooled_size**2, hidden_size)`
+            (golden key `pooled_keyframe_tokens`).
+        """
+        num_keyframes, num_patches, hidden_size = frame_features.shape
+        side = self.config.vision_config.image_size // self.config.vision_config.patch_size
+        pooled_size = self.config.keyframe_pooled_size
+        grid = frame_features.view(num_keyframes, side, side, hidden_size).permute(0, 3, 1, 2)
+        pooled = F.interpolate(grid, size=(pooled_size, pooled_size), mode="bilinear", align_corners=False)
+        return pooled.permute(0, 2, 3, 1).reshape(num_keyframes, pooled_size * pooled_size, hidden_size)
+
+    def get_vision_chunk_size(self, num_frames: int) -> int:
+        """Frames per vision chunk: `config.vision_chunk_size`, or as many as half the free device memory holds."""
+        if self.config.vision_chunk_size is not None:
+            return min(self.config.vision_chunk_size, num_frames)
+        vision_config, text_config = self.config.vision_config, self.config.text_config
+        num_patches = (vision_config.image_size // vision_config.patch_size) ** 2
+        element_size = self.multi_modal_projector.linear_2.weight.element_size()
+        # the largest activations of one frame: a SigLIP layer, then the projector and the DFM's float32 scores
+        bytes_per_frame = num_patches * (
+            (4 * vision_config.hidden_size + vision_config.intermediate_size) * element_size
+            + text_config.hidden_size * (4 * element_size + 6 * 4)
+        )
+        free_bytes = free_memory_bytes(self.multi_modal_projector.linear_2.weight.device)
+        return max(1, min(num_frames, MAX_AUTO_VISION_CHUNK_SIZE, free_bytes // (2 * bytes_per_frame)))
+
+    def merge_non_keyframes(
+        self,
+        frame_features: torch.Tensor,
+        reference_features: list[torch.Tensor | None],
+        projected_query: torch.Tensor,
+    ) -> torch.Tensor:
+        """
+        Runs the DFM on non-keyframes, grouping those with and without a reference frame.
+
+        Args:
+            frame_features (`torch.Tensor` of shape `(num_non_keyframes, num_patches, hidden_size)`):
+                Projected patches of the non-keyframes.
+            reference_features (`list` of `torch.Tensor` of shape `(num_patches, hidden_size)` or `None`):
+                The reference frame's patches of each non-keyframe, `None` where it has none.
+            projected_query (`torch.Tensor` of shape `(num_non_keyframes, hidden_size)`):
+                The projected query of each non-keyframe's video.
+
+        Returns:
+            `torch.Tensor` of shape `(num_non_keyframes, hidden_size)` (golden key `non_keyframe_tokens`).
+        """
+        has_reference = torch.tensor([reference is not None for reference in reference_features])
+        tokens = frame_features.new_empty(len(reference_features), frame_features.shape[-1])
+        if has_reference.any():
+            references = torch.stack([reference for reference in reference_features if reference is not None])
+            tokens[has_reference] = self.feature_merger(
+                frame_features[has_reference], references, projected_query[has_reference]
+            )
+        if not has_reference.all():
+            tokens[~has_reference] = self.feature_merger(
+                frame_features[~has_reference], None, projected_query[~has_reference]
+            )
+        return tokens
+
+    def get_video_features(
+        self,
+        pixel_values_videos: torch.Tensor,
+        keyframe_mask: torch.Tensor,
+        query_embeds: torch.Tensor,
+        video_frame_counts: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        Encodes a batch of videos into their tokens, streaming the frames through SigLIP, the projector, keyframe
+        pooling and the DFM in temporal chunks, so that memory holds only one chunk's patches, the reference frames
+        still needed, and the output tokens.
+
+        Args:
+            pixel_values_videos (`torch.ByteTensor` of shape `(num_frames, 3, image_size, image_size)`):
+                Every sampled frame of every video, concatenated in order, as uint8. They may stay on the CPU: each
+                chunk is moved to the vision tower's device when it is encoded.
+            keyframe_mask (`torch.BoolTensor` of shape `(num_frames,)`):
+                Which frames are keyframes, as chosen by the processor.
+            query_embeds (`torch.Tensor` of shape `(num_videos, query_embed_dim)`):
+                The CLIP text embedding of each video's query (the DFM's query).
+            video_frame_counts (`torch.LongTensor` of shape `(num_videos,)`, *optional*):
+                Frames of each video; may be omitted for a single video.
+
+        Returns:
+            `torch.Tensor` of shape `(num_video_tokens, hidden_size)`: for each video, its frames' tokens in temporal
+            order (`keyframe_pooled_size**2` per keyframe, one per non-keyframe) and one `image_newline`
+            (golden key `video_tokens`).
+        """
+        frame_counts = self._check_video_inputs(pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts)
+        keyframe_mask = keyframe_mask.bool().cpu()
+        num_frames = keyframe_mask.shape[0]
+        num_keyframe_tokens = self.config.keyframe_pooled_size**2
+        layout = plan_video_tokens(keyframe_mask, frame_counts, num_keyframe_tokens, self.config.dfm_reference_rule)
+        device = self.multi_modal_projector.linear_2.weight.device
+        projected_query = self.feature_merger.project_query(query_embeds.to(device))
+
+        video_tokens = self.image_newline.new_empty(layout.num_tokens, self.config.text_config.hidden_size)
+        video_tokens[layout.newline_positions.to(device)] = self.image_newline.to(video_tokens.dtype)
+        pooled_offsets = torch.arange(num_keyframe_tokens)
+        # patches of earlier frames that later non-keyframes still compare with, by global frame index
+        kept_features: dict[int, torch.Tensor] = {}
+        chunk_size = self.get_vision_chunk_size(num_frames)
+        for start in range(0, num_frames, chunk_size):
+            end = min(start + chunk_size, num_frames)
+            frame_features = self.get_frame_features(pixel_values_videos[start:end])
+            chunk_keyframes = keyframe_mask[start:end]
+            chunk_token_starts = layout.token_starts[start:end]
+            if chunk_keyframes.any():
+                positions = (chunk_token_starts[chunk_keyframes, None] + pooled_offsets).flatten()
+                video_tokens[positions.to(device)] = self.pool_keyframes(frame_features[chunk_keyframes]).flatten(0, 1)
+            if not chunk_keyframes.all():
+                non_keyframes = (~chunk_keyframes).nonzero().flatten().tolist()
+                features_of = {start + offset: frame_features[offset] for offset in range(end - start)}
+                features_of.update(kept_features)
+                references = [layout.reference_frames[start + offset] for offset in non_keyframes]
+                video_tokens[chunk_token_starts[~chunk_keyframes].to(device)] = self.merge_non_keyframes(
+                    frame_features[~chunk_keyframes],
+                    [features_of[reference] if reference >= 0 else None for reference in references],
+                    projected_query[layout.frame_video_indices[start:end][~chunk_keyframes].to(device)],
+                )
+            kept_features = {
+                frame: features
+                for frame, features in {**kept_features, **dict(enumerate(frame_features, start))}.items()
+                if layout.last_reference_use[frame] >= end
+            }
+        return video_tokens
+
+    def _check_video_inputs(
+        self,
+        pixel_values_videos: torch.Tensor,
+        keyframe_mask: torch.Tensor | None,
+        query_embeds: torch.Tensor | None,
+        video_frame_counts: torch.Tensor | None,
+    ) -> list[int]:
+        """Validates the video inputs against each other and returns the frame count of each video."""
+        if keyframe_mask is None or query_embeds is None:
+            raise ValueError(
+                "`pixel_values_videos` needs `keyframe_mask` and `query_embeds` too; pass everything the processor returns."
+            )
+        if pixel_values_videos.ndim != 4:
+            raise ValueError(
+                "`pixel_values_videos` must have shape (num_frames, 3, height, width), frames of all videos "
+                f"concatenated; got shape {tuple(pixel_values_videos.shape)}."
+            )
+        num_frames = pixel_values_videos.shape[0]
+        if keyframe_mask.shape != (num_frames,):
+            raise ValueError(
+                f"`keyframe_mask` has shape {tuple(keyframe_mask.shape)} but `pixel_values_videos` has {num_frames} "
+                "frames; pass one mask entry per sampled frame."
+            )
+        if query_embeds.ndim != 2 or query_embeds.shape[1] != self.config.query_embed_dim:
+            raise ValueError(
+                f"`query_embeds` must have shape (num_videos, {self.config.query_embed_dim}) "
+                f"(`config.query_embed_dim`), got {tuple(query_embeds.shape)}."
+            )
+        num_videos = query_embeds.shape[0]
+        if video_frame_counts is None:
+            if num_videos != 1:
+                raise ValueError(
+                    f"`video_frame_counts` is needed to split the frames of {num_videos} videos; pass the processor's."
+                )
+            return [num_frames]
+        frame_counts = video_frame_counts.flatten().tolist()
+        if len(frame_counts) != num_videos or sum(frame_counts) != num_frames or min(frame_counts) < 1:
+            raise ValueError(
+                f"`video_frame_counts` {frame_counts} must give at least one frame to each of the {num_videos} videos "
+                f"of `query_embeds` and sum to the {num_frames} frames of `pixel_values_videos`."
+            )
+        return frame_counts
+
+    def get_placeholder_mask(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor,
+        video_features: torch.Tensor,
+        keyframe_mask: torch.Tensor,
+        num_videos: int,
+    ) -> torch.BoolTensor:
+        """
+        Finds the `<video>` placeholders in `input_ids` (or `inputs_embeds`) and checks that there is one per video token.
+
+        Returns:
+            `torch.BoolTensor` of shape `(batch_size, sequence_length, hidden_size)`, for `masked_scatter`.
+        """
+        if input_ids is None:
+            video_token_embeds = self.get_input_embeddings()(
+                torch.tensor(self.config.video_token_id, dtype=torch.long, device=inputs_embeds.device)
+            )
+            special_video_mask = (inputs_embeds == video_token_embeds).all(-1)
+        else:
+            special_video_mask = input_ids == self.config.video_token_id
+        num_placeholders = int(special_video_mask.sum())
+        if num_placeholders != video_features.shape[0]:
+            num_keyframes = int(keyframe_mask.bool().sum())
+            raise ValueError(
+                f"Video features and video tokens do not match: expected {video_features.shape[0]} video tokens "
+                f"({self.config.keyframe_pooled_size**2}*{num_keyframes} + {keyframe_mask.shape[0] - num_keyframes} + "
+                f"{num_videos}), found {num_placeholders} in `input_ids`; let the processor expand the `<video>` "
+                "placeholders."
+            )
+        return special_video_mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        keyframe_mask: torch.Tensor | None = None,
+        query_embeds: torch.Tensor | None = None,
+        video_frame_counts: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> ViLaMPModelOutputWithPast:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+                Prompt ids with the `<video>` placeholders expanded by the processor.
+            pixel_values_videos (`torch.ByteTensor` of shape `(num_frames, 3, image_size, image_size)`, *optional*):
+                Every sampled frame of every video, concatenated in order, as uint8.
+            keyframe_mask (`torch.BoolTensor` of shape `(num_frames,)`, *optional*):
+                Which frames are keyframes.
+            query_embeds (`torch.Tensor` of shape `(num_videos, query_embed_dim)`, *optional*):
+                The CLIP text embedding of each video's query.
+            video_frame_counts (`torch.LongTensor` of shape `(num_videos,)`, *optional*):
+                Frames of each video.
+        """
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of `input_ids` or `inputs_embeds`.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        video_features = None
+        if pixel_values_videos is not None:
+            video_features = self.get_video_features(pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts)
+            video_features = video_features.to(inputs_embeds.device, inputs_embeds.dtype)
+            special_video_mask = self.get_placeholder_mask(
+                input_ids, inputs_embeds, video_features, keyframe_mask, num_videos=query_embeds.shape[0]
+            )
+            inputs_embeds = inputs_embeds.masked_scatter(special_video_mask, video_features)
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return ViLaMPModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            video_hidden_states=video_features,
+        )
+
+
+class ViLaMPForConditionalGeneration(ViLaMPPreTrainedModel, GenerationMixin):
+    """ViLaMP with the language modeling head: answers questions about videos with `generate`."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: ViLaMPConfig):
+        super().__init__(config)
+        self.model = ViLaMPModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Module):
+        self.lm_head = new_embeddings
+
+    def get_video_features(
+        self,
+        pixel_values_videos: torch.Tensor,
+        keyframe_mask: torch.Tensor,
+        query_embeds: torch.Tensor,
+        video_frame_counts: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The video tokens of a batch of videos; see [`ViLaMPModel.get_video_features`]."""
+        return self.model.get_video_features(pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        keyframe_mask: torch.Tensor | None = None,
+        query_embeds: torch.Tensor | None = None,
+        video_frame_counts: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> ViLaMPCausalLMOutputWithPast:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+                Prompt ids with the `<video>` placeholders expanded by the processor.
+            pixel_values_videos (`torch.ByteTensor` of shape `(num_frames, 3, image_size, image_size)`, *optional*):
+                Every sampled frame of every video, concatenated in order, as uint8.
+            keyframe_mask (`torch.BoolTensor` of shape `(num_frames,)`, *optional*):
+                Which frames are keyframes.
+            query_embeds (`torch.Tensor` of shape `(num_videos, query_embed_dim)`, *optional*):
+                The CLIP text embedding of each video's query.
+            video_frame_counts (`torch.LongTensor` of shape `(num_videos,)`, *optional*):
+                Frames of each video.
+            labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                Target ids for the language modeling loss; -100 marks positions without loss.
+            logits_to_keep (`int` or `torch.Tensor`, *optional*, defaults to 0):
+                If an int, compute logits only for that many last positions (0 keeps all); if a tensor, the positions
+                to keep. Generation keeps only the last one.
+
+        Example:
+
+        ```python
+        >>> import modeling_vilamp
+        >>> from transformers import AutoModel, AutoProcessor
+
+        >>> model = AutoModel.from_pretrained("vilamp-7b", dtype="auto", device_map="auto")
+        >>> processor = AutoProcessor.from_pretrained("vilamp-7b")
+        >>> inputs = processor(videos="talk.mp4", text="What is the speaker holding?", return_tensors="pt")
+        >>> output_ids = model.generate(**inputs.to(model.device), max_new_tokens=64)
+        ```"""
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values_videos=pixel_values_videos,
+            keyframe_mask=keyframe_mask,
+            query_embeds=query_embeds,
+            video_frame_counts=video_frame_counts,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(outputs.last_hidden_state[:, slice_indices, :])
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return ViLaMPCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            video_hidden_states=outputs.video_hidden_states,
+        )
+
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        # the video is in the cache after the prefill step: encoding it again would be wasted and mismatch the ids
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            for name in VIDEO_INPUT_NAMES:
+                model_inputs.pop(name, None)
+        return model_inputs
+
+
+__all__ = [
+    "ViLaMPForConditionalGeneration",
+    "ViLaMPModel",
+    "ViLaMPMultiModalProjector",
+    "ViLaMPPreTrainedModel",
+]
