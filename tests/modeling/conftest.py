@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from modeling_vilamp import ViLaMPConfig
+
+VIDEO_TOKEN_ID = 98
+PAD_TOKEN_ID = 0
+
+
+@pytest.fixture
+def tiny_config():
+    """A tiny ViLaMP: 4x4 SigLIP patches pooled to 2x2, hidden 32, 2 layers, as llava_onevision's tester builds."""
+
+    def build(**overrides):
+        settings = {"video_token_index": VIDEO_TOKEN_ID, "num_keyframes": 2, "query_embed_dim": 8, "keyframe_pooled_size": 2}
+        return ViLaMPConfig(
+            vision_config={
+                "hidden_size": 16,
+                "intermediate_size": 32,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "image_size": 56,
+                "patch_size": 14,
+            },
+            text_config={
+                "vocab_size": 99,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "pad_token_id": PAD_TOKEN_ID,
+                "eos_token_id": 97,
+            },
+            **{**settings, **overrides},
+        )
+
+    return build
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    def build(**overrides):
+        from modeling_vilamp import ViLaMPForConditionalGeneration
+
+        torch.manual_seed(0)
+        return ViLaMPForConditionalGeneration(tiny_config(**overrides)).eval()
+
+    return build
+
+
+@pytest.fixture
+def video_inputs():
+    """Model inputs for videos given as keyframe masks, as the processor lays them out (left padding)."""
+
+    def build(config, keyframe_masks, prompt_lengths=None, seed=0):
+        generator = torch.Generator().manual_seed(seed)
+        image_size = config.vision_config.image_size
+        pooled_tokens = config.keyframe_pooled_size**2
+        prompt_lengths = prompt_lengths or [(3, 4)] * len(keyframe_masks)
+        rows = []
+        for mask, (before, after) in zip(keyframe_masks, prompt_lengths):
+            num_keyframes = sum(mask)
+            num_tokens = pooled_tokens * num_keyframes + (len(mask) - num_keyframes) + 1
+            text = torch.randint(1, 90, (before + after,), generator=generator).tolist()
+            rows.append(text[:before] + [VIDEO_TOKEN_ID] * num_tokens + text[before:])
+        width = max(len(row) for row in rows)
+        input_ids = torch.tensor([[PAD_TOKEN_ID] * (width - len(row)) + row for row in rows])
+        attention_mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
+        num_frames = sum(len(mask) for mask in keyframe_masks)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "pixel_values_videos": torch.randint(
+                0, 256, (num_frames, 3, image_size, image_size), dtype=torch.uint8, generator=generator
+            ),
+            "keyframe_mask": torch.tensor([flag for mask in keyframe_masks for flag in mask], dtype=torch.bool),
+            "query_embeds": torch.randn(len(keyframe_masks), config.query_embed_dim, generator=generator),
+            "video_frame_counts": torch.tensor([len(mask) for mask in keyframe_masks]),
+        }
+
+    return build
