@@ -88,7 +88,8 @@ def plan_video_tokens(
     newline_positions = frame_token_counts.cumsum(0)[video_ends - 1] + torch.arange(len(video_frame_counts))
 
     reference_frames, last_reference_use = [], [-1] * keyframe_mask.shape[0]
-    for video_start, video_mask in zip((video_ends - video_ends[0]).tolist(), keyframe_mask.split(video_frame_counts)):
+    video_starts = (video_ends - torch.tensor(video_frame_counts)).tolist()
+    for video_start, video_mask in zip(video_starts, keyframe_mask.split(video_frame_counts)):
         references = reference_frame_indices(video_mask, rule).tolist()
         for offset, (reference, is_keyframe) in enumerate(zip(references, video_mask.tolist())):
             reference = reference + video_start if reference >= 0 else -1
