@@ -77,6 +77,9 @@ class ViLaMPConfig(PreTrainedConfig):
         vision_chunk_size (`int`, *optional*):
             Frames encoded at once by the vision tower, projector and DFM. `None` chooses it from the free device
             memory; the number of frames of a video encodes it in one piece (read by the model).
+        compile_vision_tower (`bool`, *optional*, defaults to `False`):
+            Compiles the SigLIP encoder with `torch.compile` when the model is built; SigLIP is most of the video
+            encoding time (read by the model).
 
     Example:
 
@@ -103,6 +106,7 @@ class ViLaMPConfig(PreTrainedConfig):
     keyframe_pooled_size: int = 14
     dfm_reference_rule: Literal["original", "paper"] = "original"
     vision_chunk_size: int | None = None
+    compile_vision_tower: bool = False
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):

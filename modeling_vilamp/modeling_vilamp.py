@@ -159,6 +159,8 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
     def __init__(self, config: ViLaMPConfig):
         super().__init__(config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
+        if config.compile_vision_tower:
+            self.vision_tower.encoder.compile()
         self.multi_modal_projector = ViLaMPMultiModalProjector(config)
         self.feature_merger = ViLaMPDifferentialFeatureMerger(config)
         self.image_newline = nn.Parameter(torch.empty(config.text_config.hidden_size))

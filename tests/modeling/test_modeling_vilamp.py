@@ -247,3 +247,14 @@ def test_paper_rule_changes_only_the_tokens_of_non_keyframes(tiny_model, video_i
     assert not torch.allclose(paper_tokens[:2], original_tokens[:2])
     # frames 3 and 4 are compared with frame 0 by the original code and with keyframe 2 by the paper's rule
     assert not torch.allclose(paper_tokens[6:8], original_tokens[6:8])
+
+
+def test_compiled_vision_tower_gives_the_same_video_tokens(tiny_model, video_inputs):
+    eager = tiny_model()
+    compiled = tiny_model(compile_vision_tower=True, vision_chunk_size=4)
+    inputs = video_inputs(eager.config, [KEYFRAMES_TWO_OF_FIVE, KEYFRAMES_TWO_OF_THREE])
+    video_args = [inputs[name] for name in ("pixel_values_videos", "keyframe_mask", "query_embeds", "video_frame_counts")]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            compiled.get_video_features(*video_args), eager.get_video_features(*video_args), rtol=1e-5, atol=1e-5
+        )
