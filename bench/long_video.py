@@ -1,0 +1,451 @@
+"""
+Long-video benchmark: peak GPU memory and time per stage of ViLaMP for growing frame counts, printed as markdown tables.
+
+Builds the full-size architecture (SigLIP so400m, Qwen2-7B, K = 32) with random weights directly on the device, feeds
+it synthetic uint8 frames with evenly spread keyframes, and measures for each frame count one `generate` call split
+into its stages (vision+DFM, prefill, first token, decoding), next to the SigLIP-only throughput on the same frames.
+Then it encodes the frames unstreamed (`vision_chunk_size` = number of frames, the original's way) until it runs out
+of memory.
+
+    python bench/long_video.py                                # full size, one GPU
+    python bench/long_video.py --frames 100000 --unstreamed-frames ""
+    python bench/long_video.py --tiny --device cpu            # tiny config, seconds: proves that it runs
+"""
+
+import argparse
+import gc
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import transformers
+from transformers.generation.streamers import BaseStreamer
+from transformers.utils import is_flash_attn_2_available
+
+from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
+
+FULL_FRAMES = "600,2000,10000,30000,100000"
+FULL_UNSTREAMED_FRAMES = "600,1000,1500,2000,3000"
+FULL_NUM_KEYFRAMES = 32
+TINY_FRAMES = "16,64"
+TINY_NUM_KEYFRAMES = 2
+
+# distinct random frames, repeated to make a video of any length: the content does not change the work done
+FRAME_POOL_SIZE = 256
+# ordinary text ids around the video placeholders, below every special id of both configs
+PROMPT_TEXT_IDS = list(range(2, 10))
+
+TINY_VISION_CONFIG = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 56,
+    "patch_size": 14,
+}
+TINY_TEXT_CONFIG = {
+    "vocab_size": 128,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+}
+TINY_SETTINGS = {"video_token_index": 127, "query_embed_dim": 16, "keyframe_pooled_size": 2}
+
+STREAMED_COLUMNS = [
+    "frames",
+    "chunk",
+    "prompt tokens",
+    "peak GPU GiB",
+    "vision+DFM s",
+    "prefill s",
+    "first token s",
+    "ms / decoded token",
+    "frames/s",
+    "SigLIP-only frames/s",
+    "ratio",
+]
+UNSTREAMED_COLUMNS = ["frames", "chunk", "peak GPU GiB", "vision+DFM s", "frames/s"]
+
+
+def frame_counts(text: str) -> list[int]:
+    """Parses a comma-separated list of frame counts; the empty string is an empty list."""
+    return [int(count) for count in text.split(",") if count.strip()]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=frame_counts, help=f"frame counts to measure (default {FULL_FRAMES})")
+    parser.add_argument("--num-keyframes", type=int, help=f"keyframes per video K (default {FULL_NUM_KEYFRAMES})")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument(
+        "--attn-implementation", help="attention of both towers (default flash_attention_2 if installed, else sdpa)"
+    )
+    parser.add_argument("--vision-chunk-size", type=int, help="frames per vision chunk (default: from free memory)")
+    parser.add_argument("--compile", action="store_true", help="compile the vision tower (`compile_vision_tower=True`)")
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated per frame count")
+    parser.add_argument(
+        "--siglip-only-max-frames",
+        type=int,
+        help="measure the SigLIP-only ceiling on at most this many of each row's frames (default: all of them)",
+    )
+    parser.add_argument(
+        "--unstreamed-frames",
+        type=frame_counts,
+        help=f'counts to encode in one chunk until out of memory; "" skips them (default {FULL_UNSTREAMED_FRAMES})',
+    )
+    parser.add_argument("--tiny", action="store_true", help=f"tiny config, K = 2, frames {TINY_FRAMES}: runs on a CPU")
+    args = parser.parse_args()
+
+    if args.frames is None:
+        args.frames = frame_counts(TINY_FRAMES if args.tiny else FULL_FRAMES)
+    if args.unstreamed_frames is None:
+        args.unstreamed_frames = frame_counts(TINY_FRAMES if args.tiny else FULL_UNSTREAMED_FRAMES)
+    if args.num_keyframes is None:
+        args.num_keyframes = TINY_NUM_KEYFRAMES if args.tiny else FULL_NUM_KEYFRAMES
+    if args.attn_implementation is None:
+        use_flash = args.device.startswith("cuda") and is_flash_attn_2_available()
+        args.attn_implementation = "flash_attention_2" if use_flash else "sdpa"
+    if not args.frames or min(args.frames + args.unstreamed_frames) < 1:
+        parser.error(f"`--frames` needs at least one frame count and every count must be positive, got {args.frames}.")
+    if args.max_new_tokens < 1:
+        parser.error(f"`--max-new-tokens` must be at least 1, got {args.max_new_tokens}.")
+    if args.compile and not hasattr(ViLaMPConfig(), "compile_vision_tower"):
+        parser.error(
+            "`--compile` sets `ViLaMPConfig.compile_vision_tower`, which this checkout's config does not have yet; "
+            "run without `--compile`."
+        )
+    return args
+
+
+def build_config(args: argparse.Namespace) -> ViLaMPConfig:
+    """The full-size ViLaMP architecture, or the tiny one with `--tiny`, with the benchmark's settings."""
+    settings = {"num_keyframes": args.num_keyframes, "vision_chunk_size": args.vision_chunk_size}
+    if args.compile:
+        settings["compile_vision_tower"] = True
+    if args.tiny:
+        return ViLaMPConfig(
+            vision_config=TINY_VISION_CONFIG, text_config=TINY_TEXT_CONFIG, **TINY_SETTINGS, **settings
+        )
+    return ViLaMPConfig(**settings)
+
+
+def build_model(config: ViLaMPConfig, args: argparse.Namespace) -> ViLaMPForConditionalGeneration:
+    """Random weights created on the device in the benchmark's dtype: no float32 copy on the host, no download."""
+    with torch.device(args.device):
+        model = ViLaMPForConditionalGeneration._from_config(
+            config, dtype=getattr(torch, args.dtype), attn_implementation=args.attn_implementation
+        )
+    return model.eval()
+
+
+def synthetic_frames(num_frames: int, image_size: int) -> torch.Tensor:
+    """`(num_frames, 3, image_size, image_size)` uint8 frames on the host: a pool of random frames, repeated."""
+    generator = torch.Generator().manual_seed(0)
+    pool = torch.randint(0, 256, (FRAME_POOL_SIZE, 3, image_size, image_size), dtype=torch.uint8, generator=generator)
+    frames = torch.empty(num_frames, 3, image_size, image_size, dtype=torch.uint8)
+    for start in range(0, num_frames, FRAME_POOL_SIZE):
+        end = min(start + FRAME_POOL_SIZE, num_frames)
+        frames[start:end] = pool[: end - start]
+    return frames
+
+
+def evenly_spread_keyframes(num_frames: int, num_keyframes: int) -> torch.Tensor:
+    """A `(num_frames,)` mask with `min(num_keyframes, num_frames)` keyframes spread evenly, the first and last included."""
+    keyframe_indices = torch.linspace(0, num_frames - 1, min(num_keyframes, num_frames)).round().long()
+    keyframe_mask = torch.zeros(num_frames, dtype=torch.bool)
+    keyframe_mask[keyframe_indices] = True
+    return keyframe_mask
+
+
+def video_inputs(config: ViLaMPConfig, frames: torch.Tensor, num_frames: int, device: torch.device) -> dict:
+    """Model inputs for the first `num_frames` frames, laid out as the processor does; the frames stay on the host."""
+    keyframe_mask = evenly_spread_keyframes(num_frames, config.num_keyframes)
+    num_keyframes = int(keyframe_mask.sum())
+    # +1 for the closing image_newline token
+    num_video_tokens = config.keyframe_pooled_size**2 * num_keyframes + (num_frames - num_keyframes) + 1
+    input_ids = torch.tensor([PROMPT_TEXT_IDS + [config.video_token_id] * num_video_tokens + PROMPT_TEXT_IDS])
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": torch.ones_like(input_ids, device=device),
+        "pixel_values_videos": frames[:num_frames],
+        "keyframe_mask": keyframe_mask,
+        "query_embeds": torch.randn(1, config.query_embed_dim, generator=generator).to(device),
+    }
+
+
+def synchronize(device: torch.device):
+    """Waits for the device's queued work, so that a host clock read after it covers that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device):
+    """Frees cached blocks (the automatic chunk size reads free memory) and starts a new peak-memory measurement."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    """Peak memory allocated on the device since the last reset, `None` on the CPU."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+@dataclass
+class GenerationTimes:
+    vision_seconds: float  # from `generate` to the language model's first forward: SigLIP, projector, pooling, DFM
+    prefill_seconds: float  # from the language model's first forward to the first token
+    first_token_seconds: float
+    decode_ms_per_token: float | None  # None when a single token was generated
+
+
+class StageClock(BaseStreamer):
+    """
+    Timestamps the stages of one `generate` call: its start, the start of the language model's first forward (the
+    prefill, registered as a forward pre-hook) and each generated token (streamed). Each timestamp first waits for the
+    device.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.start_time = None
+        self.prefill_start_time = None
+        self.put_times = []
+
+    def now(self) -> float:
+        synchronize(self.device)
+        return time.perf_counter()
+
+    def start(self):
+        self.start_time = self.now()
+
+    def mark_prefill_start(self, module, args):
+        if self.prefill_start_time is None:
+            self.prefill_start_time = self.now()
+
+    def put(self, value):
+        self.put_times.append(self.now())
+
+    def end(self):
+        pass
+
+    def times(self) -> GenerationTimes:
+        # the first `put` hands over the prompt, before the prefill; each later one is a new token
+        token_times = self.put_times[1:]
+        num_decoded = len(token_times) - 1
+        return GenerationTimes(
+            vision_seconds=self.prefill_start_time - self.start_time,
+            prefill_seconds=token_times[0] - self.prefill_start_time,
+            first_token_seconds=token_times[0] - self.start_time,
+            decode_ms_per_token=1000 * (token_times[-1] - token_times[0]) / num_decoded if num_decoded else None,
+        )
+
+
+def measure_generation(
+    model: ViLaMPForConditionalGeneration, inputs: dict, max_new_tokens: int, device: torch.device
+) -> GenerationTimes:
+    """Runs `generate` once on the video and times its stages."""
+    clock = StageClock(device)
+    hook = model.model.language_model.register_forward_pre_hook(clock.mark_prefill_start)
+    eos_token_id = model.config.text_config.eos_token_id
+    try:
+        clock.start()
+        model.generate(
+            **inputs,
+            streamer=clock,
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            # random weights may pick the end-of-sequence token: decode exactly `max_new_tokens` anyway
+            min_new_tokens=max_new_tokens,
+            eos_token_id=eos_token_id,
+            pad_token_id=eos_token_id,
+        )
+    finally:
+        hook.remove()
+    return clock.times()
+
+
+def measure_siglip_only(
+    model: ViLaMPForConditionalGeneration, frames: torch.Tensor, chunk_size: int, device: torch.device
+) -> float:
+    """Seconds for the SigLIP tower alone over `frames`, in chunks of `chunk_size` as the model streams them."""
+    synchronize(device)
+    start_time = time.perf_counter()
+    for start in range(0, frames.shape[0], chunk_size):
+        model.model.get_vision_features(frames[start : start + chunk_size])
+    synchronize(device)
+    return time.perf_counter() - start_time
+
+
+def measure_video_features(model: ViLaMPForConditionalGeneration, inputs: dict, device: torch.device) -> float:
+    """Seconds for `get_video_features`: SigLIP, projector, keyframe pooling and DFM."""
+    synchronize(device)
+    start_time = time.perf_counter()
+    model.get_video_features(inputs["pixel_values_videos"], inputs["keyframe_mask"], inputs["query_embeds"])
+    synchronize(device)
+    return time.perf_counter() - start_time
+
+
+def warm_up(model: ViLaMPForConditionalGeneration, frames: torch.Tensor, args: argparse.Namespace):
+    """
+    Runs each vision chunk shape that the streamed rows will use once (with `--compile` this compiles them), then one
+    short `generate` on one chunk's frames.
+    """
+    device = torch.device(args.device)
+    chunk_shapes = set()
+    for num_frames in args.frames:
+        chunk_size = model.model.get_vision_chunk_size(num_frames)
+        chunk_shapes |= {chunk_size, num_frames % chunk_size} - {0}
+    for num_frames in sorted(chunk_shapes):
+        measure_video_features(model, video_inputs(model.config, frames, num_frames, device), device)
+    measure_generation(model, video_inputs(model.config, frames, max(chunk_shapes), device), 2, device)
+
+
+def markdown_row(cells: list) -> str:
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+
+
+def print_table_start(columns: list[str]):
+    print(flush=True)
+    print(markdown_row(columns))
+    print(markdown_row(["---"] * len(columns)), flush=True)
+
+
+def format_number(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def streamed_row(
+    model: ViLaMPForConditionalGeneration, frames: torch.Tensor, num_frames: int, args: argparse.Namespace
+) -> list:
+    """The cells of one row of the streamed table: one `generate`, then the SigLIP-only ceiling."""
+    device = torch.device(args.device)
+    inputs = video_inputs(model.config, frames, num_frames, device)
+    reset_peak_memory(device)
+    chunk_size = model.model.get_vision_chunk_size(num_frames)
+    cells = [num_frames, chunk_size, inputs["input_ids"].shape[1]]
+    try:
+        times = measure_generation(model, inputs, args.max_new_tokens, device)
+        peak_gib = peak_memory_gib(device)
+        siglip_frames = frames[: min(num_frames, args.siglip_only_max_frames or num_frames)]
+        siglip_seconds = measure_siglip_only(model, siglip_frames, chunk_size, device)
+    except torch.cuda.OutOfMemoryError:
+        return cells + ["OOM"] + ["-"] * (len(STREAMED_COLUMNS) - len(cells) - 1)
+    frames_per_second = num_frames / times.vision_seconds
+    siglip_frames_per_second = siglip_frames.shape[0] / siglip_seconds
+    return cells + [
+        format_number(peak_gib, 1),
+        f"{times.vision_seconds:.2f}",
+        f"{times.prefill_seconds:.2f}",
+        f"{times.first_token_seconds:.2f}",
+        format_number(times.decode_ms_per_token, 1),
+        f"{frames_per_second:.0f}",
+        f"{siglip_frames_per_second:.0f}",
+        f"{frames_per_second / siglip_frames_per_second:.2f}",
+    ]
+
+
+def print_streamed_table(model: ViLaMPForConditionalGeneration, frames: torch.Tensor, args: argparse.Namespace):
+    print("\n## Streamed (the model's default)", flush=True)
+    print_table_start(STREAMED_COLUMNS)
+    for num_frames in args.frames:
+        print(markdown_row(streamed_row(model, frames, num_frames, args)), flush=True)
+    ceiling_frames = "all" if args.siglip_only_max_frames is None else f"the first {args.siglip_only_max_frames}"
+    print(
+        "\nvision+DFM: from `generate` to the language model's first forward; prefill: from there to the first token; "
+        f"first token = both. SigLIP-only: the vision tower alone, same chunks, on {ceiling_frames} of the row's "
+        "frames; ratio = vision+DFM frames/s / SigLIP-only frames/s.",
+        flush=True,
+    )
+
+
+def unstreamed_seconds(model: ViLaMPForConditionalGeneration, inputs: dict, device: torch.device) -> float | None:
+    """Seconds for `get_video_features` with all frames in one chunk, `None` when it runs out of memory."""
+    model.config.vision_chunk_size = inputs["keyframe_mask"].shape[0]
+    try:
+        return measure_video_features(model, inputs, device)
+    except torch.cuda.OutOfMemoryError:
+        return None
+
+
+def print_unstreamed_table(model: ViLaMPForConditionalGeneration, frames: torch.Tensor, args: argparse.Namespace):
+    """Encodes all frames in one chunk, the original's way, for growing frame counts until the first out-of-memory."""
+    device = torch.device(args.device)
+    print("\n## Unstreamed (`vision_chunk_size` = frames: all frames encoded at once, the original's way)", flush=True)
+    print_table_start(UNSTREAMED_COLUMNS)
+    largest_run = None
+    for num_frames in args.unstreamed_frames:
+        inputs = video_inputs(model.config, frames, num_frames, device)
+        reset_peak_memory(device)
+        seconds = unstreamed_seconds(model, inputs, device)
+        if seconds is None:
+            print(markdown_row([num_frames, num_frames, "OOM", "-", "-"]), flush=True)
+            reset_peak_memory(device)
+            ran = f"the largest that ran: {largest_run}" if largest_run else "the smallest count tried"
+            print(f"\nUnstreamed limit: out of memory at {num_frames} frames ({ran}).", flush=True)
+            return
+        row = [num_frames, num_frames, format_number(peak_memory_gib(device), 1), f"{seconds:.2f}"]
+        print(markdown_row(row + [f"{num_frames / seconds:.0f}"]), flush=True)
+        largest_run = num_frames
+    print(f"\nUnstreamed limit: no out-of-memory up to {largest_run} frames, the largest tried.", flush=True)
+
+
+def print_header(model: ViLaMPForConditionalGeneration, args: argparse.Namespace, build_seconds: dict):
+    device = torch.device(args.device)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    config = model.config
+    vision, text = config.vision_config, config.text_config
+    chunk = args.vision_chunk_size or "auto (from free memory; the `chunk` column shows the size used)"
+    print("# ViLaMP long-video benchmark\n")
+    print(f"- command: `python {shlex.join(sys.argv)}`")
+    print(f"- device: {device_name} ({device})")
+    attention = f"{text._attn_implementation} (text), {vision._attn_implementation} (vision)"
+    print(f"- dtype: {args.dtype}; attention: {attention}")
+    print(f"- torch {torch.__version__}, transformers {transformers.__version__}")
+    print(
+        f"- model: {'tiny' if args.tiny else 'full size'}, random weights: SigLIP {vision.num_hidden_layers} layers "
+        f"x {vision.hidden_size}, text {text.num_hidden_layers} layers x {text.hidden_size}, "
+        f"K = {config.num_keyframes} keyframes, {model.num_parameters():,} parameters, "
+        f"built on the device in {build_seconds['model']:.1f} s"
+    )
+    print(f"- vision chunk size: {chunk}; vision tower compiled: {'yes' if args.compile else 'no'}")
+    print(
+        f"- frames: synthetic uint8 {vision.image_size}x{vision.image_size} on the host ({FRAME_POOL_SIZE} distinct, "
+        f"repeated), keyframes spread evenly; built in {build_seconds['frames']:.1f} s, outside the timings"
+    )
+    print(f"- decoding: greedy, {args.max_new_tokens} new tokens", flush=True)
+
+
+def main():
+    args = parse_args()
+    build_seconds = {}
+    start_time = time.perf_counter()
+    model = build_model(build_config(args), args)
+    synchronize(torch.device(args.device))
+    build_seconds["model"] = time.perf_counter() - start_time
+    start_time = time.perf_counter()
+    image_size = model.config.vision_config.image_size
+    frames = synthetic_frames(max(args.frames + args.unstreamed_frames), image_size)
+    build_seconds["frames"] = time.perf_counter() - start_time
+    print_header(model, args, build_seconds)
+
+    with torch.inference_mode():
+        start_time = time.perf_counter()
+        warm_up(model, frames, args)
+        print(f"- warm-up: {time.perf_counter() - start_time:.1f} s", flush=True)
+        print_streamed_table(model, frames, args)
+        if args.unstreamed_frames:
+            print_unstreamed_table(model, frames, args)
+
+
+if __name__ == "__main__":
+    main()
