@@ -1,0 +1,227 @@
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from conversion.convert_original_to_hf import convert_clip_to_open_clip
+from processing import KeyframeSelector, ViLaMPProcessor, ViLaMPVideoProcessor, num_video_tokens
+
+VIDEO_TOKEN_ID = 508
+QWEN_1_5_PROMPT = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<video>\n{question}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+
+
+@pytest.fixture
+def processor(tiny_tokenizer, tiny_keyframe_selector_dir) -> ViLaMPProcessor:
+    return ViLaMPProcessor(
+        tokenizer=tiny_tokenizer,
+        num_keyframes=2,
+        keyframe_pooled_size=3,
+        keyframe_selector=KeyframeSelector.from_pretrained(tiny_keyframe_selector_dir),
+    )
+
+
+def video_message(video, question="What is moving?"):
+    return [{"role": "user", "content": [{"type": "video", "path": video}, {"type": "text", "text": question}]}]
+
+
+def test_siglip_frames_match_golden_pixel_values_bit_for_bit(reference_dir):
+    frames = np.load(reference_dir / "inputs" / "frames.npy")
+    golden = load_file(reference_dir / "golden" / "golden.safetensors")
+    meta = json.loads((reference_dir / "golden" / "meta.json").read_text())
+    pixel_values_videos = ViLaMPVideoProcessor()([Image.fromarray(frame) for frame in frames])
+    assert pixel_values_videos.dtype == torch.uint8
+    # the normalisation the model applies on its device
+    pixel_values = (pixel_values_videos.float() / 255 - 0.5) / 0.5
+    assert list(pixel_values.shape) == meta["siglip_pixel_values_shape"]
+    assert hashlib.sha256(pixel_values.numpy().tobytes()).hexdigest() == meta["siglip_pixel_values_sha256"]
+    torch.testing.assert_close(pixel_values[:, :, ::8, ::8], golden["siglip_pixel_values_sub8"], rtol=0, atol=0)
+
+
+def test_reference_case_end_to_end_matches_original(reference_dir, tiny_tokenizer):
+    """The reference frames and question through the processor: keyframes, query, pixels and prompt ids."""
+    state_dict = load_file(reference_dir / "original_tiny" / "model.safetensors")
+    clip_config = json.loads((reference_dir / "clip-tiny-patch32" / "config.json").read_text())
+    selector = KeyframeSelector.from_state_dict(*convert_clip_to_open_clip(state_dict, clip_config))
+    processor = ViLaMPProcessor(tokenizer=tiny_tokenizer, num_keyframes=4, keyframe_selector=selector)
+    golden = load_file(reference_dir / "golden" / "golden.safetensors")
+    reference_ids = json.loads((reference_dir / "inputs" / "input_ids.json").read_text())
+    clip_text = json.loads((reference_dir / "inputs" / "clip_text.json").read_text())
+    frames = np.load(reference_dir / "inputs" / "frames.npy")
+
+    messages = video_message(frames, reference_ids["query"])
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, query=clip_text["question"]
+    )
+
+    assert torch.equal(inputs["keyframe_mask"].long(), golden["keyframe_mask"])
+    torch.testing.assert_close(inputs["query_embeds"], golden["clip_text_embeds"], rtol=0, atol=1e-5)
+    expected_ids = []
+    for token_id in reference_ids["input_ids"]:
+        expected_ids.extend([VIDEO_TOKEN_ID] * 797 if token_id == reference_ids["image_token_index"] else [token_id])
+    assert inputs["input_ids"][0].tolist() == expected_ids
+
+
+def test_chat_template_matches_qwen_1_5_format(processor):
+    prompt = processor.apply_chat_template(video_message("clip.mp4", "What color is the ball?"), add_generation_prompt=True)
+    assert prompt == QWEN_1_5_PROMPT.format(question="What color is the ball?")
+
+
+def test_chat_template_renders_assistant_turn_and_further_messages(processor):
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        *video_message("clip.mp4", "What happens?"),
+        {"role": "assistant", "content": [{"type": "text", "text": "A ball rolls."}]},
+        {"role": "user", "content": "Which colour?"},
+    ]
+    assert processor.apply_chat_template(messages, add_generation_prompt=True) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n<video>\nWhat happens?<|im_end|>\n"
+        "<|im_start|>assistant\nA ball rolls.<|im_end|>\n<|im_start|>user\nWhich colour?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+def test_video_file_gives_contract_outputs(processor, make_video_file):
+    inputs = processor.apply_chat_template(
+        video_message(str(make_video_file(num_frames=40, fps=8))), add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    assert inputs["pixel_values_videos"].shape == (5, 3, 384, 384)
+    assert inputs["pixel_values_videos"].dtype == torch.uint8
+    assert inputs["video_frame_counts"].tolist() == [5]
+    assert inputs["video_frame_counts"].dtype == torch.int64
+    assert inputs["keyframe_mask"].dtype == torch.bool
+    assert int(inputs["keyframe_mask"].sum()) == 2
+    assert inputs["query_embeds"].shape == (1, 16) and inputs["query_embeds"].dtype == torch.float32
+    assert int((inputs["input_ids"] == VIDEO_TOKEN_ID).sum()) == num_video_tokens(5, 2, 3) == 3 * 3 * 2 + 3 + 1
+    assert set(processor.model_input_names) == set(inputs.keys())
+
+
+def test_query_defaults_to_the_user_text(processor, make_video_file):
+    question = "Where does the bar go?"
+    inputs = processor.apply_chat_template(
+        video_message(str(make_video_file(num_frames=16)), question), tokenize=True, return_dict=True
+    )
+    expected = processor.keyframe_selector.encode_query(question)
+    torch.testing.assert_close(inputs["query_embeds"][0], expected, rtol=0, atol=0)
+
+
+def test_batch_with_text_only_prompt_is_left_padded(processor, make_video_file):
+    video = str(make_video_file(num_frames=24))
+    inputs = processor(text=["Just text, no video.", "<video>\nWhat moves?", "<video>\nAgain?"], videos=[video, video])
+    assert inputs["video_frame_counts"].tolist() == [3, 3]
+    assert inputs["keyframe_mask"].view(2, 3).sum(dim=1).tolist() == [2, 2]
+    assert (inputs["input_ids"] == VIDEO_TOKEN_ID).sum(dim=1).tolist() == [0, num_video_tokens(3, 2, 3), num_video_tokens(3, 2, 3)] == [0, 20, 20]
+    assert inputs["attention_mask"][0, 0] == 0 and inputs["attention_mask"][:, -1].all()
+
+
+def test_batch_of_two_videos_equals_each_alone(processor, make_video_file):
+    short_video, long_video = str(make_video_file(num_frames=16)), str(make_video_file(num_frames=48))
+    batch = processor(text=["<video>\nWhat moves?", "<video>\nHow bright?"], videos=[short_video, long_video])
+    alone = [
+        processor(text="<video>\nWhat moves?", videos=short_video),
+        processor(text="<video>\nHow bright?", videos=long_video),
+    ]
+    assert torch.equal(batch["pixel_values_videos"], torch.cat([item["pixel_values_videos"] for item in alone]))
+    assert torch.equal(batch["keyframe_mask"], torch.cat([item["keyframe_mask"] for item in alone]))
+    torch.testing.assert_close(batch["query_embeds"], torch.cat([item["query_embeds"] for item in alone]), rtol=0, atol=0)
+    for row, item in enumerate(alone):
+        assert batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist() == item["input_ids"][0].tolist()
+
+
+def test_save_and_load_round_trip_gives_same_outputs(processor, make_video_file, tmp_path):
+    messages = video_message(str(make_video_file(num_frames=32)))
+    processor.save_pretrained(tmp_path / "processor")
+    reloaded = ViLaMPProcessor.from_pretrained(tmp_path / "processor")
+    assert (reloaded.num_keyframes, reloaded.keyframe_pooled_size, reloaded.max_frames) == (2, 3, 600)
+    before = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    after = reloaded.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert before.keys() == after.keys()
+    for key in before:
+        assert torch.equal(before[key], after[key]), key
+
+
+def test_get_num_multimodal_tokens_matches_placeholders(processor):
+    num_tokens = processor._get_num_multimodal_tokens(video_sizes=[(5, 48, 64), (1, 48, 64)])["num_video_tokens"]
+    assert num_tokens == [num_video_tokens(5, 2, 3), num_video_tokens(1, 1, 3)] == [22, 10]
+
+
+def test_fewer_frames_than_keyframes_makes_every_frame_a_keyframe(tiny_tokenizer, tiny_keyframe_selector_dir):
+    processor = ViLaMPProcessor(
+        tokenizer=tiny_tokenizer, keyframe_selector=KeyframeSelector.from_pretrained(tiny_keyframe_selector_dir)
+    )
+    video = np.random.default_rng(0).integers(0, 256, (3, 20, 30, 3), dtype=np.uint8)
+    inputs = processor(text="<video>\nWhat is this?", videos=video)
+    assert inputs["keyframe_mask"].tolist() == [True, True, True]
+    assert int((inputs["input_ids"] == VIDEO_TOKEN_ID).sum()) == 196 * 3 + 1
+
+
+def test_one_frame_video_is_one_keyframe(processor, make_video_file):
+    inputs = processor(text="<video>\nWhat is this?", videos=str(make_video_file(num_frames=1)))
+    assert inputs["keyframe_mask"].tolist() == [True]
+    assert int((inputs["input_ids"] == VIDEO_TOKEN_ID).sum()) == 3 * 3 + 1
+
+
+def test_list_of_images_and_max_frames(processor):
+    images = [Image.new("RGB", (40, 30), (10 * index, 0, 0)) for index in range(10)]
+    processor.max_frames = 4
+    inputs = processor(text="<video>\nWhat is red?", videos=images)
+    assert inputs["video_frame_counts"].tolist() == [4]
+
+
+def test_long_question_is_truncated_not_rejected(processor, make_video_file):
+    inputs = processor(
+        text="<video>\nQuestion?", videos=str(make_video_file(num_frames=8)), query="why is the bar moving " * 50
+    )
+    assert inputs["query_embeds"].shape == (1, 16)
+
+
+def test_missing_video_file_error_names_the_video(processor, tmp_path):
+    with pytest.raises(ValueError, match=r"`videos\[0\]`: No video file at .*nowhere.mp4"):
+        processor(text="<video>\nWhat?", videos=str(tmp_path / "nowhere.mp4"))
+
+
+def test_corrupt_video_file_error(processor, tmp_path):
+    path = tmp_path / "corrupt.mp4"
+    path.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(ValueError, match="corrupt.mp4` could not be decoded"):
+        processor(text="<video>\nWhat?", videos=str(path))
+
+
+def test_placeholder_mismatch_error_names_counts(processor, make_video_file):
+    video = str(make_video_file(num_frames=8))
+    with pytest.raises(ValueError, match="Found total 1 <video> tokens in `text` and 2 videos"):
+        processor(text=["<video>\nWhat?", "No video."], videos=[video, video])
+    with pytest.raises(ValueError, match="Found total 2 <video> tokens in `text` and 0 videos"):
+        processor(text="<video><video>\nWhat?")
+
+
+def test_empty_question_error(processor, make_video_file):
+    with pytest.raises(ValueError, match="The question for video 0 is empty"):
+        processor(text="<video>\n", videos=str(make_video_file(num_frames=8)))
+
+
+def test_query_count_mismatch_error(processor, make_video_file):
+    video = str(make_video_file(num_frames=8))
+    with pytest.raises(ValueError, match="one string per video; got .* for 2 videos"):
+        processor(text="<video><video>\nCompare.", videos=[video, video], query=["only one"])
+
+
+def test_video_array_must_be_uint8_frames(processor):
+    with pytest.raises(ValueError, match="must be uint8 of shape \\(num_frames, height, width, 3\\)"):
+        processor(text="<video>\nWhat?", videos=np.zeros((4, 8, 8, 3), dtype=np.float32))
+
+
+def test_tokenizer_without_video_token_is_rejected(tiny_tokenizer):
+    with pytest.raises(ValueError, match="The tokenizer has no `<image>` token"):
+        ViLaMPProcessor(tokenizer=tiny_tokenizer, video_token="<image>")
+
+
+def test_invalid_setting_is_rejected(tiny_tokenizer):
+    with pytest.raises(ValueError, match="`num_keyframes` must be an integer of at least 1, got 0"):
+        ViLaMPProcessor(tokenizer=tiny_tokenizer, num_keyframes=0)
