@@ -1,6 +1,8 @@
 """ViLaMP for transformers: importing this package registers the classes with the Auto factories."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
+
+from processing import ViLaMPProcessor
 
 from .configuration_vilamp import ViLaMPConfig
 from .feature_merger import ViLaMPDifferentialFeatureMerger, reference_frame_indices
@@ -15,6 +17,8 @@ AutoConfig.register("vilamp", ViLaMPConfig)
 # `AutoModel.from_pretrained(...).generate(...)` is how the long-video releases are used: resolve to the generating model
 AutoModel.register(ViLaMPConfig, ViLaMPForConditionalGeneration)
 AutoModelForImageTextToText.register(ViLaMPConfig, ViLaMPForConditionalGeneration)
+# the package is the one place that knows both halves; the model modules themselves never import the processor
+AutoProcessor.register(ViLaMPConfig, ViLaMPProcessor)
 
 __all__ = [
     "ViLaMPConfig",

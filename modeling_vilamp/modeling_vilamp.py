@@ -360,7 +360,13 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
                 "`pixel_values_videos` must have shape (num_frames, 3, height, width), frames of all videos "
                 f"concatenated; got shape {tuple(pixel_values_videos.shape)}."
             )
-        num_frames = pixel_values_videos.shape[0]
+        num_frames, _, height, width = pixel_values_videos.shape
+        image_size = self.config.vision_config.image_size
+        if (height, width) != (image_size, image_size):
+            raise ValueError(
+                f"`pixel_values_videos` frames are {height}x{width} but the vision tower takes {image_size}x{image_size} "
+                "(`config.vision_config.image_size`); use the processor saved with the model."
+            )
         if keyframe_mask.shape != (num_frames,):
             raise ValueError(
                 f"`keyframe_mask` has shape {tuple(keyframe_mask.shape)} but `pixel_values_videos` has {num_frames} "

@@ -144,7 +144,8 @@ class ViLaMPProcessor(ProcessorMixin):
 
         Args:
             text (`str` or `list[str]`):
-                The prompts, chat template already applied, with one `<video>` placeholder per video.
+                The prompts, chat template already applied, with one `<video>` placeholder per video. Plain questions
+                without placeholders, one per video, are put into the chat template first (`question_prompt`).
             videos (*optional*):
                 One video or a list of videos (or of per-prompt lists), in placeholder order. A video is a file path,
                 a uint8 array or tensor of shape `(num_frames, height, width, 3)`, or a list of PIL images; given
@@ -177,6 +178,9 @@ class ViLaMPProcessor(ProcessorMixin):
             raise ValueError(f"`return_tensors` must be 'pt' (the video inputs are torch tensors), got {return_tensors!r}.")
         texts = self._check_text(text)
         videos = flatten_videos(videos)
+        if videos and self._are_bare_questions(texts, videos):
+            query = texts if query is None else query
+            texts = [self.question_prompt(question) for question in texts]
         self._check_video_placeholders(texts, videos)
         queries = self._video_queries(texts, len(videos), query)
         video_inputs = self._process_videos(videos, queries, device) if videos else {}
@@ -193,6 +197,17 @@ class ViLaMPProcessor(ProcessorMixin):
         if not isinstance(texts, (list, tuple)) or not all(isinstance(prompt, str) for prompt in texts):
             raise TypeError(f"`text` must be a string or a list of strings, got {type(text).__name__}.")
         return list(texts)
+
+    def _are_bare_questions(self, texts: list[str], videos: list) -> bool:
+        """Whether the prompts are plain questions, one per video and without any placeholder."""
+        return len(texts) == len(videos) and not any(self.video_token in prompt for prompt in texts)
+
+    def question_prompt(self, question: str) -> str:
+        """The chat-template prompt of one user turn holding a video and `question`, ending with the assistant header."""
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
+        )
 
     def _check_video_placeholders(self, texts: list[str], videos: list):
         """Checks that the prompts hold one placeholder per video."""

@@ -140,6 +140,10 @@ def test_placeholder_mismatch_error_names_expected_count(tiny_model, video_input
         (lambda inputs: inputs.update(video_frame_counts=torch.tensor([4])), "`video_frame_counts` \\[4\\]"),
         (lambda inputs: inputs.update(pixel_values_videos=inputs["pixel_values_videos"].float()), "must be uint8"),
         (lambda inputs: inputs.pop("query_embeds"), "needs `keyframe_mask` and `query_embeds`"),
+        (
+            lambda inputs: inputs.update(pixel_values_videos=inputs["pixel_values_videos"][:, :, :28, :28]),
+            "frames are 28x28 but the vision tower takes 56x56",
+        ),
     ],
 )
 def test_inconsistent_video_inputs_fail_with_a_clear_message(tiny_model, video_inputs, change, message):

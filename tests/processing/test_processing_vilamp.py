@@ -111,6 +111,18 @@ def test_query_defaults_to_the_user_text(processor, make_video_file):
     torch.testing.assert_close(inputs["query_embeds"][0], expected, rtol=0, atol=0)
 
 
+def test_bare_question_is_put_into_the_chat_template(processor, make_video_file):
+    video = str(make_video_file(num_frames=16))
+    question = "Where does the bar go?"
+    from_question = processor(text=question, videos=video)
+    from_messages = processor.apply_chat_template(
+        video_message(video, question), add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    assert processor.question_prompt(question) == QWEN_1_5_PROMPT.format(question=question)
+    for name in processor.model_input_names:
+        torch.testing.assert_close(from_question[name], from_messages[name], rtol=0, atol=0)
+
+
 def test_batch_with_text_only_prompt_is_left_padded(processor, make_video_file):
     video = str(make_video_file(num_frames=24))
     inputs = processor(text=["Just text, no video.", "<video>\nWhat moves?", "<video>\nAgain?"], videos=[video, video])
