@@ -1,15 +1,541 @@
-"""Conversion of the original ViLaMP checkpoint (`llava_qwen` layout) to this package's layout.
+"""Converts the original ViLaMP checkpoint (`llava_qwen` layout) into a directory that `AutoModel` and
+`AutoProcessor` load.
 
-The keyframe selector's CLIP is stored in the original checkpoint as a transformers `CLIPModel` under
-`model.frame_selector.model.`; `convert_clip_to_open_clip` turns it into an open_clip `CLIP` state dict and model
-config, which the processor loads from `keyframe_selector.safetensors` and `keyframe_selector_config.json`.
+    python -m conversion.convert_original_to_hf --input ViLAMP-llava-qwen --output vilamp-7b
+
+It reads the original config and weights, builds `ViLaMPConfig`, renames every model key (`ORIGINAL_TO_HF_KEYS`),
+splits the keyframe selector's CLIP out for the processor in open_clip layout (`convert_clip_to_open_clip`), adds the
+`<video>` token to the tokenizer, checks everything (`check_converted`) and only then writes the model, the processor
+and the code for `trust_remote_code`, through a temporary directory renamed into place.
 """
 
+import argparse
+import copy
+import json
+import logging
+import os
 import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
-from transformers import CLIPConfig
+from safetensors.torch import load_file
+from torch import nn
+from transformers import AddedToken, AutoTokenizer, CLIPConfig, GenerationConfig, SiglipVisionConfig
 
+import modeling_vilamp
+import processing
+from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
+from processing import KeyframeSelector, ViLaMPProcessor
+
+from .verify_reference import all_within_tolerance, format_report, verify_converted
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_FILES = (
+    ("model.safetensors.index.json", "model.safetensors"),
+    ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+)
+EMBEDDING_KEYS = ("model.language_model.embed_tokens.weight", "lm_head.weight")
+MODELING_PACKAGE_DIR = Path(modeling_vilamp.__file__).parent
+PROCESSING_PACKAGE_DIR = Path(processing.__file__).parent
+PROCESSOR_CONFIG_NAME = "processor_config.json"
+
+ORIGINAL_MODEL_TYPE = "llava_qwen"
+VIDEO_TOKEN = "<video>"
+
+# Ordered regex swaps from the original checkpoint's keys to this package's; the first match wins. The keyframe
+# selector's CLIP (`CLIP_PREFIX`) goes to the processor instead, through `convert_clip_to_open_clip`.
+ORIGINAL_TO_HF_KEYS = [
+    (r"^model\.vision_tower\.vision_tower\.vision_model\.", "model.vision_tower."),
+    (r"^model\.mm_projector\.0\.", "model.multi_modal_projector.linear_1."),
+    (r"^model\.mm_projector\.2\.", "model.multi_modal_projector.linear_2."),
+    (r"^model\.composer_projector\.", "model.feature_merger."),
+    (r"^model\.image_newline$", "model.image_newline"),
+    (r"^model\.(embed_tokens|layers|norm)\.", r"model.language_model.\1."),
+    (r"^lm_head\.weight$", "lm_head.weight"),
+]
+
+# Original config fields and the ViLaMPConfig fields they become.
+ORIGINAL_TO_HF_CONFIG = {
+    "max_frame_num": "num_keyframes",
+    "f2t_thrd": "keyframe_relevance_threshold",
+    "f2f_thrd": "keyframe_similarity_threshold",
+    "composer_proj_dim": "query_embed_dim",
+}
+
+# Qwen2 fields of the original config, copied into `text_config`.
+QWEN2_CONFIG_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "hidden_act",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "tie_word_embeddings",
+    "use_sliding_window",
+    "sliding_window",
+    "max_window_layers",
+    "attention_dropout",
+    "initializer_range",
+    "bos_token_id",
+    "eos_token_id",
+)
+
+# The original's forward path that this package implements; another value would run code it does not have.
+SUPPORTED_ORIGINAL_SETTINGS = {
+    "mm_projector_type": "mlp2x_gelu",
+    "mm_spatial_pool_mode": "bilinear",
+    "composer_type": "sig_pooling",
+    "frame_selector_type": "SeqFrameSelector",
+    "activate_frame_selector": True,
+    "activate_pre_fusion": False,
+}
+
+# Configurations of the towers the released checkpoint names, used when their config.json cannot be found.
+KNOWN_VISION_TOWERS = {
+    "siglip-so400m-patch14-384": {
+        "model_type": "siglip_vision_model",
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_hidden_layers": 27,
+        "num_attention_heads": 16,
+        "image_size": 384,
+        "patch_size": 14,
+        "hidden_act": "gelu_pytorch_tanh",
+        "layer_norm_eps": 1e-6,
+    },
+}
+KNOWN_CLIP_MODELS = {
+    "clip-vit-b-32": {
+        "projection_dim": 512,
+        "text_config": {
+            "hidden_size": 512,
+            "intermediate_size": 2048,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 8,
+            "max_position_embeddings": 77,
+            "vocab_size": 49408,
+            "hidden_act": "quick_gelu",
+        },
+        "vision_config": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "image_size": 224,
+            "patch_size": 32,
+            "hidden_act": "quick_gelu",
+        },
+    },
+}
+# Other spellings of the known names (the sentence-transformers copy of CLIP is `clip-ViT-B-32/0_CLIPModel`).
+KNOWN_NAME_ALIASES = {"clip-vit-base-patch32": "clip-vit-b-32"}
+
+MODEL_CODE_FILES = ("configuration_vilamp.py", "modeling_vilamp.py", "feature_merger.py")
+PROCESSOR_CODE_FILES = ("processing_vilamp.py", "video_processing_vilamp.py", "keyframe_selection.py", "video_decoding.py")
+AUTO_MAP = {
+    "AutoConfig": "configuration_vilamp.ViLaMPConfig",
+    "AutoModel": "modeling_vilamp.ViLaMPForConditionalGeneration",
+    "AutoModelForImageTextToText": "modeling_vilamp.ViLaMPForConditionalGeneration",
+}
+PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_vilamp.ViLaMPProcessor"}
+
+
+class ConversionError(ValueError):
+    """The original checkpoint cannot be converted as it is; the message names what is wrong and what to pass."""
+
+
+def read_original_config(checkpoint_dir: Path) -> dict:
+    """Reads the original `config.json`, checking that it is a ViLaMP (`llava_qwen`) checkpoint on the path implemented here."""
+    config_file = checkpoint_dir / "config.json"
+    if not config_file.is_file():
+        raise ConversionError(f"No config.json in {checkpoint_dir}; pass the original ViLaMP checkpoint directory.")
+    original_config = json.loads(config_file.read_text(encoding="utf-8"))
+    model_type = original_config.get("model_type")
+    if model_type != ORIGINAL_MODEL_TYPE:
+        raise ConversionError(
+            f"{config_file} has `model_type` {model_type!r}, but the original ViLaMP checkpoint has "
+            f"{ORIGINAL_MODEL_TYPE!r}; pass that checkpoint (a converted one needs no conversion)."
+        )
+    unsupported = {
+        name: original_config.get(name)
+        for name, value in SUPPORTED_ORIGINAL_SETTINGS.items()
+        if original_config.get(name) != value
+    }
+    if unsupported:
+        raise ConversionError(
+            f"{config_file} selects original code paths this package does not implement: {unsupported}; "
+            f"the released ViLaMP uses {SUPPORTED_ORIGINAL_SETTINGS}."
+        )
+    return original_config
+
+
+def load_original_state_dict(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
+    """Loads every tensor of the checkpoint: safetensors or `.bin` (with `weights_only=True`), one file or sharded."""
+    for index_name, single_name in WEIGHT_FILES:
+        index_file, single_file = checkpoint_dir / index_name, checkpoint_dir / single_name
+        if index_file.is_file():
+            shard_names = sorted(set(json.loads(index_file.read_text(encoding="utf-8"))["weight_map"].values()))
+            missing = [name for name in shard_names if not (checkpoint_dir / name).is_file()]
+            if missing:
+                raise ConversionError(f"{index_file.name} lists shards missing from {checkpoint_dir}: {missing}.")
+            return {key: tensor for name in shard_names for key, tensor in load_weight_file(checkpoint_dir / name).items()}
+        if single_file.is_file():
+            return load_weight_file(single_file)
+    names = [name for pair in WEIGHT_FILES for name in pair]
+    raise ConversionError(f"No weights in {checkpoint_dir}: expected one of {names}.")
+
+
+def load_weight_file(path: Path) -> dict[str, torch.Tensor]:
+    """Reads one weight file; checkpoints are data, so a `.bin` is read with `weights_only=True`."""
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def known_configuration(name: str, known: dict[str, dict]) -> dict | None:
+    """The known configuration whose name (or alias) the path `name` contains, if any."""
+    lowered = name.lower()
+    for alias, known_name in KNOWN_NAME_ALIASES.items():
+        lowered = lowered.replace(alias, known_name)
+    return next((config for known_name, config in known.items() if known_name in lowered), None)
+
+
+def find_tower_config(path_in_config: str, checkpoint_dir: Path, explicit: Path | None) -> Path | None:
+    """
+    Finds a tower's config.json: the explicit path if given, else the original config's path resolved as the original
+    code did (against the working directory), then against the checkpoint directory and its parent.
+    """
+    if explicit is not None:
+        candidates = [explicit]
+    else:
+        candidates = [Path(path_in_config), checkpoint_dir / path_in_config, checkpoint_dir.parent / path_in_config]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+        if (candidate / "config.json").is_file():
+            return candidate / "config.json"
+    if explicit is not None:
+        raise ConversionError(f"No config.json at {explicit}; pass a tower config file or the directory holding it.")
+    return None
+
+
+def load_tower_config(
+    original_config: dict, field: str, checkpoint_dir: Path, explicit: Path | None, known: dict[str, dict], flag: str
+) -> dict:
+    """Loads the config of the tower named by `original_config[field]`, or the known configuration of that name."""
+    path_in_config = original_config.get(field) or ""
+    config_file = find_tower_config(path_in_config, checkpoint_dir, explicit)
+    if config_file is not None:
+        return json.loads(config_file.read_text(encoding="utf-8"))
+    known_config = known_configuration(path_in_config, known)
+    if known_config is None:
+        raise ConversionError(
+            f"Cannot find the config of `{field}` {path_in_config!r} (looked in the working directory, {checkpoint_dir} "
+            f"and its parent), and it names no known model ({sorted(known)}); pass {flag} with its config.json."
+        )
+    logger.warning(
+        f"`{field}` {path_in_config!r} not found; using the known configuration of that model, checked against the weights."
+    )
+    return copy.deepcopy(known_config)
+
+
+def check_against_weights(tower: str, from_config: dict[str, int], from_weights: dict[str, int]):
+    """Raises when a tower config disagrees with the sizes the weights show."""
+    mismatches = [
+        f"`{name}` is {from_config[name]} in the config but {value} in the weights"
+        for name, value in from_weights.items()
+        if from_config[name] != value
+    ]
+    if mismatches:
+        raise ConversionError(f"The {tower} config does not fit the checkpoint: {'; '.join(mismatches)}.")
+
+
+def converted_vision_config(tower_config: dict, state_dict: dict[str, torch.Tensor]) -> dict:
+    """
+    The SigLIP config of the converted tower: the original drops the tower's last layer and reads the output of the
+    others (before `post_layernorm`), so the checkpoint holds one layer fewer than the tower's config.
+    """
+    vision_config = dict(tower_config.get("vision_config", tower_config))
+    vision_config["model_type"] = "siglip_vision_model"
+    prefix = "model.vision_tower.vision_tower.vision_model."
+    patch_embedding = state_dict[f"{prefix}embeddings.patch_embedding.weight"]
+    num_positions = state_dict[f"{prefix}embeddings.position_embedding.weight"].shape[0]
+    config = SiglipVisionConfig(**vision_config)
+    check_against_weights(
+        "vision tower",
+        {
+            "hidden_size": config.hidden_size,
+            "patch_size": config.patch_size,
+            "patches per image": (config.image_size // config.patch_size) ** 2,
+            "intermediate_size": config.intermediate_size,
+            "num_hidden_layers": config.num_hidden_layers,
+        },
+        {
+            "hidden_size": patch_embedding.shape[0],
+            "patch_size": patch_embedding.shape[-1],
+            "patches per image": num_positions,
+            "intermediate_size": state_dict[f"{prefix}encoder.layers.0.mlp.fc1.weight"].shape[0],
+            # the original drops the tower's last layer before saving
+            "num_hidden_layers": count_layers(state_dict, f"{prefix}encoder.layers.") + 1,
+        },
+    )
+    return {**vision_config, "num_hidden_layers": vision_config["num_hidden_layers"] - 1, "vision_use_head": False}
+
+
+def check_clip_config(clip_config: dict, state_dict: dict[str, torch.Tensor]):
+    """Checks the keyframe selector's CLIP config against the sizes its weights show."""
+    config = CLIPConfig.from_dict(clip_config)
+    prefix = CLIP_PREFIX
+    patch_embedding = state_dict[f"{prefix}vision_model.embeddings.patch_embedding.weight"]
+    num_positions = state_dict[f"{prefix}vision_model.embeddings.position_embedding.weight"].shape[0]
+    from_config = {
+        "projection_dim": config.projection_dim,
+        "vision hidden_size": config.vision_config.hidden_size,
+        "vision patch_size": config.vision_config.patch_size,
+        "vision patches per image + class": (config.vision_config.image_size // config.vision_config.patch_size) ** 2 + 1,
+        "vision num_hidden_layers": config.vision_config.num_hidden_layers,
+        "text hidden_size": config.text_config.hidden_size,
+        "text num_hidden_layers": config.text_config.num_hidden_layers,
+        "text vocab_size": config.text_config.vocab_size,
+    }
+    check_against_weights(
+        "keyframe selector CLIP",
+        from_config,
+        {
+            "projection_dim": state_dict[f"{prefix}text_projection.weight"].shape[0],
+            "vision hidden_size": patch_embedding.shape[0],
+            "vision patch_size": patch_embedding.shape[-1],
+            "vision patches per image + class": num_positions,
+            "vision num_hidden_layers": count_layers(state_dict, f"{prefix}vision_model.encoder.layers."),
+            "text hidden_size": state_dict[f"{prefix}text_model.embeddings.token_embedding.weight"].shape[1],
+            "text num_hidden_layers": count_layers(state_dict, f"{prefix}text_model.encoder.layers."),
+            "text vocab_size": state_dict[f"{prefix}text_model.embeddings.token_embedding.weight"].shape[0],
+        },
+    )
+
+
+def convert_config(original_config: dict, vision_config: dict, *, video_token_index: int, vocab_size: int) -> ViLaMPConfig:
+    """Builds the ViLaMPConfig of a converted checkpoint; the DFM keeps the original code's reference rule."""
+    text_config = {name: original_config[name] for name in QWEN2_CONFIG_FIELDS if name in original_config}
+    text_config.update(
+        model_type="qwen2",
+        vocab_size=vocab_size,
+        rope_parameters={"rope_type": "default", "rope_theta": original_config.get("rope_theta", 10000.0)},
+    )
+    if original_config.get("rope_scaling"):
+        raise ConversionError(f"`rope_scaling` {original_config['rope_scaling']} is not supported; the released ViLaMP has none.")
+    vilamp_fields = {new: original_config[old] for old, new in ORIGINAL_TO_HF_CONFIG.items() if old in original_config}
+    return ViLaMPConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        video_token_index=video_token_index,
+        dfm_reference_rule="original",
+        **vilamp_fields,
+    )
+
+
+def rename_model_key(key: str) -> str | None:
+    """The converted name of an original model key, or None when no rule of `ORIGINAL_TO_HF_KEYS` maps it."""
+    for pattern, replacement in ORIGINAL_TO_HF_KEYS:
+        renamed, count = re.subn(pattern, replacement, key)
+        if count:
+            return renamed
+    return None
+
+
+def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Renames the model's tensors; returns them and the original keys that no rule maps (the CLIP ones aside)."""
+    converted, unmapped = {}, []
+    for key, tensor in state_dict.items():
+        if key.startswith(CLIP_PREFIX):
+            continue
+        new_key = rename_model_key(key)
+        if new_key is None:
+            unmapped.append(key)
+        else:
+            converted[new_key] = tensor
+    return converted, unmapped
+
+
+def fit_embeddings_to_vocabulary(state_dict: dict[str, torch.Tensor], vocab_size: int) -> dict[str, torch.Tensor]:
+    """
+    Gives the input embeddings and the LM head `vocab_size` rows. Extra rows are dropped, as the original evaluation's
+    `resize_token_embeddings(len(tokenizer))` does; missing rows (the `<video>` token when no row is free) are the
+    mean of the existing rows, the deterministic centre of what transformers' LLaVA conversions sample.
+    """
+    fitted = dict(state_dict)
+    for key in EMBEDDING_KEYS:
+        rows = state_dict[key]
+        if rows.shape[0] >= vocab_size:
+            fitted[key] = rows[:vocab_size]
+        else:
+            mean_row = rows.float().mean(0, keepdim=True).to(rows.dtype)
+            fitted[key] = torch.cat([rows, mean_row.expand(vocab_size - rows.shape[0], -1)])
+    return fitted
+
+
+def load_tokenizer_with_video_token(tokenizer_dir: Path):
+    """Loads the checkpoint's Qwen2 tokenizer and adds the `<video>` placeholder as a special token."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    except (OSError, ValueError) as error:
+        raise ConversionError(
+            f"Cannot load a tokenizer from {tokenizer_dir} ({error}); pass --tokenizer with the Qwen2 tokenizer files."
+        ) from error
+    tokenizer.add_tokens([AddedToken(VIDEO_TOKEN, special=True, normalized=False)], special_tokens=True)
+    # batched generation needs the prompts to end together
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def check_converted(state_dict: dict[str, torch.Tensor], model: nn.Module, unmapped_keys: list[str]):
+    """Collects every problem of the converted tensors against the model and raises once, naming the keys."""
+    expected = model.state_dict()
+    problems = []
+    if unmapped_keys:
+        problems.append(f"original keys no rule maps: {sorted(unmapped_keys)}")
+    missing = sorted(set(expected) - set(state_dict))
+    if missing:
+        problems.append(f"model keys left uninitialised: {missing}")
+    unexpected = sorted(set(state_dict) - set(expected))
+    if unexpected:
+        problems.append(f"converted keys the model does not have: {unexpected}")
+    mismatched = [
+        f"{key} {tuple(tensor.shape)} vs {tuple(expected[key].shape)}"
+        for key, tensor in state_dict.items()
+        if key in expected and tensor.shape != expected[key].shape
+    ]
+    if mismatched:
+        problems.append(f"shape mismatches (converted vs model): {mismatched}")
+    non_finite = sorted(key for key, tensor in state_dict.items() if not torch.isfinite(tensor).all())
+    if non_finite:
+        problems.append(f"tensors with NaN or infinite values: {non_finite}")
+    if problems:
+        raise ConversionError("The converted checkpoint does not fit the model:\n- " + "\n- ".join(problems))
+
+
+def build_model(config: ViLaMPConfig, state_dict: dict[str, torch.Tensor], unmapped_keys: list[str]):
+    """Builds the model on the meta device, checks the converted tensors against it, then takes them as its weights."""
+    with torch.device("meta"):
+        model = ViLaMPForConditionalGeneration(config)
+    check_converted(state_dict, model, unmapped_keys)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model
+
+
+@contextmanager
+def atomic_directory(output_dir: Path, overwrite: bool):
+    """
+    Yields a temporary sibling of `output_dir` to write into and renames it into place once the block succeeds, so a
+    failure leaves no half-written output; an existing `output_dir` is replaced only with `overwrite`.
+    """
+    if output_dir.exists() and not overwrite:
+        raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it.")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    temporary_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    # mkdtemp makes the directory private; the output gets the permissions of any new directory
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary_dir, 0o777 & ~umask)
+    try:
+        yield temporary_dir
+        for path in temporary_dir.rglob("*"):
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+        if output_dir.exists():
+            replaced_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.replaced.", dir=output_dir.parent))
+            os.replace(output_dir, replaced_dir / output_dir.name)
+            os.replace(temporary_dir, output_dir)
+            shutil.rmtree(replaced_dir)
+        else:
+            os.replace(temporary_dir, output_dir)
+    finally:
+        if temporary_dir.exists():
+            shutil.rmtree(temporary_dir)
+
+
+def copy_remote_code(output_dir: Path):
+    """Copies the model and processor code next to the weights and points `auto_map` at it, for `trust_remote_code`."""
+    for package, names in ((MODELING_PACKAGE_DIR, MODEL_CODE_FILES), (PROCESSING_PACKAGE_DIR, PROCESSOR_CODE_FILES)):
+        for name in names:
+            shutil.copyfile(package / name, output_dir / name)
+    for file_name, auto_map in (("config.json", AUTO_MAP), (PROCESSOR_CONFIG_NAME, PROCESSOR_AUTO_MAP)):
+        path = output_dir / file_name
+        content = json.loads(path.read_text(encoding="utf-8"))
+        content["auto_map"] = auto_map
+        path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def convert_checkpoint(
+    input_dir: Path,
+    output_dir: Path,
+    *,
+    tokenizer_dir: Path | None = None,
+    vision_tower_config: Path | None = None,
+    clip_config: Path | None = None,
+    overwrite: bool = False,
+    max_shard_size: str = "5GB",
+) -> Path:
+    """
+    Converts the original checkpoint in `input_dir` into a directory that `AutoModel` and `AutoProcessor` load.
+
+    Everything is read and checked before anything is written; the output appears only once complete.
+    """
+    original_config = read_original_config(input_dir)
+    state_dict = load_original_state_dict(input_dir)
+    tower_config = load_tower_config(
+        original_config, "mm_vision_tower", input_dir, vision_tower_config, KNOWN_VISION_TOWERS, "--vision-tower-config"
+    )
+    selector_config = load_tower_config(
+        original_config, "clip_model_path", input_dir, clip_config, KNOWN_CLIP_MODELS, "--clip-config"
+    )
+    check_clip_config(selector_config, state_dict)
+    tokenizer = load_tokenizer_with_video_token(tokenizer_dir or input_dir)
+
+    model_state_dict, unmapped_keys = convert_state_dict(state_dict)
+    model_state_dict = fit_embeddings_to_vocabulary(model_state_dict, len(tokenizer))
+    config = convert_config(
+        original_config,
+        converted_vision_config(tower_config, state_dict),
+        video_token_index=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
+        vocab_size=len(tokenizer),
+    )
+    config.dtype = next(iter(model_state_dict.values())).dtype
+    model = build_model(config, model_state_dict, unmapped_keys)
+    model.generation_config = converted_generation_config(input_dir, config)
+    selector_state_dict, selector_model_config = convert_clip_to_open_clip(state_dict, selector_config)
+    processor = ViLaMPProcessor(
+        tokenizer=tokenizer,
+        num_keyframes=config.num_keyframes,
+        keyframe_relevance_threshold=config.keyframe_relevance_threshold,
+        keyframe_similarity_threshold=config.keyframe_similarity_threshold,
+        keyframe_pooled_size=config.keyframe_pooled_size,
+        keyframe_selector=KeyframeSelector.from_state_dict(selector_state_dict, selector_model_config),
+    )
+    with atomic_directory(output_dir, overwrite) as temporary_dir:
+        model.save_pretrained(temporary_dir, max_shard_size=max_shard_size)
+        processor.save_pretrained(temporary_dir)
+        copy_remote_code(temporary_dir)
+    return output_dir
+
+
+def converted_generation_config(input_dir: Path, config: ViLaMPConfig) -> GenerationConfig:
+    """The original generation config, with the `<video>` placeholder suppressed: the original could not emit it."""
+    if (input_dir / "generation_config.json").is_file():
+        generation_config = GenerationConfig.from_pretrained(input_dir)
+    else:
+        generation_config = GenerationConfig.from_model_config(config.text_config)
+    generation_config.suppress_tokens = [config.video_token_id]
+    return generation_config
+
+
+# The keyframe selector's CLIP, stored as a transformers `CLIPModel`, becomes an open_clip `CLIP` for the processor.
 CLIP_PREFIX = "model.frame_selector.model."
 
 # Ordered regex swaps, applied one after the other to every key (after `CLIP_PREFIX` is removed). The query, key
@@ -150,4 +676,54 @@ def convert_clip_to_open_clip(
     return open_clip_state_dict, open_clip_model_config(open_clip_state_dict, clip_config)
 
 
-__all__ = ["CLIP_TO_OPEN_CLIP_KEYS", "convert_clip_to_open_clip"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", type=Path, required=True, help="the original checkpoint directory (llava_qwen)")
+    parser.add_argument("--output", type=Path, required=True, help="the directory to write (must not exist)")
+    parser.add_argument("--tokenizer", type=Path, help="the Qwen2 tokenizer directory (default: --input)")
+    parser.add_argument("--vision-tower-config", type=Path, help="SigLIP config.json (default: `mm_vision_tower`)")
+    parser.add_argument("--clip-config", type=Path, help="keyframe selector CLIP config.json (default: `clip_model_path`)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+    parser.add_argument(
+        "--verify-reference", type=Path, help="after converting, compare every stage with this golden reference directory"
+    )
+    args = parser.parse_args(argv)
+    try:
+        output_dir = convert_checkpoint(
+            args.input,
+            args.output,
+            tokenizer_dir=args.tokenizer,
+            vision_tower_config=args.vision_tower_config,
+            clip_config=args.clip_config,
+            overwrite=args.overwrite,
+            max_shard_size=args.max_shard_size,
+        )
+    except (ConversionError, FileExistsError) as error:
+        parser.exit(2, f"error: {error}\n")
+    print(f"Converted {args.input} into {output_dir}")
+    if args.verify_reference is None:
+        return 0
+    differences = verify_converted(output_dir, args.verify_reference)
+    print(format_report(differences))
+    return 0 if all_within_tolerance(differences) else 1
+
+
+__all__ = [
+    "CLIP_TO_OPEN_CLIP_KEYS",
+    "ConversionError",
+    "ORIGINAL_TO_HF_CONFIG",
+    "ORIGINAL_TO_HF_KEYS",
+    "check_converted",
+    "convert_checkpoint",
+    "convert_clip_to_open_clip",
+    "convert_config",
+    "convert_state_dict",
+    "fit_embeddings_to_vocabulary",
+    "main",
+]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,190 @@
+"""Runs the golden reference's inputs through a converted model and processor and compares every stage.
+
+The reference directory (its README) holds the original code's outputs at every stage for a tiny checkpoint; each
+stage computed here carries the name of its golden tensor, so a comparison is one subtraction. Run it on a converted
+directory with `python -m conversion.verify_reference CONVERTED_DIR REFERENCE_DIR`.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+# The original code marks the video's position in `input_ids` with this id (IMAGE_TOKEN_INDEX).
+ORIGINAL_IMAGE_TOKEN_INDEX = -200
+NUM_GENERATED_TOKENS = 5
+# float32 on the CPU: the reference's own eager-vs-SDPA spread is 2.4e-6 (golden/meta.json), so 1e-4 is generous
+# for values and still catches any wrong weight, layout or rule
+FLOAT_TOLERANCE = 1e-4
+EXACT_STAGES = ("dks_greedy_selection", "keyframe_mask", "generated_ids")
+
+
+def load_golden(reference_dir: Path) -> dict[str, torch.Tensor]:
+    """The golden tensors of the reference directory."""
+    return load_file(Path(reference_dir) / "golden" / "golden.safetensors")
+
+
+def load_reference_frames(reference_dir: Path) -> list[Image.Image]:
+    """The reference video's frames, as the original evaluation hands them over (PIL images)."""
+    return [Image.fromarray(frame) for frame in np.load(Path(reference_dir) / "inputs" / "frames.npy")]
+
+
+def load_reference_question(reference_dir: Path) -> str:
+    """The bare question that the keyframe selector ranks the frames against."""
+    return json.loads((Path(reference_dir) / "inputs" / "clip_text.json").read_text(encoding="utf-8"))["question"]
+
+
+def expand_reference_input_ids(reference_dir: Path, video_token_id: int, num_video_tokens: int) -> torch.Tensor:
+    """The reference prompt ids `(1, sequence_length)` with the original video marker expanded to video tokens."""
+    input_ids = json.loads((Path(reference_dir) / "inputs" / "input_ids.json").read_text(encoding="utf-8"))["input_ids"]
+    position = input_ids.index(ORIGINAL_IMAGE_TOKEN_INDEX)
+    return torch.tensor([input_ids[:position] + [video_token_id] * num_video_tokens + input_ids[position + 1 :]])
+
+
+@torch.no_grad()
+def model_stage_outputs(
+    model, pixel_values_videos: torch.Tensor, keyframe_mask: torch.Tensor, query_embeds: torch.Tensor, reference_dir: Path
+) -> dict[str, torch.Tensor]:
+    """
+    Every model stage for the reference video, named like the golden tensors.
+
+    Args:
+        model (`ViLaMPForConditionalGeneration`): the model, in float32 for a comparison at `FLOAT_TOLERANCE`.
+        pixel_values_videos (`torch.ByteTensor` of shape `(num_frames, 3, 384, 384)`): the SigLIP frames.
+        keyframe_mask (`torch.BoolTensor` of shape `(num_frames,)`): the keyframes.
+        query_embeds (`torch.Tensor` of shape `(1, query_embed_dim)`): the CLIP text embedding of the question.
+        reference_dir (`Path`): the reference directory, for the prompt ids.
+    """
+    vision_model = model.model
+    projected_features = vision_model.get_frame_features(pixel_values_videos)
+    video_tokens = model.get_video_features(pixel_values_videos, keyframe_mask, query_embeds)
+    input_ids = expand_reference_input_ids(reference_dir, model.config.video_token_id, video_tokens.shape[0])
+    inputs_embeds = model.get_input_embeddings()(input_ids)
+    placeholder_mask = vision_model.get_placeholder_mask(input_ids, inputs_embeds, video_tokens, keyframe_mask, num_videos=1)
+    inputs = {
+        "input_ids": input_ids,
+        "pixel_values_videos": pixel_values_videos,
+        "keyframe_mask": keyframe_mask,
+        "query_embeds": query_embeds,
+    }
+    generated = model.generate(
+        **inputs, do_sample=False, max_new_tokens=NUM_GENERATED_TOKENS, output_logits=True, return_dict_in_generate=True
+    )
+    return {
+        "siglip_features": vision_model.get_vision_features(pixel_values_videos),
+        "projected_features": projected_features,
+        "pooled_keyframe_tokens": vision_model.pool_keyframes(projected_features[keyframe_mask]),
+        "non_keyframe_tokens": video_tokens[non_keyframe_token_positions(keyframe_mask, model.config.keyframe_pooled_size)],
+        "video_tokens": video_tokens,
+        "inputs_embeds": inputs_embeds.masked_scatter(placeholder_mask, video_tokens),
+        "logits": model(**inputs).logits,
+        "generated_ids": generated.sequences[:, input_ids.shape[1] :],
+        "generate_step_logits": torch.cat(generated.logits),
+    }
+
+
+def non_keyframe_token_positions(keyframe_mask: torch.Tensor, keyframe_pooled_size: int) -> torch.Tensor:
+    """Positions of the non-keyframes' tokens among one video's tokens (keyframes take `keyframe_pooled_size**2`)."""
+    token_counts = torch.where(keyframe_mask, keyframe_pooled_size**2, 1)
+    return (token_counts.cumsum(0) - token_counts)[~keyframe_mask]
+
+
+@torch.no_grad()
+def processor_stage_outputs(processor, reference_dir: Path) -> dict[str, torch.Tensor]:
+    """The processor's stages for the reference frames and question, named like the golden tensors."""
+    from processing import clip_resize_and_crop, frame_relevance_scores, greedy_keyframe_selection, normalize_clip_pixels
+
+    frames = load_reference_frames(reference_dir)
+    question = load_reference_question(reference_dir)
+    selector = processor.keyframe_selector
+    pixel_values_videos = processor.video_processor(frames)
+    clip_frames = torch.stack([clip_resize_and_crop(frame, selector.image_size) for frame in frames])
+    clip_image_embeds = selector.encode_frames(clip_frames).cpu()
+    clip_text_embeds = selector.encode_query(question).cpu()
+    keyframe_mask, _ = processor.select_keyframes(clip_frames, question)
+    dks_settings = {
+        "num_keyframes": processor.num_keyframes,
+        "relevance_threshold": processor.keyframe_relevance_threshold,
+        "similarity_threshold": processor.keyframe_similarity_threshold,
+    }
+    return {
+        "pixel_values_videos": pixel_values_videos,
+        # the model normalises on its device the same way; the golden tensor is sub-sampled every 8 pixels
+        "siglip_pixel_values_sub8": ((pixel_values_videos.float() / 255 - 0.5) / 0.5)[:, :, ::8, ::8],
+        "clip_pixel_values_sub4": normalize_clip_pixels(clip_frames)[:, :, ::4, ::4],
+        "clip_image_embeds": clip_image_embeds,
+        "clip_text_embeds": clip_text_embeds[None],
+        "f2t_scores": frame_relevance_scores(clip_image_embeds, clip_text_embeds),
+        "dks_greedy_selection": greedy_keyframe_selection(clip_image_embeds, clip_text_embeds, **dks_settings).long(),
+        "keyframe_mask": keyframe_mask.long(),
+    }
+
+
+def max_differences(outputs: dict[str, torch.Tensor], golden: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The largest absolute difference of each stage from its golden tensor (over the golden tensor's columns)."""
+    differences = {}
+    for name, output in outputs.items():
+        if name not in golden:
+            continue
+        expected = golden[name]
+        if output.shape != expected.shape:
+            # a converted vocabulary may hold the `<video>` row beyond the reference's columns
+            output = output[..., : expected.shape[-1]]
+        differences[name] = (output.double() - expected.double()).abs().max().item()
+    return differences
+
+
+def verify_converted(converted_dir: Path, reference_dir: Path) -> dict[str, float]:
+    """Loads a converted directory with the Auto classes and returns each stage's max difference from the golden one."""
+    import modeling_vilamp  # noqa: F401  (registers the Auto classes)
+    from transformers import AutoModel, AutoProcessor
+
+    model = AutoModel.from_pretrained(converted_dir, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(converted_dir)
+    processor_outputs = processor_stage_outputs(processor, reference_dir)
+    keyframe_mask = processor_outputs["keyframe_mask"].bool()
+    model_outputs = model_stage_outputs(
+        model, processor_outputs["pixel_values_videos"], keyframe_mask, processor_outputs["clip_text_embeds"], reference_dir
+    )
+    return max_differences({**processor_outputs, **model_outputs}, load_golden(reference_dir))
+
+
+def format_report(differences: dict[str, float]) -> str:
+    """A markdown table of the stages, their max differences and whether each is within its tolerance."""
+    lines = ["| stage | max abs difference | tolerance | ok |", "| --- | --- | --- | --- |"]
+    for name, difference in differences.items():
+        tolerance = 0.0 if name in EXACT_STAGES else FLOAT_TOLERANCE
+        lines.append(f"| {name} | {difference:.3g} | {tolerance:g} | {'yes' if difference <= tolerance else 'NO'} |")
+    return "\n".join(lines)
+
+
+def all_within_tolerance(differences: dict[str, float]) -> bool:
+    return all(difference <= (0.0 if name in EXACT_STAGES else FLOAT_TOLERANCE) for name, difference in differences.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("converted_dir", type=Path, help="a directory written by conversion.convert_original_to_hf")
+    parser.add_argument("reference_dir", type=Path, help="the golden reference directory (inputs/, golden/)")
+    args = parser.parse_args(argv)
+    differences = verify_converted(args.converted_dir, args.reference_dir)
+    print(format_report(differences))
+    return 0 if all_within_tolerance(differences) else 1
+
+
+__all__ = [
+    "all_within_tolerance",
+    "format_report",
+    "max_differences",
+    "model_stage_outputs",
+    "processor_stage_outputs",
+    "verify_converted",
+]
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
