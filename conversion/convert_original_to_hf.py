@@ -30,7 +30,7 @@ import processing
 from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
 from processing import KeyframeSelector, ViLaMPProcessor
 
-from .verify_reference import all_within_tolerance, format_report, verify_converted
+from .verify_reference import report_verification
 
 logger = logging.getLogger(__name__)
 
@@ -706,9 +706,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Converted {args.input} into {output_dir}")
     if args.verify_reference is None:
         return 0
-    differences = verify_converted(output_dir, args.verify_reference)
-    print(format_report(differences))
-    return 0 if all_within_tolerance(differences) else 1
+    return report_verification(output_dir, args.verify_reference)
 
 
 __all__ = [

@@ -166,14 +166,19 @@ def all_within_tolerance(differences: dict[str, float]) -> bool:
     return all(difference <= (0.0 if name in EXACT_STAGES else FLOAT_TOLERANCE) for name, difference in differences.items())
 
 
+def report_verification(converted_dir: Path, reference_dir: Path) -> int:
+    """Prints the stage report of a converted directory; returns the exit status (0 when every stage is within tolerance)."""
+    differences = verify_converted(converted_dir, reference_dir)
+    print(format_report(differences))
+    return 0 if all_within_tolerance(differences) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("converted_dir", type=Path, help="a directory written by conversion.convert_original_to_hf")
     parser.add_argument("reference_dir", type=Path, help="the golden reference directory (inputs/, golden/)")
     args = parser.parse_args(argv)
-    differences = verify_converted(args.converted_dir, args.reference_dir)
-    print(format_report(differences))
-    return 0 if all_within_tolerance(differences) else 1
+    return report_verification(args.converted_dir, args.reference_dir)
 
 
 __all__ = [
@@ -182,6 +187,7 @@ __all__ = [
     "max_differences",
     "model_stage_outputs",
     "processor_stage_outputs",
+    "report_verification",
     "verify_converted",
 ]
 
