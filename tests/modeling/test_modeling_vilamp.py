@@ -1,5 +1,9 @@
+import weakref
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 
 from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
@@ -262,3 +266,54 @@ def test_compiled_vision_tower_gives_the_same_video_tokens(tiny_model, video_inp
         torch.testing.assert_close(
             compiled.get_video_features(*video_args), eager.get_video_features(*video_args), rtol=1e-5, atol=1e-5
         )
+
+
+class PeakTensorBytes(TorchDispatchMode):
+    """Tracks the bytes of tensor storage that operations allocate and that are alive at once (CPU has no allocator stats)."""
+
+    def __init__(self):
+        super().__init__()
+        self.current = self.peak = 0
+        self.live = set()
+
+    def _release(self, key, num_bytes):
+        self.live.discard(key)
+        self.current -= num_bytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        # views and no-op conversions return storage that existed before: not an allocation
+        input_storages = {
+            id(value.untyped_storage()) for value in tree_flatten((args, kwargs))[0] if isinstance(value, torch.Tensor)
+        }
+        for tensor in tree_flatten(output)[0]:
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            if id(storage) not in self.live and id(storage) not in input_storages:
+                self.live.add(id(storage))
+                self.current += storage.nbytes()
+                self.peak = max(self.peak, self.current)
+                weakref.finalize(storage, self._release, id(storage), storage.nbytes())
+        return output
+
+
+def test_streamed_memory_grows_with_frames_only_by_the_output_tokens(tiny_model, video_inputs):
+    model = tiny_model(vision_chunk_size=8)
+    hidden_size = model.config.text_config.hidden_size
+    peaks_beyond_output = {}
+    for num_frames in (64, 1024):
+        mask = [frame in (3, num_frames - 5) for frame in range(num_frames)]
+        inputs = video_inputs(model.config, [mask])
+        tracker = PeakTensorBytes()
+        with torch.no_grad(), tracker:
+            video_tokens = model.get_video_features(
+                inputs["pixel_values_videos"], inputs["keyframe_mask"], inputs["query_embeds"]
+            )
+        output_bytes = video_tokens.numel() * video_tokens.element_size()
+        # the token layout keeps a few int64 entries per frame, as small as the output's own growth allows
+        layout_bytes = 3 * 8 * num_frames
+        peaks_beyond_output[num_frames] = tracker.peak - output_bytes - layout_bytes
+    assert peaks_beyond_output[1024] <= peaks_beyond_output[64] * 1.05, peaks_beyond_output
+    # one chunk's activations dominate; 1024 frames encoded at once would need far more
+    assert video_tokens.shape == (4 * 2 + 1022 + 1, hidden_size)
