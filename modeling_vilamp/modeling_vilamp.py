@@ -321,26 +321,29 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         for start in range(0, num_frames, chunk_size):
             end = min(start + chunk_size, num_frames)
             frame_features = self.get_frame_features(pixel_values_videos[start:end])
+            chunk_features = dict(enumerate(frame_features, start))
             chunk_keyframes = keyframe_mask[start:end]
             chunk_token_starts = layout.token_starts[start:end]
             if chunk_keyframes.any():
                 positions = (chunk_token_starts[chunk_keyframes, None] + pooled_offsets).flatten()
                 video_tokens[positions.to(device)] = self.pool_keyframes(frame_features[chunk_keyframes]).flatten(0, 1)
             if not chunk_keyframes.all():
-                non_keyframes = (~chunk_keyframes).nonzero().flatten().tolist()
-                features_of = {start + offset: frame_features[offset] for offset in range(end - start)}
-                features_of.update(kept_features)
-                references = [layout.reference_frames[start + offset] for offset in non_keyframes]
+                available = {**kept_features, **chunk_features}
+                references = [layout.reference_frames[frame] for frame in chunk_features if not keyframe_mask[frame]]
                 video_tokens[chunk_token_starts[~chunk_keyframes].to(device)] = self.merge_non_keyframes(
                     frame_features[~chunk_keyframes],
-                    [features_of[reference] if reference >= 0 else None for reference in references],
+                    [available[reference] if reference >= 0 else None for reference in references],
                     projected_query[layout.frame_video_indices[start:end][~chunk_keyframes].to(device)],
                 )
             kept_features = {
-                frame: features
-                for frame, features in {**kept_features, **dict(enumerate(frame_features, start))}.items()
-                if layout.last_reference_use[frame] >= end
+                frame: features for frame, features in kept_features.items() if layout.last_reference_use[frame] >= end
             }
+            # copies, so that the chunk's other patches are freed
+            kept_features.update(
+                (frame, features.clone())
+                for frame, features in chunk_features.items()
+                if layout.last_reference_use[frame] >= end
+            )
         return video_tokens
 
     def _check_video_inputs(
