@@ -7,13 +7,16 @@ from .keyframe_selection import (
     normalize_clip_pixels,
     select_keyframes,
 )
-from .processing_vilamp import ViLaMPProcessor, num_video_tokens
+from .processing_vilamp import IGNORE_INDEX, ViLaMPProcessor, num_video_tokens
+from .training_data import ViLaMPDataCollator, read_video_qa_file, video_qa_conversation
 from .video_decoding import DecodedVideo, decode_video, sample_frame_indices
 from .video_processing_vilamp import ViLaMPVideoProcessor
 
 __all__ = [
     "DecodedVideo",
+    "IGNORE_INDEX",
     "KeyframeSelector",
+    "ViLaMPDataCollator",
     "ViLaMPProcessor",
     "ViLaMPVideoProcessor",
     "clip_resize_and_crop",
@@ -23,6 +26,8 @@ __all__ = [
     "greedy_keyframe_selection",
     "normalize_clip_pixels",
     "num_video_tokens",
+    "read_video_qa_file",
     "sample_frame_indices",
     "select_keyframes",
+    "video_qa_conversation",
 ]

@@ -16,6 +16,11 @@ from .video_processing_vilamp import ViLaMPVideoProcessor
 
 CHAT_TEMPLATE_PATH = Path(__file__).with_name("chat_template.jinja")
 
+# Label of a position without loss (`ignore_index` of the loss).
+IGNORE_INDEX = -100
+# The chat template closes every turn with this token; an answer's labels include it, so the model learns to stop.
+END_OF_TURN = "<|im_end|>"
+
 # `cached_file` arguments of `from_pretrained` that the keyframe selector files are fetched with as well.
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
@@ -259,7 +264,7 @@ class ViLaMPProcessor(ProcessorMixin):
             `(3, frame_size, frame_size)` and `(3, 224, 224)`.
         """
         if isinstance(video, (str, os.PathLike)):
-            return decode_video(video, fps=self.fps, max_frames=self.max_frames, frame_transform=self._resize_frame)
+            return decode_video(video, fps=self.fps, max_frames=self.max_frames, frame_transform=self.resize_frame)
         if isinstance(video, (np.ndarray, torch.Tensor)):
             if video.dtype not in (np.uint8, torch.uint8) or video.shape[-1] != 3 or video.shape[0] == 0:
                 raise ValueError(
@@ -268,7 +273,7 @@ class ViLaMPProcessor(ProcessorMixin):
                 )
             video = np.asarray(video)
         frame_indices = sample_frame_indices(len(video), self.fps, fps=self.fps, max_frames=self.max_frames)
-        frames = [self._resize_frame(self._to_image(video[index])) for index in frame_indices]
+        frames = [self.resize_frame(self._to_image(video[index])) for index in frame_indices]
         metadata = VideoMetadata(total_num_frames=len(video), fps=self.fps, frames_indices=frame_indices.tolist())
         return DecodedVideo(frames=frames, timestamps_seconds=(frame_indices / self.fps).tolist(), metadata=metadata)
 
@@ -277,7 +282,7 @@ class ViLaMPProcessor(ProcessorMixin):
         """A given frame as a PIL image."""
         return frame if isinstance(frame, Image.Image) else Image.fromarray(frame)
 
-    def _resize_frame(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    def resize_frame(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
         """Resizes one frame for SigLIP and for the keyframe selector's CLIP."""
         return self.video_processor.resize_frame(image), clip_resize_and_crop(image, self.keyframe_selector.image_size)
 
@@ -333,9 +338,12 @@ class ViLaMPProcessor(ProcessorMixin):
 
     def replace_video_token(self, video_inputs: dict, video_idx: int) -> str:
         """The expanded placeholder of video `video_idx`: `num_video_tokens` copies of the video token."""
+        return self.video_token * self._num_video_tokens_of(video_inputs, video_idx)
+
+    def _num_video_tokens_of(self, video_inputs: dict, video_idx: int) -> int:
+        """The placeholder count of video `video_idx` of processed video inputs."""
         num_frames = int(video_inputs["video_frame_counts"][video_idx])
-        num_keyframes = min(self.num_keyframes, num_frames)
-        return self.video_token * num_video_tokens(num_frames, num_keyframes, self.keyframe_pooled_size)
+        return num_video_tokens(num_frames, min(self.num_keyframes, num_frames), self.keyframe_pooled_size)
 
     def _expand_video_placeholders(self, texts: list[str], video_inputs: dict) -> list[str]:
         """Replaces each placeholder, in order over the batch, by its expanded form."""
@@ -377,6 +385,7 @@ class ViLaMPProcessor(ProcessorMixin):
         tokenize=False,
         return_dict=False,
         query=None,
+        return_labels=False,
         **kwargs,
     ):
         """
@@ -394,11 +403,25 @@ class ViLaMPProcessor(ProcessorMixin):
             return_dict (`bool`, *optional*, defaults to `False`): return the whole `BatchFeature`, not only
                 `input_ids`.
             query (`str` or `list[str]`, *optional*): overrides the questions, as in `__call__`.
+            return_labels (`bool`, *optional*, defaults to `False`): add `labels` for training (needs `tokenize=True`
+                and `return_dict=True`): the ids of each assistant answer and of the `<|im_end|>` that closes it,
+                -100 everywhere else (system and user turns, role headers, video placeholders, padding).
             kwargs: passed to `__call__` (`return_tensors`, `device`, tokenizer arguments).
 
         Returns:
-            The prompt (`str` or `list[str]`), or with `tokenize=True` the `input_ids` or the `BatchFeature`.
+            The prompt (`str` or `list[str]`), or with `tokenize=True` the `input_ids` or the `BatchFeature` (with
+            **labels**, `torch.LongTensor` of shape `(batch_size, sequence_length)`, when `return_labels=True`).
         """
+        if return_labels and not (tokenize and return_dict):
+            raise ValueError(
+                "`return_labels=True` needs `tokenize=True` and `return_dict=True`: the labels are returned next to the "
+                f"`input_ids` in the `BatchFeature`; got tokenize={tokenize}, return_dict={return_dict}."
+            )
+        if return_labels and (add_generation_prompt or continue_final_message):
+            raise ValueError(
+                "`return_labels=True` trains on complete conversations: leave `add_generation_prompt` and "
+                "`continue_final_message` False and end the conversation with the assistant's answer."
+            )
         prompt = super().apply_chat_template(
             conversation,
             chat_template=chat_template,
@@ -417,7 +440,101 @@ class ViLaMPProcessor(ProcessorMixin):
                 videos.extend(message_videos)
                 video_queries.extend([message_text] * len(message_videos))
         inputs = self(text=prompt, videos=videos or None, query=video_queries if query is None else query, **kwargs)
+        if return_labels:
+            inputs["labels"] = self.answer_labels(conversations, inputs, chat_template=chat_template)
         return inputs if return_dict else inputs["input_ids"]
+
+    def _render(self, messages: list[dict], chat_template=None, add_generation_prompt=False) -> str:
+        """One conversation rendered with the chat template, video blocks reduced to their type."""
+        messages = [
+            {
+                "role": message["role"],
+                "content": message["content"]
+                if isinstance(message.get("content"), str)
+                else [
+                    {"type": block["type"], **({"text": block["text"]} if block.get("type") == "text" else {})}
+                    for block in message["content"]
+                ],
+            }
+            for message in messages
+        ]
+        return self.tokenizer.apply_chat_template(
+            messages,
+            chat_template=chat_template or self.chat_template,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
+
+    def answer_character_spans(self, messages: list[dict], chat_template=None) -> list[tuple[int, int]]:
+        """
+        Where the assistant answers lie in the rendered conversation.
+
+        Args:
+            messages (`list[dict]`): one conversation.
+            chat_template (`str`, *optional*): overrides the processor's template.
+
+        Returns:
+            `list[tuple[int, int]]`: for each assistant message, the `[start, end)` character range of the rendered
+            conversation from the first character after its role header through its closing `<|im_end|>`.
+        """
+        text = self._render(messages, chat_template)
+        spans = []
+        for index, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            # the answer is what the assistant turn adds after its header: render the conversation up to the header
+            header_end = len(self._render(messages[:index], chat_template, add_generation_prompt=True)) if index else 0
+            turn = self._render(messages[: index + 1], chat_template)
+            end = turn.rfind(END_OF_TURN)
+            if not text.startswith(turn) or end < header_end:
+                raise ValueError(
+                    f"Cannot find assistant message {index} in the rendered conversation: the chat template must render "
+                    f"each turn after the previous ones and close it with `{END_OF_TURN}`."
+                )
+            spans.append((header_end, end + len(END_OF_TURN)))
+        return spans
+
+    def answer_labels(self, conversations: list[list[dict]], inputs: BatchFeature, chat_template=None) -> torch.Tensor:
+        """
+        Training labels for processed conversations: the assistant answers' ids, -100 elsewhere.
+
+        Args:
+            conversations (`list[list[dict]]`): the conversations, as passed to `apply_chat_template`.
+            inputs (`BatchFeature`): what `apply_chat_template(conversations, tokenize=True, return_dict=True)` returned.
+            chat_template (`str`, *optional*): the template they were rendered with.
+
+        Returns:
+            `torch.LongTensor` of shape `(batch_size, sequence_length)`, aligned with `inputs["input_ids"]`.
+        """
+        labels = torch.full_like(inputs["input_ids"], IGNORE_INDEX)
+        video_idx = 0
+        for row, messages in enumerate(conversations):
+            spans = self.answer_character_spans(messages, chat_template)
+            if not spans:
+                raise ValueError(
+                    f"Conversation {row} has no assistant message, so nothing to learn; end it with "
+                    '`{"role": "assistant", "content": [{"type": "text", "text": answer}]}`.'
+                )
+            encoding = self.tokenizer(self._render(messages, chat_template), return_offsets_mapping=True)
+            row_ids, row_labels = [], []
+            for token_id, (start, _) in zip(encoding["input_ids"], encoding["offset_mapping"]):
+                if token_id == self.video_token_id:
+                    count = self._num_video_tokens_of(inputs, video_idx)
+                    video_idx += 1
+                    row_ids += [token_id] * count
+                    row_labels += [IGNORE_INDEX] * count
+                else:
+                    is_answer = any(span_start <= start < span_end for span_start, span_end in spans)
+                    row_ids.append(token_id)
+                    row_labels.append(token_id if is_answer else IGNORE_INDEX)
+            is_token = inputs["attention_mask"][row].bool()
+            if row_ids != inputs["input_ids"][row][is_token].tolist():
+                raise ValueError(
+                    f"The tokens of conversation {row} differ from its `input_ids` ({len(row_ids)} against "
+                    f"{int(is_token.sum())}), so its labels cannot be aligned; do not truncate when `return_labels=True`."
+                )
+            labels[row, is_token] = torch.tensor(row_labels, dtype=labels.dtype)
+        return labels
 
     @staticmethod
     def _message_videos_and_text(message: dict) -> tuple[list, str]:
@@ -480,4 +597,4 @@ class ViLaMPProcessor(ProcessorMixin):
         return processor
 
 
-__all__ = ["ViLaMPProcessor", "num_video_tokens"]
+__all__ = ["IGNORE_INDEX", "ViLaMPProcessor", "num_video_tokens"]

@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
 
-from conftest import build_tiny_tokenizer
 from conversion.convert_original_to_hf import ConversionError, convert_checkpoint, fit_embeddings_to_vocabulary, main
 from conversion.verify_reference import EXACT_STAGES, FLOAT_TOLERANCE, format_report, verify_converted
 from modeling_vilamp import ViLaMPForConditionalGeneration
 from processing import ViLaMPProcessor
+from training.tiny import build_tiny_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,179 @@
+"""
+LoRA training-step benchmark: peak GPU memory and seconds per step of one LoRA step (forward, backward, optimizer step)
+of ViLaMP on long videos, printed as a markdown table.
+
+Builds the full-size architecture (SigLIP so400m, Qwen2-7B, K = 32) with random weights directly on the device, wraps
+it with the package's LoRA config (adapters on the language model only; optionally the projector and the DFM trained in
+full), and feeds it synthetic uint8 frames with evenly spread keyframes and a short answer as the only labels. Each row
+runs one warm-up step, then times `--steps` steps.
+
+    python bench/lora_step.py                                   # full size, 600 and 2000 frames, one GPU
+    python bench/lora_step.py --frames 600 --trainable lora+projector+dfm --no-gradient-checkpointing
+    python bench/lora_step.py --tiny --device cpu               # tiny config, seconds: proves that it runs
+"""
+
+import argparse
+import shlex
+import sys
+import time
+
+import torch
+import transformers
+from long_video import (
+    evenly_spread_keyframes,
+    format_number,
+    markdown_row,
+    peak_memory_gib,
+    print_table_start,
+    reset_peak_memory,
+    synchronize,
+    synthetic_frames,
+)
+from transformers.utils import is_flash_attn_2_available
+
+from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
+from training import enable_gradient_checkpointing, lora_config, tiny_config
+
+FULL_FRAMES = "600,2000"
+TINY_FRAMES = "16,64"
+# what is trained next to the adapters, by configuration name
+TRAINABLE_CONFIGURATIONS = {
+    "lora": (),
+    "lora+projector": ("multi_modal_projector",),
+    "lora+projector+dfm": ("multi_modal_projector", "feature_merger"),
+}
+# ordinary text ids around the video placeholders and in the answer, below every special id of both configs
+PROMPT_TEXT_IDS = list(range(2, 10))
+ANSWER_LENGTH = 32
+COLUMNS = ["frames", "trainable", "tokens", "trainable params", "peak GPU GiB", "s / step"]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", help=f"comma-separated frame counts (default {FULL_FRAMES}; {TINY_FRAMES} with --tiny)")
+    parser.add_argument(
+        "--trainable",
+        default="lora,lora+projector+dfm",
+        help=f"comma-separated configurations among {list(TRAINABLE_CONFIGURATIONS)} (default: %(default)s)",
+    )
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--attn-implementation", help="language model attention (default flash_attention_2 if installed, else sdpa)")
+    parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="activation checkpointing in both towers (default: on)",
+    )
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per row, after one warm-up step")
+    parser.add_argument("--tiny", action="store_true", help="tiny config, K = 2: runs on a CPU")
+    args = parser.parse_args()
+    args.frames = [int(count) for count in (args.frames or (TINY_FRAMES if args.tiny else FULL_FRAMES)).split(",")]
+    args.trainable = args.trainable.split(",")
+    unknown = sorted(set(args.trainable) - set(TRAINABLE_CONFIGURATIONS))
+    if unknown:
+        parser.error(f"`--trainable` takes {list(TRAINABLE_CONFIGURATIONS)}, got {unknown}.")
+    if min(args.frames) < 1 or args.steps < 1:
+        parser.error(f"`--frames` must be positive and `--steps` at least 1, got {args.frames} and {args.steps}.")
+    if args.attn_implementation is None:
+        use_flash = args.device.startswith("cuda") and is_flash_attn_2_available()
+        args.attn_implementation = "flash_attention_2" if use_flash else "sdpa"
+    return args
+
+
+def build_model(args: argparse.Namespace) -> ViLaMPForConditionalGeneration:
+    """Random weights created on the device in the benchmark's dtype, in training mode."""
+    config = tiny_config() if args.tiny else ViLaMPConfig()
+    with torch.device(args.device):
+        model = ViLaMPForConditionalGeneration._from_config(
+            config, dtype=getattr(torch, args.dtype), attn_implementation=args.attn_implementation
+        )
+    if args.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model.train()
+
+
+def training_inputs(config: ViLaMPConfig, frames: torch.Tensor, num_frames: int, device: torch.device) -> dict:
+    """A one-video batch laid out as the processor does, labels on the answer only; the frames stay on the host."""
+    keyframe_mask = evenly_spread_keyframes(num_frames, config.num_keyframes)
+    num_keyframes = int(keyframe_mask.sum())
+    # +1 for the closing image_newline token
+    num_video_tokens = config.keyframe_pooled_size**2 * num_keyframes + (num_frames - num_keyframes) + 1
+    prompt = PROMPT_TEXT_IDS + [config.video_token_id] * num_video_tokens + PROMPT_TEXT_IDS
+    answer = [PROMPT_TEXT_IDS[index % len(PROMPT_TEXT_IDS)] for index in range(ANSWER_LENGTH)]
+    input_ids = torch.tensor([prompt + answer])
+    labels = torch.tensor([[-100] * len(prompt) + answer])
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": torch.ones_like(input_ids, device=device),
+        "labels": labels.to(device),
+        "pixel_values_videos": frames[:num_frames],
+        "keyframe_mask": keyframe_mask,
+        "query_embeds": torch.randn(1, config.query_embed_dim, generator=generator).to(device),
+    }
+
+
+def training_step(model, optimizer, inputs: dict):
+    """Forward, backward and optimizer step."""
+    model(**inputs, use_cache=False).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def measure_row(base_model, frames: torch.Tensor, num_frames: int, trainable: str, args: argparse.Namespace) -> list:
+    """The cells of one row: the model wrapped for `trainable`, one warm-up step, then the mean of `--steps` steps."""
+    from peft import get_peft_model
+
+    device = torch.device(args.device)
+    inputs = training_inputs(base_model.config, frames, num_frames, device)
+    model = get_peft_model(
+        base_model, lora_config(r=args.lora_rank, modules_to_save=TRAINABLE_CONFIGURATIONS[trainable], lora_dropout=0.0)
+    )
+    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    cells = [num_frames, trainable, inputs["input_ids"].shape[1], f"{sum(p.numel() for p in parameters):,}"]
+    optimizer = torch.optim.AdamW(parameters, lr=1e-5)
+    try:
+        reset_peak_memory(device)
+        training_step(model, optimizer, inputs)
+        synchronize(device)
+        start_time = time.perf_counter()
+        for _ in range(args.steps):
+            training_step(model, optimizer, inputs)
+        synchronize(device)
+        seconds = (time.perf_counter() - start_time) / args.steps
+        return cells + [format_number(peak_memory_gib(device), 1), f"{seconds:.2f}"]
+    except torch.cuda.OutOfMemoryError:
+        return cells + ["OOM", "-"]
+    finally:
+        del optimizer, parameters
+        model.unload()  # back to the bare base model for the next configuration
+        reset_peak_memory(device)
+
+
+def main():
+    args = parse_args()
+    device = torch.device(args.device)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print("# ViLaMP: one LoRA training step (forward + backward + AdamW step)")
+    print(f"- device: {device_name}; dtype {args.dtype}; attention {args.attn_implementation}")
+    print(f"- torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"- LoRA rank {args.lora_rank} on every language-model projection; vision tower frozen; "
+          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; answer of {ANSWER_LENGTH} tokens")
+    print(f"- command: python {shlex.join(sys.argv)}")
+    base_model = build_model(args)
+    frames = synthetic_frames(max(args.frames), base_model.config.vision_config.image_size)
+    print_table_start(COLUMNS)
+    for num_frames in args.frames:
+        for trainable in args.trainable:
+            print(markdown_row(measure_row(base_model, frames, num_frames, trainable, args)), flush=True)
+    print(
+        "\ntokens: prompt with the expanded video placeholders and the answer; s / step: mean over "
+        f"{args.steps} step(s) after one warm-up step; peak: the largest allocation over all of a row's steps.",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""A tiny random ViLaMP, its processor and synthetic videos: examples and benchmarks run anywhere in seconds with them."""
+
+import os
+from pathlib import Path
+
+import torch
+
+from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
+from processing import KeyframeSelector, ViLaMPProcessor
+
+# A byte-level toy vocabulary: UTF-8 byte b is id b, the Qwen2 special tokens sit at the top of 512 ids.
+TINY_SPECIAL_TOKEN_IDS = {"<video>": 508, "<|endoftext|>": 509, "<|im_start|>": 510, "<|im_end|>": 511}
+TINY_VOCAB_SIZE = 512
+
+TINY_VISION_CONFIG = {
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 56,
+    "patch_size": 14,
+    "vision_use_head": False,
+}
+TINY_TEXT_CONFIG = {
+    "vocab_size": TINY_VOCAB_SIZE,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "pad_token_id": TINY_SPECIAL_TOKEN_IDS["<|endoftext|>"],
+    "eos_token_id": TINY_SPECIAL_TOKEN_IDS["<|im_end|>"],
+}
+# initializer_range 0.2, not 0.02: with a random frozen `lm_head` of std 0.02 the logits of a hidden-size-32 model span
+# well under one unit, so no adapter could fit an answer; 0.2 gives them the spread of a trained model's
+TINY_SETTINGS = {"num_keyframes": 2, "keyframe_pooled_size": 2, "query_embed_dim": 16, "initializer_range": 0.2}
+
+# A random CLIP ViT of the reference's tiny layout, in open_clip's config format (its `embed_dim` is `query_embed_dim`).
+TINY_KEYFRAME_SELECTOR_CONFIG = {
+    "embed_dim": 16,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 224, "patch_size": 32, "width": 32, "layers": 2, "head_width": 16, "mlp_ratio": 2.0},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 2, "mlp_ratio": 2.0},
+}
+
+
+def tiny_config(**overrides) -> ViLaMPConfig:
+    """A tiny ViLaMP config (SigLIP 56x56 in 4x4 patches pooled to 2x2, Qwen2 of hidden size 32 and 2 layers, K = 2)
+    that matches [`build_tiny_processor`]."""
+    settings = {**TINY_SETTINGS, "video_token_index": TINY_SPECIAL_TOKEN_IDS["<video>"], **overrides}
+    return ViLaMPConfig(vision_config=TINY_VISION_CONFIG, text_config=TINY_TEXT_CONFIG, **settings)
+
+
+def build_tiny_model(seed: int = 0, **overrides) -> ViLaMPForConditionalGeneration:
+    """A tiny ViLaMP with random weights drawn from `seed`."""
+    torch.manual_seed(seed)
+    return ViLaMPForConditionalGeneration(tiny_config(**overrides))
+
+
+def build_tiny_tokenizer():
+    """A byte-level BPE tokenizer without merges over the toy vocabulary (no BOS, left padding, `<|im_end|>` as EOS)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = byte_level_alphabet()
+    for index in range(len(vocab), min(TINY_SPECIAL_TOKEN_IDS.values())):
+        vocab[f"<|reserved_{index}|>"] = index
+    vocab.update(TINY_SPECIAL_TOKEN_IDS)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>", "<video>"],
+        padding_side="left",
+    )
+
+
+def byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet (the `ByteLevel` pre-tokenizer's): each symbol and the byte it stands for."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    codes, shift = list(printable), 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + shift)
+            shift += 1
+    return {chr(code): byte for byte, code in zip(printable, codes)}
+
+
+def build_tiny_keyframe_selector(seed: int = 0) -> KeyframeSelector:
+    """A keyframe selector over a random tiny open_clip CLIP drawn from `seed`."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    clip = open_clip.model.CLIP(**TINY_KEYFRAME_SELECTOR_CONFIG)
+    return KeyframeSelector(clip, TINY_KEYFRAME_SELECTOR_CONFIG)
+
+
+def build_tiny_processor(seed: int = 0) -> ViLaMPProcessor:
+    """A processor for [`tiny_config`]: the toy tokenizer, 56x56 frames, K = 2 keyframes pooled to 2x2."""
+    return ViLaMPProcessor(
+        tokenizer=build_tiny_tokenizer(),
+        num_keyframes=TINY_SETTINGS["num_keyframes"],
+        keyframe_pooled_size=TINY_SETTINGS["keyframe_pooled_size"],
+        frame_size=TINY_VISION_CONFIG["image_size"],
+        keyframe_selector=build_tiny_keyframe_selector(seed),
+    )
+
+
+def write_synthetic_video(
+    path: str | os.PathLike, *, num_frames: int, fps: int = 8, width: int = 64, height: int = 48, level_step: int = 8
+) -> Path:
+    """Writes an MPEG-4 video with PyAV whose frame i is a flat grey of level `level_step * i` (mod 256) with a white
+    bar moving 4 pixels per frame."""
+    import av
+    import numpy as np
+
+    path = Path(path)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for frame_index in range(num_frames):
+            pixels = np.full((height, width, 3), (level_step * frame_index) % 256, dtype=np.uint8)
+            bar = (4 * frame_index) % (width - 4)
+            pixels[:, bar : bar + 4] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+__all__ = [
+    "build_tiny_keyframe_selector",
+    "build_tiny_model",
+    "build_tiny_processor",
+    "build_tiny_tokenizer",
+    "tiny_config",
+    "write_synthetic_video",
+]
