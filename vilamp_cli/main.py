@@ -1,0 +1,344 @@
+"""The `vilamp` command line: convert a checkpoint, ask about a video, draw the keyframe timeline, run the demo.
+
+    vilamp demo
+    vilamp convert ViLAMP-llava-qwen vilamp-7b
+    vilamp ask vilamp-7b talk.mp4 "What is the speaker holding?"
+    vilamp keyframes vilamp-7b talk.mp4 "What is the speaker holding?" --out timeline.png
+
+Exit status: 0 on success, 2 for a usage error (unknown flag, a value of the wrong kind, a path that does not exist),
+1 when the work itself fails (an unreadable video, a directory that is not a converted checkpoint, a failed conversion
+check). Errors print one line naming the problem, not a traceback (`VILAMP_TRACEBACK=1` shows it). Heavy libraries (torch, transformers) are
+imported only once the arguments are known to be good, so `--help` and usage errors answer at once.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_MAX_NEW_TOKENS = 128
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+DEMO_QUESTION = "What colour is the square in the middle of the video?"
+DEMO_VIDEO_SECONDS = 24
+DEMO_VIDEO_FPS = 8
+RANDOM_WEIGHTS_NOTE = (
+    "The answer above comes from RANDOM weights: it is noise, not an answer. It proves that decoding, keyframe "
+    "selection, encoding and generation work end to end on this machine."
+)
+
+
+class CommandError(Exception):
+    """The command cannot do its work; the message names the problem and what to do."""
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def existing_file(text: str) -> Path:
+    """An argparse type: the path of an existing file."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"not a file: {text!r}")
+    return path
+
+
+def existing_dir(text: str) -> Path:
+    """An argparse type: the path of an existing directory."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such directory: {text!r}")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"not a directory: {text!r}")
+    return path
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, with_video: bool = True):
+    """MODEL_DIR, VIDEO, QUESTION and the sampling flags shared by `ask` and `keyframes`."""
+    parser.add_argument("model_dir", metavar="MODEL_DIR", type=existing_dir, help="a converted ViLaMP directory")
+    if with_video:
+        parser.add_argument("video", metavar="VIDEO", type=existing_file, help="the video file")
+        parser.add_argument("question", metavar="QUESTION", help="the question about the video")
+    parser.add_argument(
+        "--max-frames", type=positive_int, help="at most this many frames, sampled at 1 fps (default: the processor's, 600)"
+    )
+    parser.add_argument("--keyframes", type=positive_int, help="keyframes per video K (default: the processor's, 32)")
+    parser.add_argument("--device", default="auto", help="where the models run: auto (default), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vilamp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert the original checkpoint (llava_qwen) into a directory AutoModel and AutoProcessor load",
+        description="Converts the original ViLaMP checkpoint, checks every tensor and writes the output atomically "
+        "(conversion/convert_original_to_hf.py; `vilamp-convert --input ... --output ...` is the same command).",
+    )
+    convert.add_argument("input", metavar="ORIGINAL_DIR", type=existing_dir, help="the original checkpoint directory")
+    convert.add_argument("output", metavar="OUTPUT_DIR", type=Path, help="the directory to write (must not exist)")
+    convert.add_argument("--tokenizer", type=existing_dir, help="the Qwen2 tokenizer directory (default: ORIGINAL_DIR)")
+    convert.add_argument("--vision-tower-config", type=Path, help="SigLIP config.json (default: `mm_vision_tower`)")
+    convert.add_argument("--clip-config", type=Path, help="keyframe selector CLIP config.json (default: `clip_model_path`)")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR")
+    convert.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+    convert.add_argument(
+        "--verify-reference", type=existing_dir, metavar="DIR",
+        help="after converting, compare every stage with this golden reference directory and print the report",
+    )  # fmt: skip
+    convert.set_defaults(handler=run_convert)
+
+    ask = commands.add_parser(
+        "ask", help="answer a question about a video, printing the answer as it is generated",
+        description="Answers QUESTION about VIDEO with the model in MODEL_DIR, streaming the answer to stdout and "
+        "progress bars (decoding, keyframe selection, encoding) to stderr.",
+    )  # fmt: skip
+    add_model_arguments(ask)
+    ask.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS, help="default 128")
+    ask.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="auto: bfloat16 on a GPU, float32 on the CPU")
+    ask.add_argument(
+        "--json", action="store_true",
+        help="print one JSON object (answer, keyframe timestamps, timings per stage, frame counts) instead of the text",
+    )  # fmt: skip
+    ask.set_defaults(handler=run_ask)
+
+    keyframes = commands.add_parser(
+        "keyframes", help="draw the relevance curve, the chosen keyframes and their thumbnails",
+        description="Runs the keyframe selection of VIDEO against QUESTION and draws why those keyframes were chosen: "
+        "the CLIP relevance of every sampled frame over time, the keyframes marked on it, and their thumbnails. Only "
+        "the processor and its CLIP keyframe selector run, not the language model.",
+    )  # fmt: skip
+    add_model_arguments(keyframes)
+    keyframes.add_argument("--out", type=Path, default=Path("timeline.png"), help="the PNG to write (default timeline.png)")
+    keyframes.add_argument("--dpi", type=positive_int, default=100, help="the PNG is 12x6 inches at this dpi (default 100)")
+    keyframes.add_argument("--json", action="store_true", help="print the keyframe timestamps and scores as JSON")
+    keyframes.set_defaults(handler=run_keyframes)
+
+    demo = commands.add_parser(
+        "demo", help="build a tiny random model, convert it, and run ask and keyframes on a synthetic video",
+        description="Works with no checkpoint and no download: writes a tiny random ViLaMP in the original layout, "
+        "converts it with the converter, writes a short synthetic video and runs `ask` and `keyframes` on it. The "
+        "answer is from random weights; the run proves the install works end to end.",
+    )  # fmt: skip
+    demo.add_argument("--out-dir", type=Path, help="where to keep the checkpoint, video and picture (default: a temporary directory)")
+    demo.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
+    demo.add_argument("--max-new-tokens", type=positive_int, default=16, help="default 16")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    demo.set_defaults(handler=run_demo)
+    return parser
+
+
+def quiet_transformers():
+    """Silences transformers' own progress bars and advice, so the output holds only this command's."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
+def check_model_dir(model_dir: Path):
+    """Fails early, with what to do, when MODEL_DIR is not a converted ViLaMP directory."""
+    missing = [name for name in ("config.json", "processor_config.json") if not (model_dir / name).is_file()]
+    if missing:
+        raise CommandError(
+            f"MODEL_DIR `{model_dir}` is not a converted ViLaMP directory (no {' or '.join(missing)}); convert the "
+            "original checkpoint first with `vilamp convert ORIGINAL_DIR OUTPUT_DIR`."
+        )
+
+
+def run_convert(args) -> int:
+    from conversion.convert_original_to_hf import main as convert_main
+
+    argv = ["--input", str(args.input), "--output", str(args.output), "--max-shard-size", args.max_shard_size]
+    for flag, value in (
+        ("--tokenizer", args.tokenizer),
+        ("--vision-tower-config", args.vision_tower_config),
+        ("--clip-config", args.clip_config),
+        ("--verify-reference", args.verify_reference),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.overwrite:
+        argv.append("--overwrite")
+    return convert_main(argv)
+
+
+def ask_video(model_dir: Path, video: Path, question: str, args, *, write) -> dict:
+    """Loads the model, answers the question about the video (streaming the text to `write`) and returns the record
+    that `--json` prints."""
+    from .pipeline import generate_answer, load_model_and_processor, prepare_video, probe_video, resolve_device, resolve_dtype
+
+    check_model_dir(model_dir)
+    probe_video(video)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    start = time.perf_counter()
+    model, processor = load_model_and_processor(
+        model_dir, device=device, dtype=dtype, max_frames=args.max_frames, num_keyframes=args.keyframes
+    )
+    loaded_at = time.perf_counter()
+    prepared = prepare_video(processor, video, question, show_progress=not args.no_progress)
+    answer = generate_answer(
+        model, processor, prepared, max_new_tokens=args.max_new_tokens, write=write, show_progress=not args.no_progress
+    )
+    timings = {"load_model": loaded_at - start, **prepared.timings_seconds, "total": time.perf_counter() - start}
+    return {
+        "answer": answer,
+        "question": question,
+        "video": str(video),
+        "num_frames": len(prepared.timestamps_seconds),
+        "num_keyframes": len(prepared.keyframe_timestamps_seconds),
+        "keyframe_timestamps_seconds": [round(seconds, 3) for seconds in prepared.keyframe_timestamps_seconds],
+        "num_video_tokens": int((prepared.inputs["input_ids"] == model.config.video_token_id).sum()),
+        "timings_seconds": {stage: round(seconds, 4) for stage, seconds in timings.items()},
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def print_summary(record: dict):
+    """One line of what was done and how long each stage took, on stderr."""
+    keyframe_times = ", ".join(f"{seconds:g}" for seconds in record["keyframe_timestamps_seconds"])
+    timings = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in record["timings_seconds"].items())
+    print(
+        f"[{record['num_frames']} frames, {record['num_keyframes']} keyframes at {keyframe_times} s; {timings}]",
+        file=sys.stderr,
+    )
+
+
+def run_ask(args) -> int:
+    quiet_transformers()
+
+    def write(text: str):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    record = ask_video(args.model_dir, args.video, args.question, args, write=None if args.json else write)
+    if args.json:
+        print(json.dumps(record, ensure_ascii=False))
+    else:
+        print_summary(record)
+    return 0
+
+
+def draw_keyframes(model_dir: Path, video: Path, question: str, out: Path, args) -> dict:
+    """Runs the keyframe selection of the video against the question, draws the timeline into `out` and returns the
+    record that `--json` prints."""
+    from .pipeline import load_processor, prepare_video, probe_video, resolve_device
+    from .timeline import draw_keyframe_timeline
+
+    check_model_dir(model_dir)
+    probe_video(video)
+    processor = load_processor(
+        model_dir, device=resolve_device(args.device), max_frames=args.max_frames, num_keyframes=args.keyframes
+    )
+    prepared = prepare_video(processor, video, question, show_progress=not args.no_progress)
+    draw_keyframe_timeline(
+        out,
+        timestamps_seconds=prepared.timestamps_seconds,
+        relevance_scores=prepared.relevance_scores,
+        keyframe_mask=prepared.keyframe_mask,
+        ranked_keyframe_mask=prepared.ranked_keyframe_mask,
+        siglip_frames=prepared.siglip_frames,
+        question=question,
+        relevance_threshold=processor.keyframe_relevance_threshold,
+        aspect_ratio=prepared.frame_aspect_ratio,
+        dpi=args.dpi,
+    )
+    keyframe_indices = prepared.keyframe_mask.nonzero().flatten().tolist()
+    return {
+        "picture": str(out),
+        "num_frames": len(prepared.timestamps_seconds),
+        "keyframe_timestamps_seconds": [round(prepared.timestamps_seconds[index], 3) for index in keyframe_indices],
+        "ranked_keyframe_timestamps_seconds": [
+            round(prepared.timestamps_seconds[index], 3) for index in prepared.ranked_keyframe_mask.nonzero().flatten().tolist()
+        ],
+        "keyframe_relevance_scores": [round(float(prepared.relevance_scores[index]), 4) for index in keyframe_indices],
+        "timings_seconds": {stage: round(seconds, 4) for stage, seconds in prepared.timings_seconds.items()},
+    }
+
+
+def run_keyframes(args) -> int:
+    quiet_transformers()
+    if args.out.suffix.lower() != ".png":
+        raise CommandError(f"`--out` {str(args.out)!r} must name a .png file.")
+    record = draw_keyframes(args.model_dir, args.video, args.question, args.out, args)
+    if args.json:
+        print(json.dumps(record))
+    else:
+        keyframe_times = ", ".join(f"{seconds:g}" for seconds in record["keyframe_timestamps_seconds"])
+        print(f"Keyframes at {keyframe_times} s of {record['num_frames']} frames; timeline written to {args.out}")
+    return 0
+
+
+def run_demo(args) -> int:
+    quiet_transformers()
+    from .demo import build_demo_checkpoint, synthetic_frames, write_video
+
+    if args.out_dir is None:
+        work_dir = Path(tempfile.mkdtemp(prefix="vilamp-demo-"))
+    else:
+        work_dir = args.out_dir
+        work_dir.mkdir(parents=True, exist_ok=True)
+    print(f"1/4 Writing a tiny random ViLaMP checkpoint in the original layout and converting it ({work_dir})")
+    model_dir = build_demo_checkpoint(work_dir)
+    video = write_video(
+        work_dir / "demo.mp4", synthetic_frames(DEMO_VIDEO_SECONDS * DEMO_VIDEO_FPS), fps=DEMO_VIDEO_FPS
+    )
+    print(f"2/4 Wrote a {DEMO_VIDEO_SECONDS}-second synthetic video: {video}")
+    print(f"3/4 vilamp ask {model_dir} {video} {json.dumps(DEMO_QUESTION)}")
+    sampling = argparse.Namespace(
+        max_frames=None, keyframes=None, device=args.device, dtype="auto", max_new_tokens=args.max_new_tokens,
+        no_progress=args.no_progress, dpi=100,
+    )  # fmt: skip
+
+    def write(text: str):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    sys.stdout.write("Answer: ")
+    record = ask_video(model_dir, video, DEMO_QUESTION, sampling, write=write)
+    print_summary(record)
+    picture = work_dir / "timeline.png"
+    print(f"4/4 vilamp keyframes {model_dir} {video} {json.dumps(DEMO_QUESTION)} --out {picture}")
+    draw_keyframes(model_dir, video, DEMO_QUESTION, picture, sampling)
+    print(f"Keyframe timeline written to {picture}")
+    print(RANDOM_WEIGHTS_NOTE)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print(f"vilamp {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (CommandError, ValueError, OSError, ImportError) as error:
+        if os.environ.get("VILAMP_TRACEBACK"):
+            raise
+        print(f"vilamp {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+__all__ = ["build_parser", "main"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,380 @@
+"""The stages of answering a question about a video, one function each, with progress and timings.
+
+`ViLaMPProcessor.__call__` runs decoding, keyframe selection and prompt expansion in one call. The command line runs
+the same stages one by one, through the processor's own pieces, so it can show a progress bar per stage, time each
+one, and keep what the keyframe picture needs (every frame's relevance to the question, which keyframes the ranking
+chose). `build_model_inputs` gives exactly what `processor(text=question, videos=path)` gives (tested).
+"""
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import TextStreamer
+from transformers.feature_extraction_utils import BatchFeature
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class VideoError(ValueError):
+    """A video the command line cannot read; the message names the file and the problem."""
+
+
+def progress_bar(total: int | None, description: str, enabled: bool = True):
+    """A tqdm progress bar on stderr, in frames; a silent stand-in when `enabled` is False or tqdm is missing."""
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            enabled = False
+    if not enabled:
+        return _SilentBar()
+    return tqdm(total=total, desc=description, unit="frame", leave=False, dynamic_ncols=True)
+
+
+class _SilentBar:
+    """The subset of tqdm's interface used here, doing nothing."""
+
+    def update(self, count: int = 1):
+        pass
+
+    def close(self):
+        pass
+
+
+def resolve_device(device: str) -> torch.device:
+    """`"auto"` is the first CUDA GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"`--device` {device!r} is not a torch device; pass auto, cpu, cuda or cuda:N.") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"`--device` {device!r} asks for a GPU, but torch sees none; pass --device cpu.")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`"auto"` is bfloat16 on a GPU and float32 on the CPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[dtype]
+
+
+def load_model_and_processor(model_dir, *, device: torch.device, dtype: torch.dtype, **processor_settings):
+    """
+    Loads a converted ViLaMP directory: the model in `dtype` on `device`, and the processor with its keyframe selector
+    on `device`. `processor_settings` (`max_frames`, `num_keyframes`, ...) override the saved ones when not None.
+    """
+    from modeling_vilamp import ViLaMPForConditionalGeneration
+
+    processor = load_processor(model_dir, device=device, **processor_settings)
+    model = ViLaMPForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    return model, processor
+
+
+def load_processor(model_dir, *, device: torch.device, **processor_settings):
+    """Loads the processor of a converted directory with its keyframe selector on `device`; `processor_settings`
+    override the saved ones when not None."""
+    # registers ViLaMP with the Auto classes, so the tokenizer and processor load from this package, not the
+    # directory's copy of the code (which would ask whether to trust it)
+    import modeling_vilamp  # noqa: F401
+    from processing import ViLaMPProcessor
+
+    settings = {name: value for name, value in processor_settings.items() if value is not None}
+    return ViLaMPProcessor.from_pretrained(model_dir, device=device, **settings)
+
+
+def probe_video(path) -> int | None:
+    """
+    Opens a video file and decodes its first frame, so an unreadable file fails before the model loads.
+
+    Returns:
+        `int` or `None`: the number of frames the header states (None when it states none).
+    """
+    import av
+
+    path = os.fspath(path)
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise VideoError(f"`{path}` has no video stream; pass a video file.")
+            stream = container.streams.video[0]
+            if next(container.decode(stream), None) is None:
+                raise VideoError(f"`{path}` has no decodable frames; pass a video with at least one frame.")
+            return stream.frames or None
+    except av.error.FFmpegError as error:
+        raise VideoError(f"`{path}` is not a readable video ({error}); pass a video file (mp4, mkv, webm, ...).") from error
+
+
+def num_sampled_frames(path, processor) -> int | None:
+    """How many frames the processor will sample from the video file, from its header (None when unknown)."""
+    import av
+
+    from processing import sample_frame_indices
+
+    with av.open(os.fspath(path)) as container:
+        stream = container.streams.video[0]
+        average_fps = float(stream.average_rate or stream.guessed_rate or 0)
+        if not stream.frames or average_fps <= 0:
+            return None
+        indices = sample_frame_indices(stream.frames, average_fps, fps=processor.fps, max_frames=processor.max_frames)
+        return len(indices)
+
+
+@dataclass
+class PreparedVideo:
+    """
+    One video and question, ready for the model, with what each stage decided.
+
+    Args:
+        inputs (`BatchFeature`): the model inputs, as `processor(text=question, videos=video)` returns them.
+        timestamps_seconds (`list[float]`): the time of each sampled frame.
+        relevance_scores (`torch.FloatTensor` of shape `(num_frames,)`): cosine of each frame's CLIP embedding with the
+            question's (`f2t_scores` in the original).
+        ranked_keyframe_mask (`torch.BoolTensor` of shape `(num_frames,)`): the keyframes the relevance ranking chose;
+            the others in `keyframe_mask` fill the remaining slots evenly.
+        keyframe_mask (`torch.BoolTensor` of shape `(num_frames,)`): all keyframes.
+        siglip_frames (`torch.ByteTensor` of shape `(num_frames, 3, frame_size, frame_size)`): the frames for SigLIP.
+        frame_aspect_ratio (`float`): width / height of the original frames (for thumbnails).
+        timings_seconds (`dict[str, float]`): time per stage (`decoding`, `keyframe_selection`).
+    """
+
+    inputs: BatchFeature
+    timestamps_seconds: list[float]
+    relevance_scores: torch.Tensor
+    ranked_keyframe_mask: torch.Tensor
+    keyframe_mask: torch.Tensor
+    siglip_frames: torch.Tensor
+    frame_aspect_ratio: float
+    timings_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def keyframe_timestamps_seconds(self) -> list[float]:
+        """The time of each keyframe, in temporal order."""
+        return [self.timestamps_seconds[index] for index in self.keyframe_mask.nonzero().flatten().tolist()]
+
+
+def decode_frames(processor, video, *, show_progress: bool = True):
+    """
+    Decodes (or takes) the sampled frames of one video with the processor's settings and resizes each for SigLIP and
+    for CLIP as soon as it is read, with a progress bar over the sampled frames.
+
+    Args:
+        processor (`ViLaMPProcessor`): gives `fps`, `max_frames` and the frame resizing.
+        video: a file path or a uint8 array of shape `(num_frames, height, width, 3)`.
+
+    Returns:
+        `DecodedVideo` whose `frames` are `(siglip_frame, clip_frame)` pairs, and the aspect ratio of the frames.
+    """
+    from processing import decode_video
+
+    if not isinstance(video, (str, os.PathLike)):
+        decoded = processor.load_video(video)
+        return decoded, video.shape[2] / video.shape[1]
+    bar = progress_bar(num_sampled_frames(video, processor), "decoding", show_progress)
+
+    def resize_frame(image):
+        bar.update(1)
+        # the processor's own resizing, so the frames equal what `processor(videos=path)` gives
+        return processor.resize_frame(image)
+
+    try:
+        decoded = decode_video(video, fps=processor.fps, max_frames=processor.max_frames, frame_transform=resize_frame)
+    finally:
+        bar.close()
+    return decoded, (decoded.metadata.width or 1) / (decoded.metadata.height or 1)
+
+
+def embed_frames(processor, clip_frames: torch.Tensor, *, show_progress: bool = True) -> torch.Tensor:
+    """
+    CLIP image embeddings of the frames, `frame_batch_size` at a time, with a progress bar.
+
+    Args:
+        clip_frames (`torch.ByteTensor` of shape `(num_frames, 3, 224, 224)`).
+
+    Returns:
+        `torch.FloatTensor` of shape `(num_frames, embed_dim)` on the CPU.
+    """
+    selector = processor.keyframe_selector
+    bar = progress_bar(len(clip_frames), "keyframe selection", show_progress)
+    frame_embeds = []
+    try:
+        for batch in clip_frames.split(selector.frame_batch_size):
+            frame_embeds.append(selector.encode_frames(batch).cpu())
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    return torch.cat(frame_embeds)
+
+
+def choose_keyframes(processor, frame_embeds: torch.Tensor, query_embeds: torch.Tensor):
+    """
+    The processor's keyframe selection on precomputed embeddings.
+
+    Returns:
+        `tuple(torch.BoolTensor, torch.BoolTensor, torch.FloatTensor)`: the `keyframe_mask`, the keyframes the
+        relevance ranking chose (before the even fill) and each frame's relevance score, all of shape `(num_frames,)`.
+    """
+    from processing import fill_keyframe_slots, frame_relevance_scores, greedy_keyframe_selection
+
+    ranked_keyframe_mask = greedy_keyframe_selection(
+        frame_embeds,
+        query_embeds,
+        num_keyframes=processor.num_keyframes,
+        relevance_threshold=processor.keyframe_relevance_threshold,
+        similarity_threshold=processor.keyframe_similarity_threshold,
+    )
+    keyframe_mask = fill_keyframe_slots(ranked_keyframe_mask, processor.num_keyframes)
+    return keyframe_mask, ranked_keyframe_mask, frame_relevance_scores(frame_embeds, query_embeds).cpu()
+
+
+def build_model_inputs(
+    processor, question: str, siglip_frames: torch.Tensor, keyframe_mask: torch.Tensor, query_embeds: torch.Tensor
+) -> BatchFeature:
+    """
+    The model inputs of one video and a bare question: the chat-template prompt with its `<video>` placeholder
+    expanded, and the video entries, as `processor(text=question, videos=...)` builds them.
+    """
+    video_inputs = {
+        "pixel_values_videos": siglip_frames,
+        "video_frame_counts": torch.tensor([len(siglip_frames)], dtype=torch.int64),
+        "keyframe_mask": keyframe_mask,
+        "query_embeds": query_embeds.reshape(1, -1).cpu(),
+    }
+    prompt = processor.question_prompt(question)
+    prompt = prompt.replace(processor.video_token, processor.replace_video_token(video_inputs, 0))
+    text_inputs = processor.tokenizer([prompt], return_tensors="pt", padding=True)
+    return BatchFeature(data={**text_inputs, **video_inputs}, tensor_type="pt")
+
+
+def prepare_video(processor, video, question: str, *, show_progress: bool = True) -> PreparedVideo:
+    """Decodes the video, selects its keyframes against the question and builds the model inputs, timing each stage."""
+    if not question.strip():
+        raise ValueError("The question is empty; the keyframe selection ranks frames against it. Pass a question.")
+    start = time.perf_counter()
+    decoded, aspect_ratio = decode_frames(processor, video, show_progress=show_progress)
+    siglip_frames, clip_frames = (torch.stack(frames) for frames in zip(*decoded.frames))
+    decoded_at = time.perf_counter()
+    frame_embeds = embed_frames(processor, clip_frames, show_progress=show_progress)
+    query_embeds = processor.keyframe_selector.encode_query(question).cpu()
+    keyframe_mask, ranked_keyframe_mask, relevance_scores = choose_keyframes(processor, frame_embeds, query_embeds)
+    selected_at = time.perf_counter()
+    return PreparedVideo(
+        inputs=build_model_inputs(processor, question, siglip_frames, keyframe_mask, query_embeds),
+        timestamps_seconds=list(decoded.timestamps_seconds),
+        relevance_scores=relevance_scores,
+        ranked_keyframe_mask=ranked_keyframe_mask,
+        keyframe_mask=keyframe_mask,
+        siglip_frames=siglip_frames,
+        frame_aspect_ratio=aspect_ratio,
+        timings_seconds={"decoding": decoded_at - start, "keyframe_selection": selected_at - decoded_at},
+    )
+
+
+class AnswerStreamer(TextStreamer):
+    """A `TextStreamer` that writes the answer to `write` (nothing when None) and notes when the first token came."""
+
+    def __init__(self, tokenizer, write: Callable[[str], None] | None):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.write = write
+        self.first_token_time: float | None = None
+        self._seen_prompt = False
+
+    def put(self, value):
+        if self._seen_prompt and self.first_token_time is None:
+            self.first_token_time = time.perf_counter()
+        self._seen_prompt = True
+        super().put(value)
+
+    def on_finalized_text(self, text: str, stream_end: bool = False):
+        if self.write is not None:
+            self.write(text + ("\n" if stream_end else ""))
+
+
+@contextmanager
+def encoding_progress(model, num_frames: int, show_progress: bool = True) -> Iterator[dict[str, float]]:
+    """
+    Counts the frames the model encodes (a forward hook on the projector, which every chunk of frames passes) on a
+    progress bar, and notes when the language model first runs, i.e. when the video is encoded.
+
+    Yields:
+        `dict[str, float]` that receives `encoded_at` (a `time.perf_counter()` value) once the video is encoded.
+    """
+    bar = progress_bar(num_frames, "encoding", show_progress)
+    marks: dict[str, float] = {}
+
+    def count_frames(module, inputs, output):
+        bar.update(output.shape[0])
+
+    def mark_encoded(module, args, kwargs):
+        marks.setdefault("encoded_at", time.perf_counter())
+        bar.close()
+
+    handles = [
+        model.model.multi_modal_projector.register_forward_hook(count_frames),
+        model.model.language_model.register_forward_pre_hook(mark_encoded, with_kwargs=True),
+    ]
+    try:
+        yield marks
+    finally:
+        for handle in handles:
+            handle.remove()
+        bar.close()
+
+
+def generate_answer(
+    model, processor, prepared: PreparedVideo, *, max_new_tokens: int, write=None, show_progress: bool = True
+) -> str:
+    """
+    Generates the answer greedily, streaming its text to `write` as it comes, and adds the `encoding` (SigLIP,
+    projector, pooling, DFM), `prefill` (to the first token) and `generation` timings to `prepared.timings_seconds`.
+    """
+    inputs = prepared.inputs
+    device = model.device
+    # the frames stay on the CPU as uint8; the model moves each chunk to the device when it encodes it
+    model_inputs = {
+        name: tensor.to(device) if name in ("input_ids", "attention_mask", "query_embeds") else tensor
+        for name, tensor in inputs.items()
+    }
+    streamer = AnswerStreamer(processor.tokenizer, write)
+    start = time.perf_counter()
+    with encoding_progress(model, len(prepared.keyframe_mask), show_progress) as marks, torch.inference_mode():
+        output_ids = model.generate(**model_inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer)
+    end = time.perf_counter()
+    encoded_at = marks.get("encoded_at", start)
+    first_token_at = streamer.first_token_time or end
+    prepared.timings_seconds.update(
+        encoding=encoded_at - start, prefill=first_token_at - encoded_at, generation=end - first_token_at
+    )
+    new_ids = output_ids[0, inputs["input_ids"].shape[1] :]
+    return processor.tokenizer.decode(new_ids, skip_special_tokens=True)
+
+
+def is_image_file(path) -> bool:
+    """Whether a path names a still image (used as a one-frame clip)."""
+    return Path(path).suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+__all__ = [
+    "AnswerStreamer",
+    "PreparedVideo",
+    "VideoError",
+    "build_model_inputs",
+    "choose_keyframes",
+    "decode_frames",
+    "embed_frames",
+    "encoding_progress",
+    "generate_answer",
+    "load_model_and_processor",
+    "load_processor",
+    "prepare_video",
+    "probe_video",
+    "resolve_device",
+    "resolve_dtype",
+]
