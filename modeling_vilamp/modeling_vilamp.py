@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
@@ -166,6 +167,8 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         self.feature_merger = ViLaMPDifferentialFeatureMerger(config)
         self.image_newline = nn.Parameter(torch.empty(config.text_config.hidden_size))
         self.language_model = AutoModel.from_config(config.text_config)
+        # set by `gradient_checkpointing_enable`: each vision chunk is then recomputed in the backward pass
+        self.gradient_checkpointing = False
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -194,8 +197,11 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         patch_embedding = self.vision_tower.embeddings.patch_embedding.weight
         pixel_values = pixel_values.to(patch_embedding.device, non_blocking=True).float()
         pixel_values = (pixel_values / 255.0 - SIGLIP_PIXEL_MEAN) / SIGLIP_PIXEL_STD
-        patch_embeds = self.vision_tower.embeddings(pixel_values.to(patch_embedding.dtype))
-        return self.vision_tower.encoder(inputs_embeds=patch_embeds).last_hidden_state
+        # a frozen tower needs no graph, even when `enable_input_require_grads` hooks its patch embedding
+        is_trainable = any(parameter.requires_grad for parameter in self.vision_tower.parameters())
+        with torch.set_grad_enabled(is_trainable and torch.is_grad_enabled()):
+            patch_embeds = self.vision_tower.embeddings(pixel_values.to(patch_embedding.dtype))
+            return self.vision_tower.encoder(inputs_embeds=patch_embeds).last_hidden_state
 
     def get_frame_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """
@@ -320,31 +326,83 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         chunk_size = self.get_vision_chunk_size(num_frames)
         for start in range(0, num_frames, chunk_size):
             end = min(start + chunk_size, num_frames)
-            frame_features = self.get_frame_features(pixel_values_videos[start:end])
-            chunk_features = dict(enumerate(frame_features, start))
             chunk_keyframes = keyframe_mask[start:end]
             chunk_token_starts = layout.token_starts[start:end]
+            references = [
+                -1 if keyframe_mask[frame] else layout.reference_frames[frame] for frame in range(start, end)
+            ]
+            earlier_references = sorted({reference for reference in references if 0 <= reference < start})
+            frames_to_keep = [frame for frame in range(start, end) if layout.last_reference_use[frame] >= end]
+            chunk_query = projected_query[layout.frame_video_indices[start:end][~chunk_keyframes].to(device)]
+            encode_chunk_args = (
+                pixel_values_videos[start:end], start, chunk_keyframes, references, frames_to_keep, chunk_query
+            )
+            earlier_features = [kept_features[frame] for frame in earlier_references]
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # non-reentrant: the chunk's only tensor input is uint8 frames, and the reentrant variant would then
+                # pass no gradient to the projector and the DFM
+                keyframe_tokens, non_keyframe_tokens, *new_kept = checkpoint(
+                    self.encode_chunk, *encode_chunk_args, dict(zip(earlier_references, earlier_features)), use_reentrant=False
+                )
+            else:
+                keyframe_tokens, non_keyframe_tokens, *new_kept = self.encode_chunk(
+                    *encode_chunk_args, dict(zip(earlier_references, earlier_features))
+                )
             if chunk_keyframes.any():
                 positions = (chunk_token_starts[chunk_keyframes, None] + pooled_offsets).flatten()
-                video_tokens[positions.to(device)] = self.pool_keyframes(frame_features[chunk_keyframes]).flatten(0, 1)
+                video_tokens[positions.to(device)] = keyframe_tokens.flatten(0, 1)
             if not chunk_keyframes.all():
-                available = {**kept_features, **chunk_features}
-                references = [layout.reference_frames[frame] for frame in chunk_features if not keyframe_mask[frame]]
-                video_tokens[chunk_token_starts[~chunk_keyframes].to(device)] = self.merge_non_keyframes(
-                    frame_features[~chunk_keyframes],
-                    [available[reference] if reference >= 0 else None for reference in references],
-                    projected_query[layout.frame_video_indices[start:end][~chunk_keyframes].to(device)],
-                )
+                video_tokens[chunk_token_starts[~chunk_keyframes].to(device)] = non_keyframe_tokens
             kept_features = {
                 frame: features for frame, features in kept_features.items() if layout.last_reference_use[frame] >= end
             }
-            # copies, so that the chunk's other patches are freed
-            kept_features.update(
-                (frame, features.clone())
-                for frame, features in chunk_features.items()
-                if layout.last_reference_use[frame] >= end
-            )
+            kept_features.update(zip(frames_to_keep, new_kept))
         return video_tokens
+
+    def encode_chunk(
+        self,
+        pixel_values: torch.Tensor,
+        start: int,
+        chunk_keyframes: torch.Tensor,
+        references: list[int],
+        frames_to_keep: list[int],
+        projected_query: torch.Tensor,
+        earlier_features: dict[int, torch.Tensor],
+    ) -> tuple[torch.Tensor, ...]:
+        """
+        Encodes one temporal chunk of frames into its tokens: SigLIP, projector, keyframe pooling and the DFM.
+
+        Args:
+            pixel_values (`torch.ByteTensor` of shape `(chunk_size, 3, image_size, image_size)`): the chunk's frames.
+            start (`int`): the global index of the chunk's first frame.
+            chunk_keyframes (`torch.BoolTensor` of shape `(chunk_size,)`): which of them are keyframes.
+            references (`list[int]`): each frame's global reference frame, -1 for keyframes and frames without one.
+            frames_to_keep (`list[int]`): frames of this chunk that later chunks compare with.
+            projected_query (`torch.Tensor` of shape `(num_non_keyframes, hidden_size)`): each non-keyframe's query.
+            earlier_features (`dict[int, torch.Tensor]`): patches `(num_patches, hidden_size)` of the earlier frames
+                that this chunk's non-keyframes compare with.
+
+        Returns:
+            `tuple`: the pooled keyframe tokens `(num_keyframes, keyframe_pooled_size**2, hidden_size)` (None without
+            keyframes), the non-keyframe tokens `(num_non_keyframes, hidden_size)` (None without non-keyframes), then
+            a copy of the patches of each frame of `frames_to_keep`, so that the chunk's other patches are freed.
+        """
+        frame_features = self.get_frame_features(pixel_values)
+        keyframe_tokens = non_keyframe_tokens = None
+        if chunk_keyframes.any():
+            keyframe_tokens = self.pool_keyframes(frame_features[chunk_keyframes])
+        if not chunk_keyframes.all():
+            available = {**earlier_features, **dict(enumerate(frame_features, start))}
+            non_keyframe_references = [
+                reference for reference, is_keyframe in zip(references, chunk_keyframes.tolist()) if not is_keyframe
+            ]
+            non_keyframe_tokens = self.merge_non_keyframes(
+                frame_features[~chunk_keyframes],
+                [available[reference] if reference >= 0 else None for reference in non_keyframe_references],
+                projected_query,
+            )
+        kept_features = (frame_features[frame - start].clone() for frame in frames_to_keep)
+        return keyframe_tokens, non_keyframe_tokens, *kept_features
 
     def _check_video_inputs(
         self,

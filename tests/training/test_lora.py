@@ -147,3 +147,22 @@ def test_gradient_checkpointing_is_on_in_the_towers(tiny_model):
     enable_gradient_checkpointing(model)
     assert model.model.language_model.gradient_checkpointing
     assert model.model.vision_tower.encoder.gradient_checkpointing
+    # the vision chunks (SigLIP, projector, pooling, DFM) are recomputed in the backward pass too
+    assert model.model.gradient_checkpointing
+
+
+def test_frozen_vision_tower_builds_no_graph_even_with_input_require_grads(tiny_model, training_batch):
+    model = lora_model(tiny_model(), modules_to_save=())
+    enable_gradient_checkpointing(model.base_model.model)
+    model.train()
+    vision_model = model.base_model.model.model
+    frames = training_batch["pixel_values_videos"][:2]
+    assert not vision_model.get_vision_features(frames).requires_grad
+    # nor do the frozen projector and DFM: the video tokens are constants of the language model's graph
+    video_tokens = vision_model.get_video_features(
+        training_batch["pixel_values_videos"],
+        training_batch["keyframe_mask"],
+        training_batch["query_embeds"],
+        training_batch["video_frame_counts"],
+    )
+    assert not video_tokens.requires_grad
