@@ -8,7 +8,7 @@ the projector and/or the DFM in full; the SigLIP tower stays frozen. The adapter
 
     python examples/finetune_lora.py --model vilamp-7b --data train.jsonl --output-dir vilamp-7b-lora
     accelerate launch examples/finetune_lora.py --model vilamp-7b --data train.jsonl --output-dir vilamp-7b-lora
-    python examples/finetune_lora.py --tiny --output-dir /tmp/vilamp-tiny-lora   # tiny random model, about a minute
+    python examples/finetune_lora.py --tiny --output-dir vilamp-tiny-lora   # tiny random model, about a minute
 """
 
 import argparse
