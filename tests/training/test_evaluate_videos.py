@@ -1,0 +1,89 @@
+"""The data-parallel evaluation example in its tiny CPU mode: one process, two gloo processes under torchrun, resuming."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = "examples/evaluate_videos.py"
+NUM_TINY_ROWS = 4
+
+
+def run_evaluation(work_dir: Path, *, processes: int = 1) -> subprocess.CompletedProcess:
+    # the repository root on the path: the script imports the package's folders from it; CPU only, one thread per
+    # process, so that one and two processes compute the same greedy answers on any machine
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+    }
+    launcher = []
+    if processes > 1:
+        launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(free_port())]
+    arguments = ["--tiny", "--work-dir", str(work_dir), "--max-new-tokens", "6", "--device", "cpu"]
+    command = [sys.executable, *launcher, SCRIPT, *arguments]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def evaluated_rows(result: subprocess.CompletedProcess) -> int:
+    match = re.search(r"^Evaluated (\d+) rows", result.stdout, re.MULTILINE)
+    assert match, result.stdout
+    return int(match.group(1))
+
+
+def read_output(work_dir: Path) -> list[dict]:
+    lines = (work_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_one_and_two_processes_write_the_same_predictions_in_index_order_and_a_rerun_skips_them(tmp_path):
+    single = run_evaluation(tmp_path / "single")
+    assert evaluated_rows(single) == NUM_TINY_ROWS
+    predictions = read_output(tmp_path / "single")
+    assert [row["index"] for row in predictions] == list(range(NUM_TINY_ROWS))
+    assert all(set(row) == {"index", "video", "question", "answer", "prediction"} for row in predictions)
+    assert all(isinstance(row["prediction"], str) and row["prediction"] for row in predictions)
+    assert not list((tmp_path / "single").glob("predictions.jsonl.part*"))  # merged, then removed
+
+    double = run_evaluation(tmp_path / "double", processes=2)
+    assert evaluated_rows(double) == NUM_TINY_ROWS
+    assert "process 0 of 2: evaluated 2 rows" in double.stdout and "process 1 of 2: evaluated 2 rows" in double.stdout
+    double_predictions = read_output(tmp_path / "double")
+    assert [row["index"] for row in double_predictions] == list(range(NUM_TINY_ROWS))
+    assert [(row["question"], row["prediction"]) for row in double_predictions] == [
+        (row["question"], row["prediction"]) for row in predictions
+    ]
+
+    output_text = (tmp_path / "double" / "predictions.jsonl").read_text(encoding="utf-8")
+    rerun = run_evaluation(tmp_path / "double", processes=2)
+    assert evaluated_rows(rerun) == 0
+    assert (tmp_path / "double" / "predictions.jsonl").read_text(encoding="utf-8") == output_text
+
+
+def test_an_interrupted_run_resumes_from_its_part_files(tmp_path):
+    work_dir = tmp_path / "run"
+    run_evaluation(work_dir)
+    output = work_dir / "predictions.jsonl"
+    lines = output.read_text(encoding="utf-8").splitlines(keepends=True)
+    # as if two processes had been stopped: rows 0 and 1 written, row 3 cut short in the middle of its line, no output
+    (work_dir / "predictions.jsonl.part0").write_text(lines[0], encoding="utf-8")
+    (work_dir / "predictions.jsonl.part1").write_text(lines[1] + lines[3][: len(lines[3]) // 2], encoding="utf-8")
+    output.unlink()
+
+    resumed = run_evaluation(work_dir)
+    assert evaluated_rows(resumed) == 2  # rows 2 and 3
+    assert output.read_text(encoding="utf-8") == "".join(lines)
+    assert not list(work_dir.glob("predictions.jsonl.part*"))
