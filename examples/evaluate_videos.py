@@ -28,14 +28,8 @@ from transformers import AutoModel, AutoProcessor
 
 import modeling_vilamp  # noqa: F401  (registers ViLaMP with the Auto classes)
 from processing import read_video_qa_file
-from training import build_tiny_model, build_tiny_processor, write_synthetic_video
+from training import build_tiny_model, build_tiny_processor, write_tiny_video_qa_dataset
 
-TINY_ROWS = [
-    {"question": "What moves in the video?", "answer": "A white bar moves to the right."},
-    {"question": "How does the brightness change?", "answer": "The grey background gets lighter."},
-    {"question": "What colour is the bar?", "answer": "White."},
-    {"question": "Is the video dark or bright at the start?", "answer": "Dark."},
-]
 # the processes meet twice, at the start and when all are done: a process whose shard ends early waits at the second
 # meeting for the slowest one, far longer than the default collective timeout on long videos
 BARRIER_TIMEOUT = timedelta(hours=24)
@@ -81,18 +75,6 @@ def process_device(state: PartialState, device: str) -> torch.device:
     if device == "cuda" and state.device.type != "cuda":
         raise SystemExit("`--device cuda` asks for a GPU, but torch sees none; pass --device cpu.")
     return torch.device("cpu") if device == "cpu" else state.device
-
-
-def write_tiny_dataset(directory: Path) -> Path:
-    """Writes a few synthetic videos and a JSONL dataset about them (`data.jsonl`); returns the dataset's path."""
-    directory.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for index, row in enumerate(TINY_ROWS):
-        video = write_synthetic_video(directory / f"video_{index}.mp4", num_frames=16 + 8 * index, level_step=4 + index)
-        rows.append({"video": video.name, **row})
-    path = directory / "data.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
 
 
 def part_path(output: Path, rank: int) -> Path:
@@ -177,7 +159,7 @@ def main():
         with state.main_process_first():
             data_path = args.work_dir / "data.jsonl"
             if state.is_main_process and not data_path.is_file():
-                write_tiny_dataset(args.work_dir)
+                write_tiny_video_qa_dataset(data_path)
         output = args.output or args.work_dir / "predictions.jsonl"
     else:
         data_path, output = args.data, args.output

@@ -12,7 +12,6 @@ the projector and/or the DFM in full; the SigLIP tower stays frozen. The adapter
 """
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -27,15 +26,8 @@ from training import (
     build_tiny_processor,
     enable_gradient_checkpointing,
     lora_config,
-    write_synthetic_video,
+    write_tiny_video_qa_dataset,
 )
-
-TINY_ROWS = [
-    {"question": "What moves in the video?", "answer": "A white bar moves to the right."},
-    {"question": "How does the brightness change?", "answer": "The grey background gets lighter."},
-    {"question": "What colour is the bar?", "answer": "White."},
-    {"question": "Is the video dark or bright at the start?", "answer": "Dark."},
-]
 
 
 def parse_args() -> argparse.Namespace:
@@ -67,18 +59,6 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def write_tiny_dataset(directory: Path) -> Path:
-    """Writes a few synthetic videos and a JSONL dataset about them (`train.jsonl`); returns the dataset's path."""
-    directory.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for index, row in enumerate(TINY_ROWS):
-        video = write_synthetic_video(directory / f"video_{index}.mp4", num_frames=16 + 8 * index, level_step=4 + index)
-        rows.append({"video": video.name, **row})
-    path = directory / "train.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
-
-
 def main():
     args = parse_args()
     training_args = TrainingArguments(
@@ -105,7 +85,7 @@ def main():
         with training_args.main_process_first(desc="writing the tiny dataset"):
             data_path = args.output_dir / "tiny_data" / "train.jsonl"
             if training_args.process_index == 0:
-                write_tiny_dataset(data_path.parent)
+                write_tiny_video_qa_dataset(data_path)
     else:
         dtype = torch.bfloat16 if training_args.bf16 else torch.float32
         model = AutoModel.from_pretrained(args.model, dtype=dtype, attn_implementation=args.attn_implementation)

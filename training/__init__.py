@@ -14,6 +14,7 @@ from .tiny import (
     build_tiny_tokenizer,
     tiny_config,
     write_synthetic_video,
+    write_tiny_video_qa_dataset,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "tiny_config",
     "trainable_parameter_names",
     "write_synthetic_video",
+    "write_tiny_video_qa_dataset",
 ]

@@ -110,6 +110,30 @@ def build_tiny_processor(seed: int = 0) -> ViLaMPProcessor:
     )
 
 
+# Questions about the synthetic videos of `write_tiny_video_qa_dataset` (random weights cannot answer them).
+TINY_VIDEO_QA_ROWS = [
+    {"question": "What moves in the video?", "answer": "A white bar moves to the right."},
+    {"question": "How does the brightness change?", "answer": "The grey background gets lighter."},
+    {"question": "What colour is the bar?", "answer": "White."},
+    {"question": "Is the video dark or bright at the start?", "answer": "Dark."},
+]
+
+
+def write_tiny_video_qa_dataset(path: str | os.PathLike) -> Path:
+    """Writes a few synthetic videos next to `path` and a JSONL dataset about them at `path` (rows `{"video",
+    "question", "answer"}`, video paths relative to it); returns `path`."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, row in enumerate(TINY_VIDEO_QA_ROWS):
+        video = write_synthetic_video(path.parent / f"video_{index}.mp4", num_frames=16 + 8 * index, level_step=4 + index)
+        rows.append({"video": video.name, **row})
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
 def write_synthetic_video(
     path: str | os.PathLike, *, num_frames: int, fps: int = 8, width: int = 64, height: int = 48, level_step: int = 8
 ) -> Path:
@@ -140,4 +164,5 @@ __all__ = [
     "build_tiny_tokenizer",
     "tiny_config",
     "write_synthetic_video",
+    "write_tiny_video_qa_dataset",
 ]

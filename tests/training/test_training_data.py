@@ -1,6 +1,7 @@
 """Training inputs: labels that keep only the answers, the data collator and the dataset reader."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,3 +119,12 @@ def test_read_video_qa_file_errors_name_the_line(tmp_path):
     (tmp_path / "data.csv").write_text("video,question,answer\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"must be a .json file"):
         read_video_qa_file(tmp_path / "data.csv")
+
+
+def test_tiny_video_qa_dataset_reads_back_with_resolved_video_paths(tmp_path):
+    from training import write_tiny_video_qa_dataset
+
+    path = write_tiny_video_qa_dataset(tmp_path / "tiny" / "data.jsonl")
+    rows = read_video_qa_file(path)
+    assert len(rows) == 4
+    assert all(Path(row["video"]).is_file() and row["question"] and row["answer"] for row in rows)
