@@ -553,6 +553,8 @@ class ViLaMPForConditionalGeneration(ViLaMPPreTrainedModel, GenerationMixin):
         self.model = ViLaMPModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+        # a generated placeholder would be taken for a video token by the next forward without a cache
+        self.generation_config.suppress_tokens = [config.video_token_id]
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()

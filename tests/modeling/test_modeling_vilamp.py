@@ -317,3 +317,18 @@ def test_streamed_memory_grows_with_frames_only_by_the_output_tokens(tiny_model,
     assert peaks_beyond_output[1024] <= peaks_beyond_output[64] * 1.05, peaks_beyond_output
     # one chunk's activations dominate; 1024 frames encoded at once would need far more
     assert video_tokens.shape == (4 * 2 + 1022 + 1, hidden_size)
+
+
+def test_generate_never_emits_the_video_placeholder(tiny_model, video_inputs):
+    model = tiny_model()
+    inputs = video_inputs(model.config, [KEYFRAMES_TWO_OF_FIVE])
+    with torch.no_grad():
+        last_hidden_state = model.model(**inputs).last_hidden_state[0, -1]
+        # every logit 0 but the placeholder's, which points along the last hidden state: it would be picked first
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[model.config.video_token_id] = last_hidden_state / last_hidden_state.norm()
+    prompt_length = inputs["input_ids"].shape[1]
+    unsuppressed = model.generate(**inputs, max_new_tokens=1, do_sample=False, suppress_tokens=[])
+    assert unsuppressed[0, prompt_length] == model.config.video_token_id
+    generated = model.generate(**inputs, max_new_tokens=3, do_sample=False, use_cache=False)
+    assert model.config.video_token_id not in generated[0, prompt_length:].tolist()
