@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from modeling_vilamp import ViLaMPConfig
+from training.tiny import TINY_VISION_CONFIG
 
 VIDEO_TOKEN_ID = 98
 PAD_TOKEN_ID = 0
@@ -14,14 +15,7 @@ def tiny_config():
     def build(**overrides):
         settings = {"video_token_index": VIDEO_TOKEN_ID, "num_keyframes": 2, "query_embed_dim": 8, "keyframe_pooled_size": 2}
         return ViLaMPConfig(
-            vision_config={
-                "hidden_size": 16,
-                "intermediate_size": 32,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "image_size": 56,
-                "patch_size": 14,
-            },
+            vision_config=TINY_VISION_CONFIG,
             text_config={
                 "vocab_size": 99,
                 "hidden_size": 32,
