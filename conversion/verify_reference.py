@@ -14,6 +14,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from modeling_vilamp.modeling_vilamp import plan_video_tokens
+
 # The original code marks the video's position in `input_ids` with this id (IMAGE_TOKEN_INDEX).
 ORIGINAL_IMAGE_TOKEN_INDEX = -200
 NUM_GENERATED_TOKENS = 5
@@ -62,6 +64,10 @@ def model_stage_outputs(
     vision_model = model.model
     projected_features = vision_model.get_frame_features(pixel_values_videos)
     video_tokens = model.get_video_features(pixel_values_videos, keyframe_mask, query_embeds)
+    # where the model put each frame's tokens
+    layout = plan_video_tokens(
+        keyframe_mask, [keyframe_mask.shape[0]], model.config.keyframe_pooled_size**2, model.config.dfm_reference_rule
+    )
     input_ids = expand_reference_input_ids(reference_dir, model.config.video_token_id, video_tokens.shape[0])
     inputs_embeds = model.get_input_embeddings()(input_ids)
     placeholder_mask = vision_model.get_placeholder_mask(input_ids, inputs_embeds, video_tokens, keyframe_mask, num_videos=1)
@@ -78,19 +84,13 @@ def model_stage_outputs(
         "siglip_features": vision_model.get_vision_features(pixel_values_videos),
         "projected_features": projected_features,
         "pooled_keyframe_tokens": vision_model.pool_keyframes(projected_features[keyframe_mask]),
-        "non_keyframe_tokens": video_tokens[non_keyframe_token_positions(keyframe_mask, model.config.keyframe_pooled_size)],
+        "non_keyframe_tokens": video_tokens[layout.token_starts[~keyframe_mask]],
         "video_tokens": video_tokens,
         "inputs_embeds": inputs_embeds.masked_scatter(placeholder_mask, video_tokens),
         "logits": model(**inputs).logits,
         "generated_ids": generated.sequences[:, input_ids.shape[1] :],
         "generate_step_logits": torch.cat(generated.logits),
     }
-
-
-def non_keyframe_token_positions(keyframe_mask: torch.Tensor, keyframe_pooled_size: int) -> torch.Tensor:
-    """Positions of the non-keyframes' tokens among one video's tokens (keyframes take `keyframe_pooled_size**2`)."""
-    token_counts = torch.where(keyframe_mask, keyframe_pooled_size**2, 1)
-    return (token_counts.cumsum(0) - token_counts)[~keyframe_mask]
 
 
 @torch.no_grad()
