@@ -58,12 +58,16 @@ ORIGINAL_TO_HF_KEYS = [
     (r"^lm_head\.weight$", "lm_head.weight"),
 ]
 
+# Original keys left out on purpose: the original reads SigLIP's encoder output and never applies `post_layernorm`.
+UNUSED_ORIGINAL_KEYS = [r"^model\.vision_tower\.vision_tower\.vision_model\.post_layernorm\."]
+
 # Original config fields and the ViLaMPConfig fields they become.
-ORIGINAL_TO_HF_CONFIG = {
+ORIGINAL_TO_HF_CONFIG = {"composer_proj_dim": "query_embed_dim"}
+# Original config fields of the keyframe selection and the ViLaMPProcessor settings they become (the processor runs it).
+ORIGINAL_TO_PROCESSOR_SETTINGS = {
     "max_frame_num": "num_keyframes",
     "f2t_thrd": "keyframe_relevance_threshold",
     "f2f_thrd": "keyframe_similarity_threshold",
-    "composer_proj_dim": "query_embed_dim",
 }
 
 # Qwen2 fields of the original config, copied into `text_config`.
@@ -351,10 +355,11 @@ def rename_model_key(key: str) -> str | None:
 
 
 def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Renames the model's tensors; returns them and the original keys that no rule maps (the CLIP ones aside)."""
+    """Renames the model's tensors; returns them and the original keys that no rule maps (the CLIP ones and
+    `UNUSED_ORIGINAL_KEYS` aside)."""
     converted, unmapped = {}, []
     for key, tensor in state_dict.items():
-        if key.startswith(CLIP_PREFIX):
+        if key.startswith(CLIP_PREFIX) or any(re.match(pattern, key) for pattern in UNUSED_ORIGINAL_KEYS):
             continue
         new_key = rename_model_key(key)
         if new_key is None:
@@ -512,9 +517,7 @@ def convert_checkpoint(
     selector_state_dict, selector_model_config = convert_clip_to_open_clip(state_dict, selector_config)
     processor = ViLaMPProcessor(
         tokenizer=tokenizer,
-        num_keyframes=config.num_keyframes,
-        keyframe_relevance_threshold=config.keyframe_relevance_threshold,
-        keyframe_similarity_threshold=config.keyframe_similarity_threshold,
+        **{new: original_config[old] for old, new in ORIGINAL_TO_PROCESSOR_SETTINGS.items() if old in original_config},
         keyframe_pooled_size=config.keyframe_pooled_size,
         keyframe_selector=KeyframeSelector.from_state_dict(selector_state_dict, selector_model_config),
     )

@@ -40,8 +40,8 @@ DEFAULT_TEXT_CONFIG = {
 class ViLaMPConfig(PreTrainedConfig):
     r"""
     Configuration of a ViLaMP model: a SigLIP vision tower, a 2-layer projector, the differential feature merger
-    (DFM) and a Qwen2 language model. The keyframe selection (DKS) settings are stored here so that a checkpoint
-    carries them, and are read by the processor.
+    (DFM) and a Qwen2 language model. The keyframe selection (DKS) settings belong to the processor
+    ([`ViLaMPProcessor`]), which runs it.
 
     Args:
         vision_config (`dict` or `PreTrainedConfig`, *optional*):
@@ -55,14 +55,6 @@ class ViLaMPConfig(PreTrainedConfig):
             The activation between the two projector layers (`mlp2x_gelu` in the original).
         multimodal_projector_bias (`bool`, *optional*, defaults to `True`):
             Whether the projector layers have biases.
-        num_keyframes (`int`, *optional*, defaults to 32):
-            Keyframes per video K (`max_frame_num` in the original; read by the processor).
-        keyframe_relevance_threshold (`float`, *optional*, defaults to 0.2):
-            Frames whose CLIP similarity to the query is below this end the relevance ranking (`f2t_thrd` in the
-            original; read by the processor).
-        keyframe_similarity_threshold (`float`, *optional*, defaults to 0.85):
-            A frame more similar than this to a chosen keyframe is skipped (`f2f_thrd` in the original; read by the
-            processor).
         query_embed_dim (`int`, *optional*, defaults to 512):
             Size of the CLIP text embedding that the DFM receives as its query (`composer_proj_dim` in the original;
             read by the model).
@@ -77,16 +69,13 @@ class ViLaMPConfig(PreTrainedConfig):
         vision_chunk_size (`int`, *optional*):
             Frames encoded at once by the vision tower, projector and DFM. `None` chooses it from the free device
             memory; the number of frames of a video encodes it in one piece (read by the model).
-        compile_vision_tower (`bool`, *optional*, defaults to `False`):
-            Compiles the SigLIP encoder with `torch.compile` when the model is built; SigLIP is most of the video
-            encoding time (read by the model).
 
     Example:
 
     ```python
     >>> from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
 
-    >>> configuration = ViLaMPConfig(num_keyframes=32)
+    >>> configuration = ViLaMPConfig(dfm_reference_rule="original")
     >>> model = ViLaMPForConditionalGeneration(configuration)
     ```"""
 
@@ -99,14 +88,10 @@ class ViLaMPConfig(PreTrainedConfig):
     video_token_index: int = 151646
     projector_hidden_act: str = "gelu"
     multimodal_projector_bias: bool = True
-    num_keyframes: int = 32
-    keyframe_relevance_threshold: float = 0.2
-    keyframe_similarity_threshold: float = 0.85
     query_embed_dim: int = 512
     keyframe_pooled_size: int = 14
     dfm_reference_rule: Literal["original", "paper"] = "original"
     vision_chunk_size: int | None = None
-    compile_vision_tower: bool = False
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -116,17 +101,13 @@ class ViLaMPConfig(PreTrainedConfig):
 
     def validate_vilamp_settings(self):
         """Checks the ViLaMP fields, naming the field, the value seen and the rule."""
-        positive_fields = ("num_keyframes", "query_embed_dim", "keyframe_pooled_size")
-        for name in positive_fields:
+        for name in ("query_embed_dim", "keyframe_pooled_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
         if self.vision_chunk_size is not None and self.vision_chunk_size < 1:
             raise ValueError(
                 f"`vision_chunk_size` must be None (chosen from free memory) or at least 1, got {self.vision_chunk_size}."
             )
-        for name in ("keyframe_relevance_threshold", "keyframe_similarity_threshold"):
-            if not -1.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"`{name}` is a cosine similarity and must lie in [-1, 1], got {getattr(self, name)}.")
 
 
 def _build_sub_config(sub_config, defaults: dict) -> PreTrainedConfig:

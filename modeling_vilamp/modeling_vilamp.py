@@ -11,8 +11,8 @@ from torch.utils.checkpoint import checkpoint
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_vilamp import ViLaMPConfig
 from .feature_merger import ViLaMPDifferentialFeatureMerger, reference_frame_indices
@@ -29,6 +29,8 @@ SIGLIP_PIXEL_STD = 0.5
 MAX_AUTO_VISION_CHUNK_SIZE = 32
 
 
+# Built on transformers' own output classes, so that their fields follow transformers (5.24 renames
+# `past_key_values` to `cache`); the language model's output is passed on whole instead of field by field.
 @dataclass
 class ViLaMPModelOutputWithPast(BaseModelOutputWithPast):
     r"""
@@ -40,27 +42,12 @@ class ViLaMPModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class ViLaMPCausalLMOutputWithPast(ModelOutput):
+class ViLaMPCausalLMOutputWithPast(CausalLMOutputWithPast):
     r"""
-    loss (`torch.Tensor` of shape `(1,)`, *optional*, returned when `labels` is provided):
-        Language modeling loss (next-token prediction).
-    logits (`torch.Tensor` of shape `(batch_size, sequence_length, config.text_config.vocab_size)`):
-        Prediction scores of the language modeling head, for the positions kept by `logits_to_keep`.
-    past_key_values (`Cache`, *optional*, returned when `use_cache=True`):
-        The key/value cache of the language model.
-    hidden_states (`tuple(torch.Tensor)`, *optional*):
-        Hidden states of the language model, when asked for.
-    attentions (`tuple(torch.Tensor)`, *optional*):
-        Attention weights of the language model, when asked for.
     video_hidden_states (`torch.Tensor` of shape `(num_video_tokens, hidden_size)`, *optional*):
         The video tokens of every video of the batch, in order.
     """
 
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.Tensor] | None = None
-    attentions: tuple[torch.Tensor] | None = None
     video_hidden_states: torch.Tensor | None = None
 
 
@@ -139,11 +126,14 @@ class ViLaMPPreTrainedModel(PreTrainedModel):
     input_modalities = ("video", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["Qwen2DecoderLayer", "SiglipEncoderLayer", "SiglipVisionEmbeddings"]
-    _skip_keys_device_placement = ["past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # the decoding steps run only the language model, so `generate` may compile them (static cache)
+    _can_compile_fullgraph = True
+    # converters before 0.2 kept SigLIP's `post_layernorm`, which the original never applies
+    _keys_to_ignore_on_load_unexpected = [r"vision_tower\.post_layernorm\."]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -158,11 +148,14 @@ class ViLaMPPreTrainedModel(PreTrainedModel):
 class ViLaMPModel(ViLaMPPreTrainedModel):
     """The ViLaMP encoder stages and the Qwen2 language model, without the language modeling head."""
 
-    def __init__(self, config: ViLaMPConfig):
+    def __init__(self, config: ViLaMPConfig, compile_vision_tower: bool = False):
         super().__init__(config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
-        if config.compile_vision_tower:
-            self.vision_tower.encoder.compile()
+        # the frame features are the encoder's output: the original never applies SigLIP's `post_layernorm`, and an
+        # unused parameter would stop DistributedDataParallel (`find_unused_parameters=False`) when the tower trains
+        del self.vision_tower.post_layernorm
+        if compile_vision_tower:
+            self.compile_vision_tower()
         self.multi_modal_projector = ViLaMPMultiModalProjector(config)
         self.feature_merger = ViLaMPDifferentialFeatureMerger(config)
         self.image_newline = nn.Parameter(torch.empty(config.text_config.hidden_size))
@@ -170,6 +163,10 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         # set by `gradient_checkpointing_enable`: each vision chunk is then recomputed in the backward pass
         self.gradient_checkpointing = False
         self.post_init()
+
+    def compile_vision_tower(self):
+        """Compiles the SigLIP encoder with `torch.compile`: it is most of the video encoding time."""
+        self.vision_tower.encoder.compile()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -282,13 +279,14 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
             )
         return tokens
 
+    @can_return_tuple
     def get_video_features(
         self,
         pixel_values_videos: torch.Tensor,
         keyframe_mask: torch.Tensor,
         query_embeds: torch.Tensor,
         video_frame_counts: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> BaseModelOutputWithPooling:
         """
         Encodes a batch of videos into their tokens, streaming the frames through SigLIP, the projector, keyframe
         pooling and the DFM in temporal chunks, so that memory holds only one chunk's patches, the reference frames
@@ -306,9 +304,10 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
                 Frames of each video; may be omitted for a single video.
 
         Returns:
-            `torch.Tensor` of shape `(num_video_tokens, hidden_size)`: for each video, its frames' tokens in temporal
-            order (`keyframe_pooled_size**2` per keyframe, one per non-keyframe) and one `image_newline`
-            (golden key `video_tokens`).
+            `BaseModelOutputWithPooling` whose `pooler_output`, of shape `(num_video_tokens, hidden_size)`, holds for
+            each video its frames' tokens in temporal order (`keyframe_pooled_size**2` per keyframe, one per
+            non-keyframe) and one `image_newline` (golden key `video_tokens`), as other transformers VLMs return their
+            video tokens. `last_hidden_state` is `None`: the SigLIP features are streamed chunk by chunk, never kept.
         """
         frame_counts = self._check_video_inputs(pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts)
         keyframe_mask = keyframe_mask.bool().cpu()
@@ -357,7 +356,7 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
                 frame: features for frame, features in kept_features.items() if layout.last_reference_use[frame] >= end
             }
             kept_features.update(zip(frames_to_keep, new_kept))
-        return video_tokens
+        return BaseModelOutputWithPooling(pooler_output=video_tokens)
 
     def encode_chunk(
         self,
@@ -453,6 +452,16 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
             )
         return frame_counts
 
+    def placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor | None) -> torch.BoolTensor:
+        """Where the `<video>` placeholders are, `(batch_size, sequence_length)`: in `input_ids`, or else where
+        `inputs_embeds` holds the placeholder's embedding."""
+        if input_ids is not None:
+            return input_ids == self.config.video_token_id
+        video_token_embeds = self.get_input_embeddings()(
+            torch.tensor(self.config.video_token_id, dtype=torch.long, device=inputs_embeds.device)
+        )
+        return (inputs_embeds == video_token_embeds).all(-1)
+
     def get_placeholder_mask(
         self,
         input_ids: torch.LongTensor | None,
@@ -467,13 +476,7 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         Returns:
             `torch.BoolTensor` of shape `(batch_size, sequence_length, hidden_size)`, for `masked_scatter`.
         """
-        if input_ids is None:
-            video_token_embeds = self.get_input_embeddings()(
-                torch.tensor(self.config.video_token_id, dtype=torch.long, device=inputs_embeds.device)
-            )
-            special_video_mask = (inputs_embeds == video_token_embeds).all(-1)
-        else:
-            special_video_mask = input_ids == self.config.video_token_id
+        special_video_mask = self.placeholder_mask(input_ids, inputs_embeds)
         num_placeholders = int(special_video_mask.sum())
         if num_placeholders != video_features.shape[0]:
             num_keyframes = int(keyframe_mask.bool().sum())
@@ -485,6 +488,62 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
             )
         return special_video_mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
 
+    def repeat_videos_with_rows(
+        self,
+        placeholder_mask: torch.BoolTensor,
+        expand_size: int,
+        pixel_values_videos: torch.Tensor,
+        keyframe_mask: torch.Tensor,
+        query_embeds: torch.Tensor,
+        video_frame_counts: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """
+        Repeats the video inputs as `generate` repeats the batch rows for beams and `num_return_sequences`: each row
+        becomes `expand_size` consecutive rows, so each video is repeated `expand_size` times with the row that holds it.
+        Videos fill the rows' placeholders in order, as the processor lays them out.
+
+        Args:
+            placeholder_mask (`torch.BoolTensor` of shape `(batch_size, sequence_length)`): the `<video>` placeholders
+                of the rows before repetition.
+            expand_size (`int`): copies of each row.
+            pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts: the video inputs, as for `forward`.
+
+        Returns:
+            `dict` with the four video inputs of the repeated rows.
+        """
+        frame_counts = self._check_video_inputs(pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts)
+        layout = plan_video_tokens(
+            keyframe_mask.bool().cpu(), frame_counts, self.config.keyframe_pooled_size**2, self.config.dfm_reference_rule
+        )
+        video_ends = (layout.newline_positions + 1).tolist()
+        video_token_counts = [end - start for start, end in zip([0, *video_ends[:-1]], video_ends)]
+        videos_of_rows, next_video = [], 0
+        for row, num_placeholders in enumerate(placeholder_mask.sum(-1).tolist()):
+            row_videos = []
+            while num_placeholders > 0 and next_video < len(video_token_counts):
+                num_placeholders -= video_token_counts[next_video]
+                row_videos.append(next_video)
+                next_video += 1
+            if num_placeholders != 0:
+                raise ValueError(
+                    f"Row {row} of `input_ids` holds placeholders that do not match whole videos (video token counts "
+                    f"{video_token_counts}, placeholders per row {placeholder_mask.sum(-1).tolist()}); let the "
+                    "processor expand the `<video>` placeholders."
+                )
+            videos_of_rows.append(row_videos)
+        video_order = [video for row_videos in videos_of_rows for _ in range(expand_size) for video in row_videos]
+        frame_starts = [sum(frame_counts[:video]) for video in range(len(frame_counts))]
+        frame_indices = torch.cat(
+            [torch.arange(frame_starts[video], frame_starts[video] + frame_counts[video]) for video in video_order]
+        )
+        return {
+            "pixel_values_videos": pixel_values_videos[frame_indices.to(pixel_values_videos.device)],
+            "keyframe_mask": keyframe_mask[frame_indices.to(keyframe_mask.device)],
+            "query_embeds": query_embeds[torch.tensor(video_order, device=query_embeds.device)],
+            "video_frame_counts": torch.tensor([frame_counts[video] for video in video_order], dtype=torch.long),
+        }
+
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -494,7 +553,6 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         video_frame_counts: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
@@ -511,6 +569,9 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
                 The CLIP text embedding of each video's query.
             video_frame_counts (`torch.LongTensor` of shape `(num_videos,)`, *optional*):
                 Frames of each video.
+            kwargs:
+                Passed to the language model, the key/value cache included under the name the installed transformers
+                gives it (`past_key_values`, or `cache` from 5.24).
         """
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of `input_ids` or `inputs_embeds`.")
@@ -519,7 +580,9 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
 
         video_features = None
         if pixel_values_videos is not None:
-            video_features = self.get_video_features(pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts)
+            video_features = self.get_video_features(
+                pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts
+            ).pooler_output
             video_features = video_features.to(inputs_embeds.device, inputs_embeds.dtype)
             special_video_mask = self.get_placeholder_mask(
                 input_ids, inputs_embeds, video_features, keyframe_mask, num_videos=query_embeds.shape[0]
@@ -529,32 +592,37 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
         )
-        return ViLaMPModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            video_hidden_states=video_features,
-        )
+        return ViLaMPModelOutputWithPast(**outputs, video_hidden_states=video_features)
 
 
 class ViLaMPForConditionalGeneration(ViLaMPPreTrainedModel, GenerationMixin):
-    """ViLaMP with the language modeling head: answers questions about videos with `generate`."""
+    """
+    ViLaMP with the language modeling head: answers questions about videos with `generate`.
+
+    Args:
+        config ([`ViLaMPConfig`]): the model configuration.
+        compile_vision_tower (`bool`, *optional*, defaults to `False`): compile the SigLIP encoder with `torch.compile`
+            (see [`ViLaMPModel.compile_vision_tower`]). A load-time option, never saved with the model:
+            `ViLaMPForConditionalGeneration.from_pretrained(path, compile_vision_tower=True)`.
+    """
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
 
-    def __init__(self, config: ViLaMPConfig):
+    def __init__(self, config: ViLaMPConfig, compile_vision_tower: bool = False):
         super().__init__(config)
-        self.model = ViLaMPModel(config)
+        self.model = ViLaMPModel(config, compile_vision_tower=compile_vision_tower)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
         # a generated placeholder would be taken for a video token by the next forward without a cache
         self.generation_config.suppress_tokens = [config.video_token_id]
+
+    def compile_vision_tower(self):
+        """Compiles the SigLIP encoder with `torch.compile`; see [`ViLaMPModel.compile_vision_tower`]."""
+        self.model.compile_vision_tower()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
@@ -568,16 +636,18 @@ class ViLaMPForConditionalGeneration(ViLaMPPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings: nn.Module):
         self.lm_head = new_embeddings
 
+    @can_return_tuple
     def get_video_features(
         self,
         pixel_values_videos: torch.Tensor,
         keyframe_mask: torch.Tensor,
         query_embeds: torch.Tensor,
         video_frame_counts: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The video tokens of a batch of videos; see [`ViLaMPModel.get_video_features`]."""
+    ) -> BaseModelOutputWithPooling:
+        """The video tokens of a batch of videos, as `pooler_output`; see [`ViLaMPModel.get_video_features`]."""
         return self.model.get_video_features(pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -587,7 +657,6 @@ class ViLaMPForConditionalGeneration(ViLaMPPreTrainedModel, GenerationMixin):
         video_frame_counts: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -611,6 +680,9 @@ class ViLaMPForConditionalGeneration(ViLaMPPreTrainedModel, GenerationMixin):
             logits_to_keep (`int` or `torch.Tensor`, *optional*, defaults to 0):
                 If an int, compute logits only for that many last positions (0 keeps all); if a tensor, the positions
                 to keep. Generation keeps only the last one.
+            kwargs:
+                Passed to the language model, the key/value cache included under the name the installed transformers
+                gives it (`past_key_values`, or `cache` from 5.24).
 
         Example:
 
@@ -631,7 +703,6 @@ class ViLaMPForConditionalGeneration(ViLaMPPreTrainedModel, GenerationMixin):
             video_frame_counts=video_frame_counts,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -644,14 +715,20 @@ class ViLaMPForConditionalGeneration(ViLaMPPreTrainedModel, GenerationMixin):
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
-        return ViLaMPCausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            video_hidden_states=outputs.video_hidden_states,
+        language_model_outputs = {name: value for name, value in outputs.items() if name != "last_hidden_state"}
+        return ViLaMPCausalLMOutputWithPast(loss=loss, logits=logits, **language_model_outputs)
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        # `generate` repeats every tensor along dim 0 for beams and `num_return_sequences`, but the frames and the
+        # keyframe mask are frame-major: each video is repeated with the row that holds it instead
+        video_inputs = {name: model_kwargs.pop(name) for name in VIDEO_INPUT_NAMES if name in model_kwargs}
+        if expand_size > 1 and video_inputs.get("pixel_values_videos") is not None:
+            placeholder_mask = self.model.placeholder_mask(input_ids, model_kwargs.get("inputs_embeds"))
+            video_inputs = self.model.repeat_videos_with_rows(placeholder_mask, expand_size, **video_inputs)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
         )
+        return input_ids, {**model_kwargs, **video_inputs}
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
         model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)

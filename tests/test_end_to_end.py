@@ -47,7 +47,6 @@ def model():
             "eos_token_id": 511,
         },
         video_token_index=VIDEO_TOKEN_ID,
-        num_keyframes=NUM_KEYFRAMES,
         keyframe_pooled_size=KEYFRAME_POOLED_SIZE,
         query_embed_dim=16,
     )
@@ -84,5 +83,8 @@ def test_processor_and_model_round_trip_through_auto_classes(processor, model, m
     video = str(make_video_file(num_frames=24))
     inputs = processor(text="What moves?", videos=video)
     loaded_inputs = loaded_processor(text="What moves?", videos=video)
+    for name, tensor in inputs.items():
+        torch.testing.assert_close(loaded_inputs[name], tensor, rtol=0, atol=0)
     with torch.no_grad():
-        torch.testing.assert_close(loaded_model(**loaded_inputs).logits, model(**inputs).logits, rtol=0, atol=0)
+        # float32 rounding only: the BLAS kernels may differ with the alignment of the weights loaded from the file
+        torch.testing.assert_close(loaded_model(**inputs).logits, model(**inputs).logits, rtol=1e-6, atol=1e-6)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from modeling_vilamp import ViLaMPConfig
+from processing import num_video_tokens
 from training.tiny import TINY_VISION_CONFIG
 
 VIDEO_TOKEN_ID = 98
@@ -13,7 +14,7 @@ def tiny_config():
     """A tiny ViLaMP: 4x4 SigLIP patches pooled to 2x2, hidden 32, 2 layers, as llava_onevision's tester builds."""
 
     def build(**overrides):
-        settings = {"video_token_index": VIDEO_TOKEN_ID, "num_keyframes": 2, "query_embed_dim": 8, "keyframe_pooled_size": 2}
+        settings = {"video_token_index": VIDEO_TOKEN_ID, "query_embed_dim": 8, "keyframe_pooled_size": 2}
         return ViLaMPConfig(
             vision_config=TINY_VISION_CONFIG,
             text_config={
@@ -34,11 +35,11 @@ def tiny_config():
 
 @pytest.fixture
 def tiny_model(tiny_config):
-    def build(**overrides):
+    def build(compile_vision_tower=False, **overrides):
         from modeling_vilamp import ViLaMPForConditionalGeneration
 
         torch.manual_seed(0)
-        return ViLaMPForConditionalGeneration(tiny_config(**overrides)).eval()
+        return ViLaMPForConditionalGeneration(tiny_config(**overrides), compile_vision_tower=compile_vision_tower).eval()
 
     return build
 
@@ -50,12 +51,10 @@ def video_inputs():
     def build(config, keyframe_masks, prompt_lengths=None, seed=0):
         generator = torch.Generator().manual_seed(seed)
         image_size = config.vision_config.image_size
-        pooled_tokens = config.keyframe_pooled_size**2
         prompt_lengths = prompt_lengths or [(3, 4)] * len(keyframe_masks)
         rows = []
         for mask, (before, after) in zip(keyframe_masks, prompt_lengths):
-            num_keyframes = sum(mask)
-            num_tokens = pooled_tokens * num_keyframes + (len(mask) - num_keyframes) + 1
+            num_tokens = num_video_tokens(len(mask), sum(mask), config.keyframe_pooled_size)
             text = torch.randint(1, 90, (before + after,), generator=generator).tolist()
             rows.append(text[:before] + [VIDEO_TOKEN_ID] * num_tokens + text[before:])
         width = max(len(row) for row in rows)

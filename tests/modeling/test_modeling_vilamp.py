@@ -51,12 +51,12 @@ def test_save_and_load_through_auto_classes(tiny_model, video_inputs, tmp_path):
 
 
 def test_config_round_trip_keeps_vilamp_fields(tiny_config, tmp_path):
-    config = tiny_config(dfm_reference_rule="paper", vision_chunk_size=3, keyframe_relevance_threshold=0.1)
+    config = tiny_config(dfm_reference_rule="paper", vision_chunk_size=3, keyframe_pooled_size=3)
     config.save_pretrained(tmp_path)
     loaded = ViLaMPConfig.from_pretrained(tmp_path)
     assert loaded.dfm_reference_rule == "paper"
     assert loaded.vision_chunk_size == 3
-    assert loaded.keyframe_relevance_threshold == 0.1
+    assert loaded.keyframe_pooled_size == 3
     assert loaded.text_config.hidden_size == 32
     assert loaded.vision_config.patch_size == 14
 
@@ -64,8 +64,8 @@ def test_config_round_trip_keeps_vilamp_fields(tiny_config, tmp_path):
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("num_keyframes", 0, "`num_keyframes` must be at least 1"),
-        ("keyframe_similarity_threshold", 1.5, "`keyframe_similarity_threshold` is a cosine similarity"),
+        ("query_embed_dim", 0, "`query_embed_dim` must be at least 1"),
+        ("keyframe_pooled_size", 0, "`keyframe_pooled_size` must be at least 1"),
         ("vision_chunk_size", 0, "`vision_chunk_size` must be None"),
         ("dfm_reference_rule", "nearest", "dfm_reference_rule"),
     ],
@@ -176,10 +176,10 @@ def test_bfloat16_video_tokens_stay_close_to_float32(tiny_model, video_inputs):
     with torch.no_grad():
         reference = model.get_video_features(
             inputs["pixel_values_videos"], inputs["keyframe_mask"], inputs["query_embeds"]
-        )
+        ).pooler_output
         half = model.to(torch.bfloat16).get_video_features(
             inputs["pixel_values_videos"], inputs["keyframe_mask"], inputs["query_embeds"]
-        )
+        ).pooler_output
     torch.testing.assert_close(half.float(), reference, rtol=0.05, atol=0.05)
 
 
@@ -229,10 +229,10 @@ def test_streamed_encoding_equals_one_piece_for_every_chunk_size(tiny_model, vid
     video_args = [inputs[name] for name in ("pixel_values_videos", "keyframe_mask", "query_embeds", "video_frame_counts")]
     with torch.no_grad():
         model.config.vision_chunk_size = 13
-        one_piece = model.get_video_features(*video_args)
+        one_piece = model.get_video_features(*video_args).pooler_output
         for chunk_size in range(1, 13):
             model.config.vision_chunk_size = chunk_size
-            torch.testing.assert_close(model.get_video_features(*video_args), one_piece, rtol=0, atol=1e-5)
+            torch.testing.assert_close(model.get_video_features(*video_args).pooler_output, one_piece, rtol=0, atol=1e-5)
 
 
 def test_paper_rule_changes_only_the_tokens_of_non_keyframes(tiny_model, video_inputs):
@@ -246,8 +246,8 @@ def test_paper_rule_changes_only_the_tokens_of_non_keyframes(tiny_model, video_i
         for model in (original, paper):
             model.model.feature_merger.linear_q.weight.zero_()
             model.model.feature_merger.linear_q.bias.zero_()
-        original_tokens = original.get_video_features(*video_args)
-        paper_tokens = paper.get_video_features(*video_args)
+        original_tokens = original.get_video_features(*video_args).pooler_output
+        paper_tokens = paper.get_video_features(*video_args).pooler_output
     # layout: frames 0, 1 (1 token each), keyframe 2 (4 tokens), frames 3, 4, keyframe 5, newline
     keyframes_and_newline = [2, 3, 4, 5, 8, 9, 10, 11, 12]
     torch.testing.assert_close(paper_tokens[keyframes_and_newline], original_tokens[keyframes_and_newline], rtol=0, atol=0)
@@ -264,7 +264,7 @@ def test_compiled_vision_tower_gives_the_same_video_tokens(tiny_model, video_inp
     video_args = [inputs[name] for name in ("pixel_values_videos", "keyframe_mask", "query_embeds", "video_frame_counts")]
     with torch.no_grad():
         torch.testing.assert_close(
-            compiled.get_video_features(*video_args), eager.get_video_features(*video_args), rtol=1e-5, atol=1e-5
+            compiled.get_video_features(*video_args).pooler_output, eager.get_video_features(*video_args).pooler_output, rtol=1e-5, atol=1e-5
         )
 
 
@@ -309,7 +309,7 @@ def test_streamed_memory_grows_with_frames_only_by_the_output_tokens(tiny_model,
         with torch.no_grad(), tracker:
             video_tokens = model.get_video_features(
                 inputs["pixel_values_videos"], inputs["keyframe_mask"], inputs["query_embeds"]
-            )
+            ).pooler_output
         output_bytes = video_tokens.numel() * video_tokens.element_size()
         # the token layout keeps a few int64 entries per frame, as small as the output's own growth allows
         layout_bytes = 3 * 8 * num_frames

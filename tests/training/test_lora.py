@@ -164,5 +164,5 @@ def test_frozen_vision_tower_builds_no_graph_even_with_input_require_grads(tiny_
         training_batch["keyframe_mask"],
         training_batch["query_embeds"],
         training_batch["video_frame_counts"],
-    )
+    ).pooler_output
     assert not video_tokens.requires_grad
