@@ -1,5 +1,6 @@
 """ViLaMP: SigLIP frames, keyframes pooled to a grid, non-keyframes merged by the DFM, and a Qwen2 language model."""
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -730,6 +731,9 @@ class ViLaMPForConditionalGeneration(ViLaMPPreTrainedModel, GenerationMixin):
         )
         return input_ids, {**model_kwargs, **video_inputs}
 
+    # keeps the signature of transformers' method: `generate` checks its model kwargs against it, and the name of the
+    # cache argument there depends on the transformers release
+    @functools.wraps(GenerationMixin.prepare_inputs_for_generation)
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
         model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
         # the video is in the cache after the prefill step: encoding it again would be wasted and mismatch the ids
