@@ -63,7 +63,7 @@ def model_stage_outputs(
     """
     vision_model = model.model
     projected_features = vision_model.get_frame_features(pixel_values_videos)
-    video_tokens = model.get_video_features(pixel_values_videos, keyframe_mask, query_embeds).pooler_output
+    video_tokens = torch.cat(model.get_video_features(pixel_values_videos, keyframe_mask, query_embeds).pooler_output)
     # where the model put each frame's tokens
     layout = plan_video_tokens(
         keyframe_mask, [keyframe_mask.shape[0]], model.config.keyframe_pooled_size**2, model.config.dfm_reference_rule

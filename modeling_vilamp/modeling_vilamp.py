@@ -305,10 +305,11 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
                 Frames of each video; may be omitted for a single video.
 
         Returns:
-            `BaseModelOutputWithPooling` whose `pooler_output`, of shape `(num_video_tokens, hidden_size)`, holds for
-            each video its frames' tokens in temporal order (`keyframe_pooled_size**2` per keyframe, one per
-            non-keyframe) and one `image_newline` (golden key `video_tokens`), as other transformers VLMs return their
-            video tokens. `last_hidden_state` is `None`: the SigLIP features are streamed chunk by chunk, never kept.
+            `BaseModelOutputWithPooling` whose `pooler_output` holds, as other transformers VLMs return their video
+            tokens, one tensor of shape `(num_video_tokens, hidden_size)` per video: its frames' tokens in temporal
+            order (`keyframe_pooled_size**2` per keyframe, one per non-keyframe) and one `image_newline`; concatenated,
+            they are the golden key `video_tokens`. `last_hidden_state` is `None`: the SigLIP features are streamed
+            chunk by chunk and never kept.
         """
         frame_counts = self._check_video_inputs(pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts)
         keyframe_mask = keyframe_mask.bool().cpu()
@@ -357,7 +358,8 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
                 frame: features for frame, features in kept_features.items() if layout.last_reference_use[frame] >= end
             }
             kept_features.update(zip(frames_to_keep, new_kept))
-        return BaseModelOutputWithPooling(pooler_output=video_tokens)
+        video_token_counts = (layout.newline_positions + 1).diff(prepend=torch.tensor([0])).tolist()
+        return BaseModelOutputWithPooling(pooler_output=video_tokens.split(video_token_counts))
 
     def encode_chunk(
         self,
@@ -516,8 +518,7 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         layout = plan_video_tokens(
             keyframe_mask.bool().cpu(), frame_counts, self.config.keyframe_pooled_size**2, self.config.dfm_reference_rule
         )
-        video_ends = (layout.newline_positions + 1).tolist()
-        video_token_counts = [end - start for start, end in zip([0, *video_ends[:-1]], video_ends)]
+        video_token_counts = (layout.newline_positions + 1).diff(prepend=torch.tensor([0])).tolist()
         videos_of_rows, next_video = [], 0
         for row, num_placeholders in enumerate(placeholder_mask.sum(-1).tolist()):
             row_videos = []
@@ -584,7 +585,7 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
             video_features = self.get_video_features(
                 pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts
             ).pooler_output
-            video_features = video_features.to(inputs_embeds.device, inputs_embeds.dtype)
+            video_features = torch.cat(video_features).to(inputs_embeds.device, inputs_embeds.dtype)
             special_video_mask = self.get_placeholder_mask(
                 input_ids, inputs_embeds, video_features, keyframe_mask, num_videos=query_embeds.shape[0]
             )
@@ -612,6 +613,7 @@ class ViLaMPForConditionalGeneration(ViLaMPPreTrainedModel, GenerationMixin):
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: ViLaMPConfig, compile_vision_tower: bool = False):
         super().__init__(config)
@@ -645,7 +647,7 @@ class ViLaMPForConditionalGeneration(ViLaMPPreTrainedModel, GenerationMixin):
         query_embeds: torch.Tensor,
         video_frame_counts: torch.Tensor | None = None,
     ) -> BaseModelOutputWithPooling:
-        """The video tokens of a batch of videos, as `pooler_output`; see [`ViLaMPModel.get_video_features`]."""
+        """The video tokens of each video of a batch, as `pooler_output`; see [`ViLaMPModel.get_video_features`]."""
         return self.model.get_video_features(pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts)
 
     @can_return_tuple

@@ -174,12 +174,9 @@ def test_bfloat16_video_tokens_stay_close_to_float32(tiny_model, video_inputs):
     model = tiny_model()
     inputs = video_inputs(model.config, [KEYFRAMES_TWO_OF_FIVE])
     with torch.no_grad():
-        reference = model.get_video_features(
-            inputs["pixel_values_videos"], inputs["keyframe_mask"], inputs["query_embeds"]
-        ).pooler_output
-        half = model.to(torch.bfloat16).get_video_features(
-            inputs["pixel_values_videos"], inputs["keyframe_mask"], inputs["query_embeds"]
-        ).pooler_output
+        video_args = (inputs["pixel_values_videos"], inputs["keyframe_mask"], inputs["query_embeds"])
+        (reference,) = model.get_video_features(*video_args).pooler_output
+        (half,) = model.to(torch.bfloat16).get_video_features(*video_args).pooler_output
     torch.testing.assert_close(half.float(), reference, rtol=0.05, atol=0.05)
 
 
@@ -229,10 +226,10 @@ def test_streamed_encoding_equals_one_piece_for_every_chunk_size(tiny_model, vid
     video_args = [inputs[name] for name in ("pixel_values_videos", "keyframe_mask", "query_embeds", "video_frame_counts")]
     with torch.no_grad():
         model.config.vision_chunk_size = 13
-        one_piece = model.get_video_features(*video_args).pooler_output
+        one_piece = torch.cat(model.get_video_features(*video_args).pooler_output)
         for chunk_size in range(1, 13):
             model.config.vision_chunk_size = chunk_size
-            torch.testing.assert_close(model.get_video_features(*video_args).pooler_output, one_piece, rtol=0, atol=1e-5)
+            torch.testing.assert_close(torch.cat(model.get_video_features(*video_args).pooler_output), one_piece, rtol=0, atol=1e-5)
 
 
 def test_paper_rule_changes_only_the_tokens_of_non_keyframes(tiny_model, video_inputs):
@@ -246,8 +243,8 @@ def test_paper_rule_changes_only_the_tokens_of_non_keyframes(tiny_model, video_i
         for model in (original, paper):
             model.model.feature_merger.linear_q.weight.zero_()
             model.model.feature_merger.linear_q.bias.zero_()
-        original_tokens = original.get_video_features(*video_args).pooler_output
-        paper_tokens = paper.get_video_features(*video_args).pooler_output
+        original_tokens = torch.cat(original.get_video_features(*video_args).pooler_output)
+        paper_tokens = torch.cat(paper.get_video_features(*video_args).pooler_output)
     # layout: frames 0, 1 (1 token each), keyframe 2 (4 tokens), frames 3, 4, keyframe 5, newline
     keyframes_and_newline = [2, 3, 4, 5, 8, 9, 10, 11, 12]
     torch.testing.assert_close(paper_tokens[keyframes_and_newline], original_tokens[keyframes_and_newline], rtol=0, atol=0)
@@ -264,7 +261,10 @@ def test_compiled_vision_tower_gives_the_same_video_tokens(tiny_model, video_inp
     video_args = [inputs[name] for name in ("pixel_values_videos", "keyframe_mask", "query_embeds", "video_frame_counts")]
     with torch.no_grad():
         torch.testing.assert_close(
-            compiled.get_video_features(*video_args).pooler_output, eager.get_video_features(*video_args).pooler_output, rtol=1e-5, atol=1e-5
+            compiled.get_video_features(*video_args).pooler_output,
+            eager.get_video_features(*video_args).pooler_output,
+            rtol=1e-5,
+            atol=1e-5,
         )
 
 
@@ -307,7 +307,7 @@ def test_streamed_memory_grows_with_frames_only_by_the_output_tokens(tiny_model,
         inputs = video_inputs(model.config, [mask])
         tracker = PeakTensorBytes()
         with torch.no_grad(), tracker:
-            video_tokens = model.get_video_features(
+            (video_tokens,) = model.get_video_features(
                 inputs["pixel_values_videos"], inputs["keyframe_mask"], inputs["query_embeds"]
             ).pooler_output
         output_bytes = video_tokens.numel() * video_tokens.element_size()
