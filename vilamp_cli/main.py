@@ -289,7 +289,9 @@ def run_keyframes(args) -> int:
 
 def run_demo(args) -> int:
     quiet_transformers()
-    from .demo import build_demo_checkpoint, synthetic_frames, write_video
+    from training.tiny import synthetic_frames, write_video
+
+    from .demo import build_demo_checkpoint
 
     if args.out_dir is None:
         work_dir = Path(tempfile.mkdtemp(prefix="vilamp-demo-"))
