@@ -25,18 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from processing.keyframe_selection import KeyframeSelector, clip_resize_and_crop, select_keyframes  # noqa: E402
 from processing.video_decoding import decode_video  # noqa: E402
 from processing.video_processing_vilamp import ViLaMPVideoProcessor  # noqa: E402
+from training.tiny import TINY_KEYFRAME_SELECTOR_CONFIG, write_video  # noqa: E402
 
 VIT_B_32_CONFIG = {
     "embed_dim": 512,
     "quick_gelu": True,
     "vision_cfg": {"image_size": 224, "patch_size": 32, "width": 768, "layers": 12, "head_width": 64, "mlp_ratio": 4.0},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12, "mlp_ratio": 4.0},
-}
-TINY_CONFIG = {
-    "embed_dim": 16,
-    "quick_gelu": True,
-    "vision_cfg": {"image_size": 224, "patch_size": 32, "width": 32, "layers": 2, "head_width": 16, "mlp_ratio": 2.0},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 2, "mlp_ratio": 2.0},
 }
 
 
@@ -60,28 +55,27 @@ def parse_args(argv=None):
     return args
 
 
+def gradient_frames(seconds: float, fps: int, width: int, height: int):
+    """RGB uint8 frames `(height, width, 3)` of moving gradients with a scene change every 10 s, one at a time."""
+    rows, columns = np.mgrid[0:height, 0:width]
+    for frame_index in range(int(seconds * fps)):
+        pixels = np.empty((height, width, 3), dtype=np.uint8)
+        pixels[..., 0] = (columns + 3 * frame_index) % 256
+        pixels[..., 1] = (rows + frame_index) % 256
+        pixels[..., 2] = (frame_index // (10 * fps)) * 40 % 256
+        yield pixels
+
+
 def write_synthetic_video(path: Path, seconds: float, fps: int, width: int, height: int) -> Path:
-    """An H.264 video (MPEG-4 Part 2 where libx264 is missing) of moving gradients with a scene change every 10 s."""
+    """An H.264 video (MPEG-4 Part 2 where libx264 is missing) of `gradient_frames`."""
     import av
 
-    rows, columns = np.mgrid[0:height, 0:width]
-    with av.open(str(path), "w") as container:
-        try:
-            stream = container.add_stream("libx264", rate=fps)
-            stream.options = {"preset": "ultrafast"}
-        except (av.error.FFmpegError, ValueError):
-            stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for frame_index in range(int(seconds * fps)):
-            pixels = np.empty((height, width, 3), dtype=np.uint8)
-            pixels[..., 0] = (columns + 3 * frame_index) % 256
-            pixels[..., 1] = (rows + frame_index) % 256
-            pixels[..., 2] = (frame_index // (10 * fps)) * 40 % 256
-            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    try:
+        av.codec.Codec("libx264", "w")
+    except (av.error.FFmpegError, ValueError):
+        return write_video(path, gradient_frames(seconds, fps, width, height), fps=fps)
+    frames = gradient_frames(seconds, fps, width, height)
+    return write_video(path, frames, fps=fps, codec="libx264", options={"preset": "ultrafast"})
 
 
 def synchronize(device: torch.device):
@@ -111,7 +105,7 @@ def main(argv=None):
     torch.manual_seed(0)
     import open_clip
 
-    model_config = TINY_CONFIG if args.tiny else VIT_B_32_CONFIG
+    model_config = TINY_KEYFRAME_SELECTOR_CONFIG if args.tiny else VIT_B_32_CONFIG
     selector = KeyframeSelector(open_clip.model.CLIP(**model_config), model_config, frame_batch_size=args.frame_batch_size)
     selector.to(device)
     video_processor = ViLaMPVideoProcessor()

@@ -7,7 +7,13 @@ into its stages (vision+DFM, prefill, first token, decoding), next to the SigLIP
 Then it encodes the frames unstreamed (`vision_chunk_size` = number of frames, the original's way) until it runs out
 of memory.
 
+Decoding is timed as a user gets it: generate with `--max-new-tokens` N+1 tokens and with 1 token, and take the
+difference per token, with no clock, streamer or device synchronisation inside the decoding loop. With
+`--cache-implementation static`, `generate` compiles the decoding step on its first call for each prompt length; that
+first call is timed apart (the `decode warm-up s` column) from the steady-state figures.
+
     python bench/long_video.py                                # full size, one GPU
+    python bench/long_video.py --frames 600 --unstreamed-frames "" --cache-implementation static
     python bench/long_video.py --frames 100000 --unstreamed-frames ""
     python bench/long_video.py --tiny --device cpu            # tiny config, seconds: proves that it runs
 """
@@ -18,44 +24,29 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import transformers
-from transformers.generation.streamers import BaseStreamer
 from transformers.utils import is_flash_attn_2_available
 
-from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
+# the package of this checkout, not an installed copy
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration  # noqa: E402
+from processing import num_video_tokens  # noqa: E402
+from training.tiny import TINY_NUM_KEYFRAMES, synthetic_frames, tiny_config  # noqa: E402
 
 FULL_FRAMES = "600,2000,10000,30000,100000"
 FULL_UNSTREAMED_FRAMES = "600,1000,1500,2000,3000"
 FULL_NUM_KEYFRAMES = 32
 TINY_FRAMES = "16,64"
-TINY_NUM_KEYFRAMES = 2
+CACHE_IMPLEMENTATIONS = ("dynamic", "static")
 
 # distinct random frames, repeated to make a video of any length: the content does not change the work done
 FRAME_POOL_SIZE = 256
 # ordinary text ids around the video placeholders, below every special id of both configs
 PROMPT_TEXT_IDS = list(range(2, 10))
-
-TINY_VISION_CONFIG = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "image_size": 56,
-    "patch_size": 14,
-}
-TINY_TEXT_CONFIG = {
-    "vocab_size": 128,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "pad_token_id": 0,
-    "eos_token_id": 1,
-}
-TINY_SETTINGS = {"video_token_index": 127, "query_embed_dim": 16, "keyframe_pooled_size": 2}
 
 STREAMED_COLUMNS = [
     "frames",
@@ -65,7 +56,8 @@ STREAMED_COLUMNS = [
     "vision+DFM s",
     "prefill s",
     "first token s",
-    "ms / decoded token",
+    "decode ms/token",
+    "decode warm-up s",
     "frames/s",
     "SigLIP-only frames/s",
     "ratio",
@@ -88,8 +80,20 @@ def parse_args() -> argparse.Namespace:
         "--attn-implementation", help="attention of both towers (default flash_attention_2 if installed, else sdpa)"
     )
     parser.add_argument("--vision-chunk-size", type=int, help="frames per vision chunk (default: from free memory)")
-    parser.add_argument("--compile", action="store_true", help="compile the vision tower (`compile_vision_tower=True`)")
-    parser.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated per frame count")
+    parser.add_argument("--compile", action="store_true", help="compile the vision tower (`model.compile_vision_tower()`)")
+    parser.add_argument(
+        "--cache-implementation",
+        choices=CACHE_IMPLEMENTATIONS,
+        default="dynamic",
+        help="`generate`'s KV cache; static compiles the decoding step on the GPU (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=65,
+        help="tokens of the long `generate`; decode ms/token is its time less a 1-token one's, per extra token "
+        "(default: %(default)s)",
+    )
     parser.add_argument(
         "--siglip-only-max-frames",
         type=int,
@@ -116,24 +120,19 @@ def parse_args() -> argparse.Namespace:
         parser.error(f"`--frames` needs at least one frame count and every count must be positive, got {args.frames}.")
     if args.max_new_tokens < 1:
         parser.error(f"`--max-new-tokens` must be at least 1, got {args.max_new_tokens}.")
-    if args.compile and not hasattr(ViLaMPConfig(), "compile_vision_tower"):
+    if args.compile and not callable(getattr(ViLaMPForConditionalGeneration, "compile_vision_tower", None)):
         parser.error(
-            "`--compile` sets `ViLaMPConfig.compile_vision_tower`, which this checkout's config does not have yet; "
-            "run without `--compile`."
+            "`--compile` calls `ViLaMPForConditionalGeneration.compile_vision_tower()`, which this checkout's model "
+            "does not have yet; run without `--compile`."
         )
     return args
 
 
 def build_config(args: argparse.Namespace) -> ViLaMPConfig:
-    """The full-size ViLaMP architecture, or the tiny one with `--tiny`, with the benchmark's settings."""
-    settings = {"num_keyframes": args.num_keyframes, "vision_chunk_size": args.vision_chunk_size}
-    if args.compile:
-        settings["compile_vision_tower"] = True
+    """The full-size ViLaMP architecture, or the tiny one of `training.tiny` with `--tiny`."""
     if args.tiny:
-        return ViLaMPConfig(
-            vision_config=TINY_VISION_CONFIG, text_config=TINY_TEXT_CONFIG, **TINY_SETTINGS, **settings
-        )
-    return ViLaMPConfig(**settings)
+        return tiny_config(vision_chunk_size=args.vision_chunk_size)
+    return ViLaMPConfig(vision_chunk_size=args.vision_chunk_size)
 
 
 def build_model(config: ViLaMPConfig, args: argparse.Namespace) -> ViLaMPForConditionalGeneration:
@@ -142,13 +141,15 @@ def build_model(config: ViLaMPConfig, args: argparse.Namespace) -> ViLaMPForCond
         model = ViLaMPForConditionalGeneration._from_config(
             config, dtype=getattr(torch, args.dtype), attn_implementation=args.attn_implementation
         )
+    if args.compile:
+        model.compile_vision_tower()
     return model.eval()
 
 
-def synthetic_frames(num_frames: int, image_size: int) -> torch.Tensor:
-    """`(num_frames, 3, image_size, image_size)` uint8 frames on the host: a pool of random frames, repeated."""
-    generator = torch.Generator().manual_seed(0)
-    pool = torch.randint(0, 256, (FRAME_POOL_SIZE, 3, image_size, image_size), dtype=torch.uint8, generator=generator)
+def repeated_frames(num_frames: int, image_size: int) -> torch.Tensor:
+    """`(num_frames, 3, image_size, image_size)` uint8 frames on the host: a pool of synthetic frames, repeated."""
+    pool = synthetic_frames(FRAME_POOL_SIZE, width=image_size, height=image_size)
+    pool = torch.from_numpy(pool).permute(0, 3, 1, 2)
     frames = torch.empty(num_frames, 3, image_size, image_size, dtype=torch.uint8)
     for start in range(0, num_frames, FRAME_POOL_SIZE):
         end = min(start + FRAME_POOL_SIZE, num_frames)
@@ -164,13 +165,14 @@ def evenly_spread_keyframes(num_frames: int, num_keyframes: int) -> torch.Tensor
     return keyframe_mask
 
 
-def video_inputs(config: ViLaMPConfig, frames: torch.Tensor, num_frames: int, device: torch.device) -> dict:
-    """Model inputs for the first `num_frames` frames, laid out as the processor does; the frames stay on the host."""
-    keyframe_mask = evenly_spread_keyframes(num_frames, config.num_keyframes)
-    num_keyframes = int(keyframe_mask.sum())
-    # +1 for the closing image_newline token
-    num_video_tokens = config.keyframe_pooled_size**2 * num_keyframes + (num_frames - num_keyframes) + 1
-    input_ids = torch.tensor([PROMPT_TEXT_IDS + [config.video_token_id] * num_video_tokens + PROMPT_TEXT_IDS])
+def video_inputs(
+    config: ViLaMPConfig, frames: torch.Tensor, num_frames: int, num_keyframes: int, device: torch.device
+) -> dict:
+    """Model inputs for the first `num_frames` frames with `num_keyframes` keyframes, laid out as the processor does;
+    the frames stay on the host."""
+    keyframe_mask = evenly_spread_keyframes(num_frames, num_keyframes)
+    video_tokens = num_video_tokens(num_frames, int(keyframe_mask.sum()), config.keyframe_pooled_size)
+    input_ids = torch.tensor([PROMPT_TEXT_IDS + [config.video_token_id] * video_tokens + PROMPT_TEXT_IDS])
     generator = torch.Generator().manual_seed(0)
     return {
         "input_ids": input_ids.to(device),
@@ -201,77 +203,91 @@ def peak_memory_gib(device: torch.device) -> float | None:
 
 
 @dataclass
-class GenerationTimes:
+class GenerateTimes:
     vision_seconds: float  # from `generate` to the language model's first forward: SigLIP, projector, pooling, DFM
-    prefill_seconds: float  # from the language model's first forward to the first token
-    first_token_seconds: float
-    decode_ms_per_token: float | None  # None when a single token was generated
+    language_model_seconds: float  # from the language model's first forward to the end: prefill and every decoding step
+
+    @property
+    def total_seconds(self) -> float:
+        return self.vision_seconds + self.language_model_seconds
 
 
-class StageClock(BaseStreamer):
+def timed_generate(
+    model: ViLaMPForConditionalGeneration, inputs: dict, max_new_tokens: int, args: argparse.Namespace
+) -> GenerateTimes:
     """
-    Timestamps the stages of one `generate` call: its start, the start of the language model's first forward (the
-    prefill, registered as a forward pre-hook) and each generated token (streamed). Each timestamp first waits for the
-    device.
+    Runs one greedy `generate` of exactly `max_new_tokens` tokens and times it with two clock reads besides its start
+    and end, both at the language model's first forward (a pre-hook that removes itself). No streamer, hook or device
+    synchronisation runs inside the decoding loop: a streamer's `put` (what this bench used to time tokens with) copies
+    each token to the host and waits for the device, which the `generate` a user runs does not.
     """
+    device = torch.device(args.device)
+    marks = {}
 
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.start_time = None
-        self.prefill_start_time = None
-        self.put_times = []
+    def mark_language_model_start(module, module_args):
+        synchronize(device)
+        marks["language_model_start"] = time.perf_counter()
+        handle.remove()
 
-    def now(self) -> float:
-        synchronize(self.device)
-        return time.perf_counter()
-
-    def start(self):
-        self.start_time = self.now()
-
-    def mark_prefill_start(self, module, args):
-        if self.prefill_start_time is None:
-            self.prefill_start_time = self.now()
-
-    def put(self, value):
-        self.put_times.append(self.now())
-
-    def end(self):
-        pass
-
-    def times(self) -> GenerationTimes:
-        # the first `put` hands over the prompt, before the prefill; each later one is a new token
-        token_times = self.put_times[1:]
-        num_decoded = len(token_times) - 1
-        return GenerationTimes(
-            vision_seconds=self.prefill_start_time - self.start_time,
-            prefill_seconds=token_times[0] - self.prefill_start_time,
-            first_token_seconds=token_times[0] - self.start_time,
-            decode_ms_per_token=1000 * (token_times[-1] - token_times[0]) / num_decoded if num_decoded else None,
-        )
-
-
-def measure_generation(
-    model: ViLaMPForConditionalGeneration, inputs: dict, max_new_tokens: int, device: torch.device
-) -> GenerationTimes:
-    """Runs `generate` once on the video and times its stages."""
-    clock = StageClock(device)
-    hook = model.model.language_model.register_forward_pre_hook(clock.mark_prefill_start)
+    handle = model.model.language_model.register_forward_pre_hook(mark_language_model_start)
     eos_token_id = model.config.text_config.eos_token_id
     try:
-        clock.start()
+        synchronize(device)
+        start_time = time.perf_counter()
         model.generate(
             **inputs,
-            streamer=clock,
             do_sample=False,
             max_new_tokens=max_new_tokens,
             # random weights may pick the end-of-sequence token: decode exactly `max_new_tokens` anyway
             min_new_tokens=max_new_tokens,
             eos_token_id=eos_token_id,
             pad_token_id=eos_token_id,
+            cache_implementation=args.cache_implementation,
         )
+        synchronize(device)
+        end_time = time.perf_counter()
     finally:
-        hook.remove()
-    return clock.times()
+        handle.remove()
+    return GenerateTimes(
+        vision_seconds=marks["language_model_start"] - start_time,
+        language_model_seconds=end_time - marks["language_model_start"],
+    )
+
+
+@dataclass
+class GenerationTimes:
+    vision_seconds: float
+    prefill_seconds: float  # from the language model's first forward to the first token
+    first_token_seconds: float  # vision and prefill: what a 1-token `generate` takes
+    decode_ms_per_token: float | None  # None when `--max-new-tokens` is 1
+    decode_warm_up_seconds: float | None  # the first long `generate`'s time beyond a steady one's (static cache only)
+
+
+def measure_generation(
+    model: ViLaMPForConditionalGeneration, inputs: dict, args: argparse.Namespace
+) -> GenerationTimes:
+    """
+    Times a 1-token `generate` (vision, prefill, first token) and an N-token one, N = `--max-new-tokens`: decode
+    ms/token = (language-model time of N tokens - that of 1 token) / (N - 1). With a static cache, a first untimed
+    N-token `generate` compiles the decoding step for this prompt length; its extra time is the warm-up.
+    """
+    first = timed_generate(model, inputs, 1, args)
+    times = GenerationTimes(
+        vision_seconds=first.vision_seconds,
+        prefill_seconds=first.language_model_seconds,
+        first_token_seconds=first.total_seconds,
+        decode_ms_per_token=None,
+        decode_warm_up_seconds=None,
+    )
+    if args.max_new_tokens == 1:
+        return times
+    warm_up = timed_generate(model, inputs, args.max_new_tokens, args) if args.cache_implementation == "static" else None
+    steady = timed_generate(model, inputs, args.max_new_tokens, args)
+    decode_seconds = steady.language_model_seconds - first.language_model_seconds
+    times.decode_ms_per_token = 1000 * decode_seconds / (args.max_new_tokens - 1)
+    if warm_up is not None:
+        times.decode_warm_up_seconds = warm_up.total_seconds - steady.total_seconds
+    return times
 
 
 def measure_siglip_only(
@@ -306,8 +322,8 @@ def warm_up(model: ViLaMPForConditionalGeneration, frames: torch.Tensor, args: a
         chunk_size = model.model.get_vision_chunk_size(num_frames)
         chunk_shapes |= {chunk_size, num_frames % chunk_size} - {0}
     for num_frames in sorted(chunk_shapes):
-        measure_video_features(model, video_inputs(model.config, frames, num_frames, device), device)
-    measure_generation(model, video_inputs(model.config, frames, max(chunk_shapes), device), 2, device)
+        measure_video_features(model, video_inputs(model.config, frames, num_frames, args.num_keyframes, device), device)
+    timed_generate(model, video_inputs(model.config, frames, max(chunk_shapes), args.num_keyframes, device), 2, args)
 
 
 def markdown_row(cells: list) -> str:
@@ -327,14 +343,14 @@ def format_number(value: float | None, digits: int) -> str:
 def streamed_row(
     model: ViLaMPForConditionalGeneration, frames: torch.Tensor, num_frames: int, args: argparse.Namespace
 ) -> list:
-    """The cells of one row of the streamed table: one `generate`, then the SigLIP-only ceiling."""
+    """The cells of one row of the streamed table: the `generate` timings, then the SigLIP-only ceiling."""
     device = torch.device(args.device)
-    inputs = video_inputs(model.config, frames, num_frames, device)
+    inputs = video_inputs(model.config, frames, num_frames, args.num_keyframes, device)
     reset_peak_memory(device)
     chunk_size = model.model.get_vision_chunk_size(num_frames)
     cells = [num_frames, chunk_size, inputs["input_ids"].shape[1]]
     try:
-        times = measure_generation(model, inputs, args.max_new_tokens, device)
+        times = measure_generation(model, inputs, args)
         peak_gib = peak_memory_gib(device)
         siglip_frames = frames[: min(num_frames, args.siglip_only_max_frames or num_frames)]
         siglip_seconds = measure_siglip_only(model, siglip_frames, chunk_size, device)
@@ -348,6 +364,7 @@ def streamed_row(
         f"{times.prefill_seconds:.2f}",
         f"{times.first_token_seconds:.2f}",
         format_number(times.decode_ms_per_token, 1),
+        format_number(times.decode_warm_up_seconds, 1),
         f"{frames_per_second:.0f}",
         f"{siglip_frames_per_second:.0f}",
         f"{frames_per_second / siglip_frames_per_second:.2f}",
@@ -362,8 +379,11 @@ def print_streamed_table(model: ViLaMPForConditionalGeneration, frames: torch.Te
     ceiling_frames = "all" if args.siglip_only_max_frames is None else f"the first {args.siglip_only_max_frames}"
     print(
         "\nvision+DFM: from `generate` to the language model's first forward; prefill: from there to the first token; "
-        f"first token = both. SigLIP-only: the vision tower alone, same chunks, on {ceiling_frames} of the row's "
-        "frames; ratio = vision+DFM frames/s / SigLIP-only frames/s.",
+        f"first token = both (a 1-token `generate`). decode ms/token: (language-model time of a {args.max_new_tokens}"
+        f"-token `generate` - that of the 1-token one) / {args.max_new_tokens - 1}, nothing timed per token. decode "
+        "warm-up: the first long `generate`'s extra time (the static cache's compilation), n/a with a dynamic cache. "
+        f"SigLIP-only: the vision tower alone, same chunks, on {ceiling_frames} of the row's frames; ratio = "
+        "vision+DFM frames/s / SigLIP-only frames/s.",
         flush=True,
     )
 
@@ -384,7 +404,7 @@ def print_unstreamed_table(model: ViLaMPForConditionalGeneration, frames: torch.
     print_table_start(UNSTREAMED_COLUMNS)
     largest_run = None
     for num_frames in args.unstreamed_frames:
-        inputs = video_inputs(model.config, frames, num_frames, device)
+        inputs = video_inputs(model.config, frames, num_frames, args.num_keyframes, device)
         reset_peak_memory(device)
         seconds = unstreamed_seconds(model, inputs, device)
         if seconds is None:
@@ -414,7 +434,7 @@ def print_header(model: ViLaMPForConditionalGeneration, args: argparse.Namespace
     print(
         f"- model: {'tiny' if args.tiny else 'full size'}, random weights: SigLIP {vision.num_hidden_layers} layers "
         f"x {vision.hidden_size}, text {text.num_hidden_layers} layers x {text.hidden_size}, "
-        f"K = {config.num_keyframes} keyframes, {model.num_parameters():,} parameters, "
+        f"K = {args.num_keyframes} keyframes, {model.num_parameters():,} parameters, "
         f"built on the device in {build_seconds['model']:.1f} s"
     )
     print(f"- vision chunk size: {chunk}; vision tower compiled: {'yes' if args.compile else 'no'}")
@@ -422,7 +442,10 @@ def print_header(model: ViLaMPForConditionalGeneration, args: argparse.Namespace
         f"- frames: synthetic uint8 {vision.image_size}x{vision.image_size} on the host ({FRAME_POOL_SIZE} distinct, "
         f"repeated), keyframes spread evenly; built in {build_seconds['frames']:.1f} s, outside the timings"
     )
-    print(f"- decoding: greedy, {args.max_new_tokens} new tokens", flush=True)
+    print(
+        f"- decoding: greedy, {args.max_new_tokens} new tokens against 1; KV cache: {args.cache_implementation}",
+        flush=True,
+    )
 
 
 def main():
@@ -434,7 +457,7 @@ def main():
     build_seconds["model"] = time.perf_counter() - start_time
     start_time = time.perf_counter()
     image_size = model.config.vision_config.image_size
-    frames = synthetic_frames(max(args.frames + args.unstreamed_frames), image_size)
+    frames = repeated_frames(max(args.frames + args.unstreamed_frames), image_size)
     build_seconds["frames"] = time.perf_counter() - start_time
     print_header(model, args, build_seconds)
 

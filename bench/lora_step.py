@@ -20,19 +20,22 @@ import time
 import torch
 import transformers
 from long_video import (
-    evenly_spread_keyframes,
+    FULL_NUM_KEYFRAMES,
+    PROMPT_TEXT_IDS,
     format_number,
     markdown_row,
     peak_memory_gib,
     print_table_start,
+    repeated_frames,
     reset_peak_memory,
     synchronize,
-    synthetic_frames,
+    video_inputs,
 )
 from transformers.utils import is_flash_attn_2_available
 
 from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
 from training import enable_gradient_checkpointing, lora_config, tiny_config
+from training.tiny import TINY_NUM_KEYFRAMES
 
 FULL_FRAMES = "600,2000"
 TINY_FRAMES = "16,64"
@@ -42,8 +45,6 @@ TRAINABLE_CONFIGURATIONS = {
     "lora+projector": ("multi_modal_projector",),
     "lora+projector+dfm": ("multi_modal_projector", "feature_merger"),
 }
-# ordinary text ids around the video placeholders and in the answer, below every special id of both configs
-PROMPT_TEXT_IDS = list(range(2, 10))
 ANSWER_LENGTH = 32
 COLUMNS = ["frames", "trainable", "tokens", "trainable params", "peak GPU GiB", "s / step"]
 
@@ -67,8 +68,11 @@ def parse_args() -> argparse.Namespace:
         help="activation checkpointing in both towers (default: on)",
     )
     parser.add_argument("--steps", type=int, default=2, help="timed steps per row, after one warm-up step")
-    parser.add_argument("--tiny", action="store_true", help="tiny config, K = 2: runs on a CPU")
+    parser.add_argument("--num-keyframes", type=int, help=f"keyframes per video K (default {FULL_NUM_KEYFRAMES})")
+    parser.add_argument("--tiny", action="store_true", help=f"tiny config, K = {TINY_NUM_KEYFRAMES}: runs on a CPU")
     args = parser.parse_args()
+    if args.num_keyframes is None:
+        args.num_keyframes = TINY_NUM_KEYFRAMES if args.tiny else FULL_NUM_KEYFRAMES
     args.frames = [int(count) for count in (args.frames or (TINY_FRAMES if args.tiny else FULL_FRAMES)).split(",")]
     args.trainable = args.trainable.split(",")
     unknown = sorted(set(args.trainable) - set(TRAINABLE_CONFIGURATIONS))
@@ -94,24 +98,21 @@ def build_model(args: argparse.Namespace) -> ViLaMPForConditionalGeneration:
     return model.train()
 
 
-def training_inputs(config: ViLaMPConfig, frames: torch.Tensor, num_frames: int, device: torch.device) -> dict:
-    """A one-video batch laid out as the processor does, labels on the answer only; the frames stay on the host."""
-    keyframe_mask = evenly_spread_keyframes(num_frames, config.num_keyframes)
-    num_keyframes = int(keyframe_mask.sum())
-    # +1 for the closing image_newline token
-    num_video_tokens = config.keyframe_pooled_size**2 * num_keyframes + (num_frames - num_keyframes) + 1
-    prompt = PROMPT_TEXT_IDS + [config.video_token_id] * num_video_tokens + PROMPT_TEXT_IDS
-    answer = [PROMPT_TEXT_IDS[index % len(PROMPT_TEXT_IDS)] for index in range(ANSWER_LENGTH)]
-    input_ids = torch.tensor([prompt + answer])
-    labels = torch.tensor([[-100] * len(prompt) + answer])
-    generator = torch.Generator().manual_seed(0)
+def training_inputs(
+    config: ViLaMPConfig, frames: torch.Tensor, num_frames: int, num_keyframes: int, device: torch.device
+) -> dict:
+    """A one-video batch laid out as the processor does (the long-video bench's inputs) with a short answer appended,
+    labels on the answer only; the frames stay on the host."""
+    inputs = video_inputs(config, frames, num_frames, num_keyframes, device)
+    answer = torch.tensor([[PROMPT_TEXT_IDS[index % len(PROMPT_TEXT_IDS)] for index in range(ANSWER_LENGTH)]])
+    prompt_ids = inputs["input_ids"]
+    input_ids = torch.cat([prompt_ids, answer.to(device)], dim=1)
+    labels = torch.cat([torch.full_like(prompt_ids, -100), answer.to(device)], dim=1)
     return {
-        "input_ids": input_ids.to(device),
-        "attention_mask": torch.ones_like(input_ids, device=device),
-        "labels": labels.to(device),
-        "pixel_values_videos": frames[:num_frames],
-        "keyframe_mask": keyframe_mask,
-        "query_embeds": torch.randn(1, config.query_embed_dim, generator=generator).to(device),
+        **inputs,
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "labels": labels,
     }
 
 
@@ -127,7 +128,7 @@ def measure_row(base_model, frames: torch.Tensor, num_frames: int, trainable: st
     from peft import get_peft_model
 
     device = torch.device(args.device)
-    inputs = training_inputs(base_model.config, frames, num_frames, device)
+    inputs = training_inputs(base_model.config, frames, num_frames, args.num_keyframes, device)
     model = get_peft_model(
         base_model, lora_config(r=args.lora_rank, modules_to_save=TRAINABLE_CONFIGURATIONS[trainable], lora_dropout=0.0)
     )
@@ -163,7 +164,7 @@ def main():
           f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; answer of {ANSWER_LENGTH} tokens")
     print(f"- command: python {shlex.join(sys.argv)}")
     base_model = build_model(args)
-    frames = synthetic_frames(max(args.frames), base_model.config.vision_config.image_size)
+    frames = repeated_frames(max(args.frames), base_model.config.vision_config.image_size)
     print_table_start(COLUMNS)
     for num_frames in args.frames:
         for trainable in args.trainable:

@@ -320,7 +320,7 @@ def parse_args(argv=None):
 
 def tiny_inputs(processor, max_length: int) -> tuple[list[Needle], list[Haystack]]:
     """Synthetic needles (frames with a red square) and one synthetic haystack (no square)."""
-    from vilamp_cli.demo import synthetic_frames
+    from training.tiny import synthetic_frames
 
     haystack_frames = synthetic_frames(max_length, with_square=False, seed=1)
     needle_frames = synthetic_frames(3, seed=2)  # every frame of a 3-frame video is in the "middle third"

@@ -44,6 +44,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="tiny random model and synthetic videos: runs anywhere")
     parser.add_argument("--work-dir", type=Path, default=Path("vilamp-tiny-eval"), help="where --tiny writes its videos")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--cache-implementation",
+        choices=["dynamic", "static"],
+        default="dynamic",
+        help="generate's KV cache; static compiles the decoding step on a GPU (its first row pays the compilation)",
+    )
     parser.add_argument("--max-frames", type=int, help="frames sampled per video (default: the processor's, 600)")
     parser.add_argument(
         "--device", default="auto", help="auto (default: this process's GPU, else the CPU), cpu, cuda (this process's GPU)"
@@ -137,7 +143,9 @@ def load_model_and_processor(args, device: torch.device):
     return model.to(device).eval(), processor
 
 
-def predict(model, processor, row: dict, device: torch.device, max_new_tokens: int) -> str:
+def predict(
+    model, processor, row: dict, device: torch.device, max_new_tokens: int, cache_implementation: str = "dynamic"
+) -> str:
     """Answers one row's question about its video, greedily."""
     # the keyframe selector runs on `device`; the frames stay on the CPU as uint8 and the model moves each chunk of them
     # to its device when it encodes it
@@ -147,7 +155,9 @@ def predict(model, processor, row: dict, device: torch.device, max_new_tokens: i
         for name, tensor in inputs.items()
     }
     with torch.inference_mode():
-        output_ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        output_ids = model.generate(
+            **inputs, max_new_tokens=max_new_tokens, do_sample=False, cache_implementation=cache_implementation
+        )
     return processor.tokenizer.decode(output_ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
@@ -178,7 +188,7 @@ def main():
         with open_part_file(part_path(output, state.process_index)) as part:
             for index in todo:
                 row = rows[index]
-                prediction = predict(model, processor, row, device, args.max_new_tokens)
+                prediction = predict(model, processor, row, device, args.max_new_tokens, args.cache_implementation)
                 record = {"index": index, "video": row["video"], "question": row["question"], "answer": row["answer"]}
                 part.write(json.dumps({**record, "prediction": prediction}, ensure_ascii=False) + "\n")
                 part.flush()

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FRAME_COUNTS = [16, 64]
 
@@ -19,9 +21,11 @@ def table_rows(lines: list[str], header_start: str) -> list[list[str]]:
     return rows
 
 
-def test_tiny_cpu_run_prints_one_row_per_frame_count():
+@pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
+def test_tiny_cpu_run_prints_one_row_per_frame_count(cache_implementation):
     frame_counts = ",".join(str(count) for count in FRAME_COUNTS)
     command = ["bench/long_video.py", "--tiny", "--device", "cpu", "--max-new-tokens", "3"]
+    command += ["--cache-implementation", cache_implementation]
     command += ["--frames", frame_counts, "--unstreamed-frames", frame_counts]
     result = subprocess.run(
         [sys.executable, *command],

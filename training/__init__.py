@@ -12,9 +12,11 @@ from .tiny import (
     build_tiny_model,
     build_tiny_processor,
     build_tiny_tokenizer,
+    synthetic_frames,
     tiny_config,
     write_synthetic_video,
     write_tiny_video_qa_dataset,
+    write_video,
 )
 
 __all__ = [
@@ -26,8 +28,10 @@ __all__ = [
     "is_vision_tower_parameter",
     "language_model_target_pattern",
     "lora_config",
+    "synthetic_frames",
     "tiny_config",
     "trainable_parameter_names",
     "write_synthetic_video",
     "write_tiny_video_qa_dataset",
+    "write_video",
 ]

@@ -1,8 +1,15 @@
-"""A tiny random ViLaMP, its processor and synthetic videos: examples and benchmarks run anywhere in seconds with them."""
+"""
+The tiny fixtures, in one place: a tiny random ViLaMP config and model, the toy tokenizer, a tiny processor, synthetic
+frames and the one synthetic video writer. Tests, examples, benchmarks and `vilamp demo` run anywhere in seconds with
+them. Nothing here needs PyAV or open_clip until a function that uses them is called.
+"""
 
+import itertools
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
@@ -33,7 +40,9 @@ TINY_TEXT_CONFIG = {
 }
 # initializer_range 0.2, not 0.02: with a random frozen `lm_head` of std 0.02 the logits of a hidden-size-32 model span
 # well under one unit, so no adapter could fit an answer; 0.2 gives them the spread of a trained model's
-TINY_SETTINGS = {"num_keyframes": 2, "keyframe_pooled_size": 2, "query_embed_dim": 16, "initializer_range": 0.2}
+TINY_SETTINGS = {"keyframe_pooled_size": 2, "query_embed_dim": 16, "initializer_range": 0.2}
+# keyframes per video K of the tiny processor (the processor owns K, the model config does not)
+TINY_NUM_KEYFRAMES = 2
 
 # A random CLIP ViT of the reference's tiny layout, in open_clip's config format (its `embed_dim` is `query_embed_dim`).
 TINY_KEYFRAME_SELECTOR_CONFIG = {
@@ -45,8 +54,8 @@ TINY_KEYFRAME_SELECTOR_CONFIG = {
 
 
 def tiny_config(**overrides) -> ViLaMPConfig:
-    """A tiny ViLaMP config (SigLIP 56x56 in 4x4 patches pooled to 2x2, Qwen2 of hidden size 32 and 2 layers, K = 2)
-    that matches [`build_tiny_processor`]."""
+    """A tiny ViLaMP config (SigLIP 56x56 in 4x4 patches pooled to 2x2, Qwen2 of hidden size 32 and 2 layers) that
+    matches [`build_tiny_processor`]."""
     settings = {**TINY_SETTINGS, "video_token_index": TINY_SPECIAL_TOKEN_IDS["<video>"], **overrides}
     return ViLaMPConfig(vision_config=TINY_VISION_CONFIG, text_config=TINY_TEXT_CONFIG, **settings)
 
@@ -103,7 +112,7 @@ def build_tiny_processor(seed: int = 0) -> ViLaMPProcessor:
     """A processor for [`tiny_config`]: the toy tokenizer, 56x56 frames, K = 2 keyframes pooled to 2x2."""
     return ViLaMPProcessor(
         tokenizer=build_tiny_tokenizer(),
-        num_keyframes=TINY_SETTINGS["num_keyframes"],
+        num_keyframes=TINY_NUM_KEYFRAMES,
         keyframe_pooled_size=TINY_SETTINGS["keyframe_pooled_size"],
         frame_size=TINY_VISION_CONFIG["image_size"],
         keyframe_selector=build_tiny_keyframe_selector(seed),
@@ -137,23 +146,79 @@ def write_tiny_video_qa_dataset(path: str | os.PathLike) -> Path:
 def write_synthetic_video(
     path: str | os.PathLike, *, num_frames: int, fps: int = 8, width: int = 64, height: int = 48, level_step: int = 8
 ) -> Path:
-    """Writes an MPEG-4 video with PyAV whose frame i is a flat grey of level `level_step * i` (mod 256) with a white
-    bar moving 4 pixels per frame."""
-    import av
-    import numpy as np
+    """Writes an MPEG-4 video whose frame i is a flat grey of level `level_step * i` (mod 256) with a white bar moving
+    4 pixels per frame."""
 
-    path = Path(path)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    def frames() -> Iterator[np.ndarray]:
         for frame_index in range(num_frames):
             pixels = np.full((height, width, 3), (level_step * frame_index) % 256, dtype=np.uint8)
             bar = (4 * frame_index) % (width - 4)
             pixels[:, bar : bar + 4] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+            yield pixels
+
+    return write_video(path, frames(), fps=fps)
+
+
+def synthetic_frames(
+    num_frames: int, *, width: int = 160, height: int = 120, seed: int = 0, with_square: bool = True
+) -> np.ndarray:
+    """
+    Synthetic RGB frames, uint8 of shape `(num_frames, height, width, 3)`: a slowly drifting colour gradient with a
+    bouncing white ball; with `with_square`, a red square is shown in the middle third (something to ask about).
+    """
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
+    for index in range(num_frames):
+        phase = 2 * np.pi * index / max(num_frames, 1)
+        frame = np.stack(
+            [
+                96 + 64 * np.sin(phase + x / width * np.pi),
+                96 + 64 * np.sin(phase + y / height * np.pi + 2),
+                np.full_like(x, 128 + 64 * np.cos(phase)),
+            ],
+            axis=-1,
+        )
+        ball_x = int((0.5 + 0.4 * np.sin(3 * phase)) * width)
+        ball_y = int((0.5 + 0.4 * np.cos(5 * phase)) * height)
+        frame[(x - ball_x) ** 2 + (y - ball_y) ** 2 < (height / 10) ** 2] = 255
+        if with_square and num_frames // 3 <= index < 2 * num_frames // 3:
+            frame[height // 4 : 3 * height // 4, width // 3 : 2 * width // 3] = (220, 30, 30)
+        frames[index] = np.clip(frame + rng.normal(0, 4, frame.shape), 0, 255).astype(np.uint8)
+    return frames
+
+
+def write_video(
+    path: str | os.PathLike, frames: Iterable[np.ndarray], *, fps: int = 8, codec: str = "mpeg4", options=None
+) -> Path:
+    """
+    Writes uint8 RGB frames of shape `(height, width, 3)` as a video with PyAV, through a temporary file renamed into
+    place once complete. `frames` may be a generator: frames are encoded as they come, never all held at once.
+
+    Args:
+        codec (`str`, *optional*, defaults to `"mpeg4"`): the FFmpeg encoder, e.g. `"libx264"`.
+        options (`dict[str, str]`, *optional*): encoder options, e.g. `{"preset": "ultrafast"}` for libx264.
+    """
+    import av
+
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp{path.suffix}")
+    frames = iter(frames)
+    first_frame = next(frames, None)
+    if first_frame is None:
+        raise ValueError(f"`frames` is empty: a video needs at least one frame to be written to {path}.")
+    height, width, _ = first_frame.shape
+    with av.open(str(temporary), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if options:
+            stream.options = options
+        for frame in itertools.chain([first_frame], frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    temporary.replace(path)
     return path
 
 
@@ -162,7 +227,9 @@ __all__ = [
     "build_tiny_model",
     "build_tiny_processor",
     "build_tiny_tokenizer",
+    "synthetic_frames",
     "tiny_config",
     "write_synthetic_video",
     "write_tiny_video_qa_dataset",
+    "write_video",
 ]

@@ -1,4 +1,5 @@
-"""A tiny random ViLaMP checkpoint in the ORIGINAL layout, a toy tokenizer and a synthetic video, for `vilamp demo`.
+"""A tiny random ViLaMP checkpoint in the ORIGINAL layout and a toy tokenizer, for `vilamp demo` (its synthetic video
+comes from `training.tiny`).
 
 Nothing is downloaded: the towers, the language model and the keyframe selector are built from tiny configs with random
 weights and saved under the original code's key names (`model.mm_projector.0`, `model.composer_projector`,
@@ -10,7 +11,6 @@ The sizes follow the shared tiny reference checkpoint (SigLIP 384x384 with 14-pi
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -166,54 +166,6 @@ def write_original_checkpoint(directory, seed: int = 0) -> Path:
     return checkpoint_dir
 
 
-def synthetic_frames(
-    num_frames: int, *, width: int = 160, height: int = 120, seed: int = 0, with_square: bool = True
-) -> np.ndarray:
-    """
-    Synthetic RGB frames, uint8 of shape `(num_frames, height, width, 3)`: a slowly drifting colour gradient with a
-    bouncing white ball; with `with_square`, a red square is shown in the middle third (something to ask about).
-    """
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
-    for index in range(num_frames):
-        phase = 2 * np.pi * index / max(num_frames, 1)
-        frame = np.stack(
-            [
-                96 + 64 * np.sin(phase + x / width * np.pi),
-                96 + 64 * np.sin(phase + y / height * np.pi + 2),
-                np.full_like(x, 128 + 64 * np.cos(phase)),
-            ],
-            axis=-1,
-        )
-        ball_x = int((0.5 + 0.4 * np.sin(3 * phase)) * width)
-        ball_y = int((0.5 + 0.4 * np.cos(5 * phase)) * height)
-        frame[(x - ball_x) ** 2 + (y - ball_y) ** 2 < (height / 10) ** 2] = 255
-        if with_square and num_frames // 3 <= index < 2 * num_frames // 3:
-            frame[height // 4 : 3 * height // 4, width // 3 : 2 * width // 3] = (220, 30, 30)
-        frames[index] = np.clip(frame + rng.normal(0, 4, frame.shape), 0, 255).astype(np.uint8)
-    return frames
-
-
-def write_video(path, frames: np.ndarray, fps: int = 8) -> Path:
-    """Writes uint8 frames `(num_frames, height, width, 3)` as an MPEG-4 video (through a temporary file)."""
-    import av
-
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp{path.suffix}")
-    num_frames, height, width, _ = frames.shape
-    with av.open(str(temporary), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    temporary.replace(path)
-    return path
-
-
 def build_demo_checkpoint(directory, *, seed: int = 0, overwrite: bool = True) -> Path:
     """Writes the tiny original checkpoint into `directory` and converts it into `directory/vilamp-tiny`."""
     from conversion.convert_original_to_hf import convert_checkpoint
@@ -228,7 +180,5 @@ def build_demo_checkpoint(directory, *, seed: int = 0, overwrite: bool = True) -
 __all__ = [
     "build_demo_checkpoint",
     "random_original_state_dict",
-    "synthetic_frames",
     "write_original_checkpoint",
-    "write_video",
 ]

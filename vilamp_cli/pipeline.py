@@ -278,17 +278,26 @@ def prepare_video(processor, video, question: str, *, show_progress: bool = True
 
 
 class AnswerStreamer(TextStreamer):
-    """A `TextStreamer` that writes the answer to `write` (nothing when None) and notes when the first token came."""
+    """A `TextStreamer` that writes the answer to `write` (nothing when None) and notes when the first two tokens came
+    (the second ends the first decoding step, where `generate` compiles the step with a static cache)."""
 
     def __init__(self, tokenizer, write: Callable[[str], None] | None):
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self.write = write
-        self.first_token_time: float | None = None
+        self.token_times: list[float] = []
         self._seen_prompt = False
 
+    @property
+    def first_token_time(self) -> float | None:
+        return self.token_times[0] if self.token_times else None
+
+    @property
+    def second_token_time(self) -> float | None:
+        return self.token_times[1] if len(self.token_times) > 1 else None
+
     def put(self, value):
-        if self._seen_prompt and self.first_token_time is None:
-            self.first_token_time = time.perf_counter()
+        if self._seen_prompt and len(self.token_times) < 2:
+            self.token_times.append(time.perf_counter())
         self._seen_prompt = True
         super().put(value)
 
@@ -329,11 +338,20 @@ def encoding_progress(model, num_frames: int, show_progress: bool = True) -> Ite
 
 
 def generate_answer(
-    model, processor, prepared: PreparedVideo, *, max_new_tokens: int, write=None, show_progress: bool = True
+    model,
+    processor,
+    prepared: PreparedVideo,
+    *,
+    max_new_tokens: int,
+    cache_implementation: str = "dynamic",
+    write=None,
+    show_progress: bool = True,
 ) -> str:
     """
-    Generates the answer greedily, streaming its text to `write` as it comes, and adds the `encoding` (SigLIP,
-    projector, pooling, DFM), `prefill` (to the first token) and `generation` timings to `prepared.timings_seconds`.
+    Generates the answer greedily with `generate`'s `cache_implementation` ("static" compiles the decoding step on a
+    GPU), streaming its text to `write` as it comes, and adds the `encoding` (SigLIP, projector, pooling, DFM),
+    `prefill` (to the first token), `decode_warm_up` (the first decoding step, which holds the static cache's
+    compilation) and `generation` (the other decoding steps) timings to `prepared.timings_seconds`.
     """
     inputs = prepared.inputs
     device = model.device
@@ -345,12 +363,22 @@ def generate_answer(
     streamer = AnswerStreamer(processor.tokenizer, write)
     start = time.perf_counter()
     with encoding_progress(model, len(prepared.keyframe_mask), show_progress) as marks, torch.inference_mode():
-        output_ids = model.generate(**model_inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer)
+        output_ids = model.generate(
+            **model_inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            cache_implementation=cache_implementation,
+            streamer=streamer,
+        )
     end = time.perf_counter()
     encoded_at = marks.get("encoded_at", start)
     first_token_at = streamer.first_token_time or end
+    second_token_at = streamer.second_token_time or first_token_at
     prepared.timings_seconds.update(
-        encoding=encoded_at - start, prefill=first_token_at - encoded_at, generation=end - first_token_at
+        encoding=encoded_at - start,
+        prefill=first_token_at - encoded_at,
+        decode_warm_up=second_token_at - first_token_at,
+        generation=end - second_token_at,
     )
     new_ids = output_ids[0, inputs["input_ids"].shape[1] :]
     return processor.tokenizer.decode(new_ids, skip_special_tokens=True)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from vilamp_cli.demo import build_demo_checkpoint, synthetic_frames, write_video
+from training.tiny import synthetic_frames, write_video
+from vilamp_cli.demo import build_demo_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VIDEO_SECONDS = 12

@@ -5,7 +5,9 @@ import json
 import pytest
 from PIL import Image
 
-TIMING_STAGES = {"load_model", "decoding", "keyframe_selection", "encoding", "prefill", "generation", "total"}
+TIMING_STAGES = {
+    "load_model", "decoding", "keyframe_selection", "encoding", "prefill", "decode_warm_up", "generation", "total",
+}  # fmt: skip
 
 
 def test_ask_json_reports_answer_keyframe_times_and_timings(run_vilamp, model_dir, video_file):
@@ -36,6 +38,18 @@ def test_ask_streams_the_same_answer_and_shows_progress(run_vilamp, model_dir, v
     for stage in ("decoding", "keyframe selection", "encoding"):
         assert stage in streamed.stderr  # the progress bars
     assert "12 frames, 4 keyframes at" in streamed.stderr
+
+
+def test_ask_with_a_static_cache_gives_the_default_greedy_answer(run_vilamp, model_dir, video_file):
+    arguments = ["ask", model_dir, video_file, "What colour is the square?", "--max-new-tokens", "6", "--device", "cpu"]
+    arguments += ["--dtype", "float32", "--json", "--no-progress"]
+    default = run_vilamp(*arguments)
+    static = run_vilamp(*arguments, "--cache-implementation", "static")
+    assert default.returncode == 0, default.stderr
+    assert static.returncode == 0, static.stderr
+    static_record = json.loads(static.stdout)
+    assert static_record["answer"] == json.loads(default.stdout)["answer"]
+    assert set(static_record["timings_seconds"]) == TIMING_STAGES
 
 
 def test_keyframes_draws_a_png_of_the_expected_size(run_vilamp, model_dir, video_file, tmp_path):

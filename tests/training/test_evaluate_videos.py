@@ -13,7 +13,7 @@ SCRIPT = "examples/evaluate_videos.py"
 NUM_TINY_ROWS = 4
 
 
-def run_evaluation(work_dir: Path, *, processes: int = 1) -> subprocess.CompletedProcess:
+def run_evaluation(work_dir: Path, *extra_arguments: str, processes: int = 1) -> subprocess.CompletedProcess:
     # the repository root on the path: the script imports the package's folders from it; CPU only, one thread per
     # process, so that one and two processes compute the same greedy answers on any machine
     env = {
@@ -25,7 +25,7 @@ def run_evaluation(work_dir: Path, *, processes: int = 1) -> subprocess.Complete
     launcher = []
     if processes > 1:
         launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(free_port())]
-    arguments = ["--tiny", "--work-dir", str(work_dir), "--max-new-tokens", "6", "--device", "cpu"]
+    arguments = ["--tiny", "--work-dir", str(work_dir), "--max-new-tokens", "6", "--device", "cpu", *extra_arguments]
     command = [sys.executable, *launcher, SCRIPT, *arguments]
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
@@ -87,3 +87,10 @@ def test_an_interrupted_run_resumes_from_its_part_files(tmp_path):
     assert evaluated_rows(resumed) == 2  # rows 2 and 3
     assert output.read_text(encoding="utf-8") == "".join(lines)
     assert not list(work_dir.glob("predictions.jsonl.part*"))
+
+
+def test_a_static_cache_gives_the_default_greedy_predictions(tmp_path):
+    run_evaluation(tmp_path / "dynamic")
+    run_evaluation(tmp_path / "static", "--cache-implementation", "static")
+    static, dynamic = read_output(tmp_path / "static"), read_output(tmp_path / "dynamic")
+    assert [row["prediction"] for row in static] == [row["prediction"] for row in dynamic]

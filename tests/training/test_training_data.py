@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from processing import IGNORE_INDEX, ViLaMPDataCollator, read_video_qa_file
-from training.tiny import TINY_SETTINGS, TINY_SPECIAL_TOKEN_IDS
+from processing import IGNORE_INDEX, ViLaMPDataCollator, num_video_tokens, read_video_qa_file
+from training.tiny import TINY_NUM_KEYFRAMES, TINY_SETTINGS, TINY_SPECIAL_TOKEN_IDS
 
 VIDEO_ID = TINY_SPECIAL_TOKEN_IDS["<video>"]
 PAD_ID = TINY_SPECIAL_TOKEN_IDS["<|endoftext|>"]
@@ -22,11 +22,11 @@ def byte_ids(text: str) -> list[int]:
 
 def expected_row(question: str, answer: str, num_frames: int) -> tuple[list[int], list[int]]:
     """Hand-built ids and labels of one video question-answer conversation in the qwen_1_5 template."""
-    num_keyframes = min(TINY_SETTINGS["num_keyframes"], num_frames)
-    num_video_tokens = TINY_SETTINGS["keyframe_pooled_size"] ** 2 * num_keyframes + (num_frames - num_keyframes) + 1
+    num_keyframes = min(TINY_NUM_KEYFRAMES, num_frames)
+    video_tokens = num_video_tokens(num_frames, num_keyframes, TINY_SETTINGS["keyframe_pooled_size"])
     prompt = (
         [IM_START_ID] + byte_ids("system\nYou are a helpful assistant.") + [IM_END_ID] + byte_ids("\n")
-        + [IM_START_ID] + byte_ids("user\n") + [VIDEO_ID] * num_video_tokens + byte_ids("\n" + question)
+        + [IM_START_ID] + byte_ids("user\n") + [VIDEO_ID] * video_tokens + byte_ids("\n" + question)
         + [IM_END_ID] + byte_ids("\n") + [IM_START_ID] + byte_ids("assistant\n")
     )  # fmt: skip
     target = byte_ids(answer) + [IM_END_ID]
