@@ -120,11 +120,6 @@ def parse_args() -> argparse.Namespace:
         parser.error(f"`--frames` needs at least one frame count and every count must be positive, got {args.frames}.")
     if args.max_new_tokens < 1:
         parser.error(f"`--max-new-tokens` must be at least 1, got {args.max_new_tokens}.")
-    if args.compile and not callable(getattr(ViLaMPForConditionalGeneration, "compile_vision_tower", None)):
-        parser.error(
-            "`--compile` calls `ViLaMPForConditionalGeneration.compile_vision_tower()`, which this checkout's model "
-            "does not have yet; run without `--compile`."
-        )
     return args
 
 
