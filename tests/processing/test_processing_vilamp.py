@@ -35,7 +35,7 @@ def test_siglip_frames_match_golden_pixel_values_bit_for_bit(reference_dir):
     frames = np.load(reference_dir / "inputs" / "frames.npy")
     golden = load_file(reference_dir / "golden" / "golden.safetensors")
     meta = json.loads((reference_dir / "golden" / "meta.json").read_text())
-    pixel_values_videos = ViLaMPVideoProcessor()([Image.fromarray(frame) for frame in frames])
+    pixel_values_videos = ViLaMPVideoProcessor()([Image.fromarray(frame) for frame in frames])["pixel_values_videos"]
     assert pixel_values_videos.dtype == torch.uint8
     # the normalisation the model applies on its device
     pixel_values = (pixel_values_videos.float() / 255 - 0.5) / 0.5
