@@ -240,12 +240,16 @@ class ViLaMPProcessor(ProcessorMixin):
         self._check_video_placeholders(texts, videos)
         queries = self._video_queries(texts, len(videos), query)
         video_inputs = self._process_videos(videos, queries, videos_kwargs) if videos else {}
-        prompts = self._expand_video_placeholders(texts, video_inputs)
+        prompts, replacement_offsets = self._expand_video_placeholders(texts, video_inputs)
         return_mm_token_type_ids = text_kwargs.pop("return_mm_token_type_ids", False)
+        return_text_replacement_offsets = text_kwargs.pop("return_text_replacement_offsets", False)
         text_inputs = self.tokenizer(prompts, **text_kwargs)
         if return_mm_token_type_ids:
             text_inputs["mm_token_type_ids"] = self.create_mm_token_type_ids(text_inputs["input_ids"])
-        return BatchFeature(data={**text_inputs, **video_inputs}, tensor_type="pt")
+        data = {**text_inputs, **video_inputs}
+        if return_text_replacement_offsets:
+            data["text_replacement_offsets"] = replacement_offsets
+        return BatchFeature(data=data, tensor_type="pt", skip_tensor_conversion=self.skip_tensor_conversion)
 
     def _merge_call_kwargs(self, kwargs: dict) -> dict[str, dict]:
         """
@@ -351,7 +355,7 @@ class ViLaMPProcessor(ProcessorMixin):
         Args:
             video: a file path, a uint8 array or tensor of shape `(num_frames, height, width, 3)` or
                 `(num_frames, 3, height, width)`, or a list of PIL images.
-            videos_kwargs: `fps`, `max_frames`, `do_sample_frames`, `size`, `resample`; default to the video
+            videos_kwargs: `fps`, `max_frames`, `num_frames`, `do_sample_frames`, `size`, `resample`; default to the video
                 processor's settings.
 
         Returns:
@@ -370,6 +374,7 @@ class ViLaMPProcessor(ProcessorMixin):
             video,
             fps=videos_kwargs.get("fps"),
             max_frames=videos_kwargs.get("max_frames"),
+            num_frames=videos_kwargs.get("num_frames"),
             do_sample_frames=videos_kwargs.get("do_sample_frames"),
             frame_transform=resize_frame,
         )
@@ -450,17 +455,12 @@ class ViLaMPProcessor(ProcessorMixin):
         num_keyframes = int(video_inputs["keyframe_mask"][start : start + num_frames].sum())
         return num_video_tokens(num_frames, num_keyframes, self.keyframe_pooled_size)
 
-    def _expand_video_placeholders(self, texts: list[str], video_inputs: dict) -> list[str]:
-        """Replaces each placeholder, in order over the batch, by its expanded form."""
-        prompts, video_idx = [], 0
-        for prompt in texts:
-            pieces = prompt.split(self.video_token)
-            expanded = pieces[0]
-            for piece in pieces[1:]:
-                expanded += self.replace_video_token(video_inputs, video_idx) + piece
-                video_idx += 1
-            prompts.append(expanded)
-        return prompts
+    def _expand_video_placeholders(self, texts: list[str], video_inputs: dict) -> tuple[list[str], list[list[dict]]]:
+        """Replaces each placeholder, in order over the batch, by its expanded form; also returns where each went
+        (`text_replacement_offsets`, see `ProcessorMixin.get_text_with_replacements`)."""
+        num_videos = len(video_inputs.get("video_frame_counts", []))
+        replacements = [self.replace_video_token(video_inputs, video_idx) for video_idx in range(num_videos)]
+        return self.get_text_with_replacements(texts, videos_replacements=replacements)
 
     def _get_num_multimodal_tokens(self, video_sizes=None, **kwargs) -> MultiModalData:
         """

@@ -23,7 +23,7 @@ from transformers.video_utils import VideoMetadata
 from .video_decoding import DecodedVideo, decode_video, sample_frame_indices
 
 # Standard `VideosKwargs` this video processor does not implement; passing one is an error, never a silent no-op.
-UNSUPPORTED_VIDEO_KWARGS = ("num_frames", "do_center_crop", "crop_size", "do_pad", "video_metadata", "return_metadata")
+UNSUPPORTED_VIDEO_KWARGS = ("do_center_crop", "crop_size", "do_pad", "video_metadata", "return_metadata")
 
 
 class ViLaMPVideoProcessorInitKwargs(VideosKwargs, total=False):
@@ -62,6 +62,11 @@ def check_video_settings(settings: dict[str, Any]):
         value = settings.get(name)
         if value is not None and not (isinstance(value, (int, float)) and -1.0 <= value <= 1.0):
             raise ValueError(f"`{name}` is a cosine similarity and must lie in [-1, 1], got {value!r}.")
+    if settings.get("num_frames") is not None and settings.get("fps") is not None:
+        raise ValueError("`num_frames` and `fps` are mutually exclusive arguments, please use only one!")
+    num_frames = settings.get("num_frames")
+    if num_frames is not None and (not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1):
+        raise ValueError(f"`num_frames` must be an integer of at least 1, got {num_frames!r}.")
     fps = settings.get("fps")
     if fps is not None and not (isinstance(fps, (int, float)) and fps > 0):
         raise ValueError(f"`fps` must be positive, got {fps!r}.")
@@ -159,6 +164,7 @@ class ViLaMPVideoProcessor(BaseVideoProcessor):
         *,
         fps: float | None = None,
         max_frames: int | None = None,
+        num_frames: int | None = None,
         do_sample_frames: bool | None = None,
         frame_transform: Callable[[Image.Image], Any] | None = None,
     ) -> DecodedVideo:
@@ -172,26 +178,32 @@ class ViLaMPVideoProcessor(BaseVideoProcessor):
                 so only `max_frames` applies to them.
             fps (`float`, *optional*), max_frames (`int`, *optional*), do_sample_frames (`bool`, *optional*): default
                 to the processor's settings.
+            num_frames (`int`, *optional*): instead of sampling at `fps`, keep this many frames evenly spread over
+                all frames (first and last included), as transformers' `num_frames`.
             frame_transform (`Callable`, *optional*): called on each kept frame (an RGB `PIL.Image.Image`); defaults to
                 `resize_frame`.
 
         Returns:
             `DecodedVideo` whose `frames` hold what `frame_transform` returned.
         """
-        fps = self.fps if fps is None else fps
+        check_video_settings({"fps": fps, "num_frames": num_frames, "max_frames": max_frames})
+        given_fps = self.fps if fps is None else fps
         max_frames = self.max_frames if max_frames is None else max_frames
         do_sample_frames = self.do_sample_frames if do_sample_frames is None else do_sample_frames
         frame_transform = frame_transform or self.resize_frame
+        if not do_sample_frames:
+            # every frame: a stride of one frame and no cap
+            fps, max_frames = float("inf"), np.iinfo(np.int64).max
+        elif num_frames is not None:
+            # a stride of one frame thinned evenly to `num_frames`
+            fps, max_frames = float("inf"), num_frames
+        else:
+            fps = given_fps
         if isinstance(video, (str, os.PathLike)):
-            if not do_sample_frames:
-                # every decoded frame: a stride of one frame and no cap
-                return decode_video(video, fps=float("inf"), max_frames=np.iinfo(np.int64).max, frame_transform=frame_transform)
             return decode_video(video, fps=fps, max_frames=max_frames, frame_transform=frame_transform)
         frames = video_to_frames(video)
-        if do_sample_frames:
-            frame_indices = sample_frame_indices(len(frames), fps, fps=fps, max_frames=max_frames)
-        else:
-            frame_indices = np.arange(len(frames))
+        frame_indices = sample_frame_indices(len(frames), given_fps, fps=fps, max_frames=max_frames)
+        fps = given_fps
         kept = [frame_transform(self._to_image(frames[index])) for index in frame_indices]
         metadata = VideoMetadata(total_num_frames=len(frames), fps=fps, frames_indices=frame_indices.tolist())
         return DecodedVideo(frames=kept, timestamps_seconds=(frame_indices / fps).tolist(), metadata=metadata)
@@ -270,6 +282,7 @@ class ViLaMPVideoProcessor(BaseVideoProcessor):
                 video,
                 fps=kwargs.get("fps"),
                 max_frames=kwargs.get("max_frames"),
+                num_frames=kwargs.get("num_frames"),
                 do_sample_frames=kwargs.get("do_sample_frames"),
                 frame_transform=transform,
             )
