@@ -7,22 +7,40 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.processing_utils import MultiModalData, ProcessorMixin
-from transformers.video_utils import VideoMetadata
+from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin, TextKwargs, Unpack
+from transformers.utils.chat_template_utils import _get_template_variables, render_jinja_template
 
 from .keyframe_selection import KeyframeSelector, clip_resize_and_crop, select_keyframes
-from .video_decoding import DecodedVideo, decode_video, sample_frame_indices
-from .video_processing_vilamp import ViLaMPVideoProcessor
+from .video_decoding import DecodedVideo
+from .video_processing_vilamp import ViLaMPVideoProcessor, ViLaMPVideoProcessorInitKwargs, check_video_settings
 
 CHAT_TEMPLATE_PATH = Path(__file__).with_name("chat_template.jinja")
 
 # Label of a position without loss (`ignore_index` of the loss).
 IGNORE_INDEX = -100
-# The chat template closes every turn with this token; an answer's labels include it, so the model learns to stop.
-END_OF_TURN = "<|im_end|>"
 
 # `cached_file` arguments of `from_pretrained` that the keyframe selector files are fetched with as well.
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+
+# Settings that processors saved before the video processor became an attribute kept flat in processor_config.json;
+# `ViLaMPProcessor(...)` still takes them and hands them to its video processor (`frame_size` becomes its `size`).
+LEGACY_VIDEO_SETTINGS = (
+    "num_keyframes",
+    "keyframe_relevance_threshold",
+    "keyframe_similarity_threshold",
+    "fps",
+    "max_frames",
+    "frame_size",
+)
+
+
+class ViLaMPProcessorKwargs(ProcessingKwargs, total=False):
+    videos_kwargs: ViLaMPVideoProcessorInitKwargs
+    _defaults = {
+        # generation continues every row at its end, so rows are padded on the left (see `__call__`)
+        "text_kwargs": {"padding": True},
+        "common_kwargs": {"return_tensors": "pt"},
+    }
 
 
 def num_video_tokens(num_frames: int, num_keyframes: int, keyframe_pooled_size: int) -> int:
@@ -32,7 +50,7 @@ def num_video_tokens(num_frames: int, num_keyframes: int, keyframe_pooled_size: 
 
 
 def is_single_video(video) -> bool:
-    """Whether `video` is one video: a path, a `(num_frames, height, width, 3)` array or tensor, or a list of images."""
+    """Whether `video` is one video: a path, a 4-dimensional array or tensor of frames, or a list of images."""
     if isinstance(video, (str, os.PathLike)):
         return True
     if isinstance(video, (np.ndarray, torch.Tensor)):
@@ -49,57 +67,53 @@ def flatten_videos(videos) -> list:
     if isinstance(videos, (list, tuple)) or (isinstance(videos, (np.ndarray, torch.Tensor)) and videos.ndim == 5):
         return [video for item in videos for video in flatten_videos(item)]
     raise TypeError(
-        f"`videos` must be a video file path, a uint8 array or tensor of shape (num_frames, height, width, 3), a list "
-        f"of PIL images, or a list of these; got {type(videos).__name__}."
+        "`videos` must be a video file path, a uint8 array or tensor of shape (num_frames, height, width, 3) or "
+        f"(num_frames, 3, height, width), a list of PIL images, or a list of these; got {type(videos).__name__}."
     )
 
 
 class ViLaMPProcessor(ProcessorMixin):
     r"""
-    Constructs a ViLaMP processor: it decodes each video at `fps` frames per second (at most `max_frames`), resizes the
-    frames for SigLIP (`pixel_values_videos`, uint8), runs the differential keyframe selection (DKS) against the
-    question with the open_clip keyframe selector, and expands each `<video>` placeholder of the prompt to the number of
-    tokens the model produces for that video.
+    Constructs a ViLaMP processor: its video processor samples each video at `fps` frames per second (at most
+    `max_frames`) and resizes the frames for SigLIP (`pixel_values_videos`, uint8); the processor runs the differential
+    keyframe selection (DKS) against the question with the open_clip keyframe selector, and expands each `<video>`
+    placeholder of the prompt to the number of tokens the model produces for that video.
+
+    The sampling and keyframe settings (`fps`, `max_frames`, `num_keyframes`, `keyframe_relevance_threshold`,
+    `keyframe_similarity_threshold`) belong to the video processor, are saved with it, and can be overridden per call,
+    flat or in `videos_kwargs`.
 
     Args:
         tokenizer (`PreTrainedTokenizerBase`):
             The Qwen2 tokenizer; it must know the `video_token` as one token.
+        video_processor ([`ViLaMPVideoProcessor`], *optional*):
+            Samples and resizes the frames and holds the keyframe settings; defaults to one built from `video_settings`.
         chat_template (`str`, *optional*):
             The Jinja chat template; defaults to the `qwen_1_5` template of the original (`chat_template.jinja`).
         video_token (`str`, *optional*, defaults to `"<video>"`):
             The video placeholder; its id must equal the model config's `video_token_index`.
-        num_keyframes (`int`, *optional*, defaults to 32):
-            Keyframes per video K (`max_frame_num` in the original).
-        keyframe_relevance_threshold (`float`, *optional*, defaults to 0.2):
-            Frames whose CLIP similarity to the question is below this end the ranking (`f2t_thrd` in the original).
-        keyframe_similarity_threshold (`float`, *optional*, defaults to 0.85):
-            A frame more similar than this to a chosen keyframe is skipped (`f2f_thrd` in the original).
         keyframe_pooled_size (`int`, *optional*, defaults to 14):
             Side of the pooled grid of a keyframe; a keyframe takes `keyframe_pooled_size**2` tokens.
-        fps (`float`, *optional*, defaults to 1.0):
-            Frames sampled per second of video (the original keeps every `int(average_fps)`-th frame).
-        max_frames (`int`, *optional*, defaults to 600):
-            At most this many frames per video, evenly spread over the sampled ones.
-        frame_size (`int`, *optional*, defaults to 384):
-            Height and width of the SigLIP frames.
         keyframe_selector (`KeyframeSelector`, *optional*):
             The open_clip model of the keyframe selection; `from_pretrained` loads it from
             `keyframe_selector.safetensors` and `keyframe_selector_config.json`.
+        video_settings (*optional*):
+            `num_keyframes`, `keyframe_relevance_threshold`, `keyframe_similarity_threshold`, `fps`, `max_frames` and
+            `frame_size` (the side of the SigLIP frames) for the video processor built when `video_processor` is not
+            given; with a `video_processor` they override its settings.
     """
+
+    valid_processor_kwargs = ViLaMPProcessorKwargs
 
     def __init__(
         self,
         tokenizer=None,
+        video_processor=None,
         chat_template=None,
         video_token="<video>",
-        num_keyframes=32,
-        keyframe_relevance_threshold=0.2,
-        keyframe_similarity_threshold=0.85,
         keyframe_pooled_size=14,
-        fps=1.0,
-        max_frames=600,
-        frame_size=384,
         keyframe_selector=None,
+        **video_settings,
     ):
         if tokenizer is None:
             raise ValueError("`tokenizer` is required: pass the Qwen2 tokenizer that holds the `<video>` token.")
@@ -114,36 +128,72 @@ class ViLaMPProcessor(ProcessorMixin):
                 f"The tokenizer has no `{self.video_token}` token; add it with "
                 f"`tokenizer.add_special_tokens({{'additional_special_tokens': ['{self.video_token}']}})`."
             )
-        self.num_keyframes = num_keyframes
-        self.keyframe_relevance_threshold = keyframe_relevance_threshold
-        self.keyframe_similarity_threshold = keyframe_similarity_threshold
+        if not isinstance(keyframe_pooled_size, int) or keyframe_pooled_size < 1:
+            raise ValueError(f"`keyframe_pooled_size` must be an integer of at least 1, got {keyframe_pooled_size!r}.")
         self.keyframe_pooled_size = keyframe_pooled_size
-        self.fps = fps
-        self.max_frames = max_frames
-        self.frame_size = frame_size
-        self._check_settings()
-        self.video_processor = ViLaMPVideoProcessor(size={"height": frame_size, "width": frame_size})
+        video_processor = self._video_processor_with(video_processor, video_settings)
         self.keyframe_selector = keyframe_selector
         if chat_template is None:
             chat_template = CHAT_TEMPLATE_PATH.read_text(encoding="utf-8")
-        super().__init__(tokenizer, chat_template=chat_template)
+        super().__init__(tokenizer, video_processor, chat_template=chat_template)
 
-    def _check_settings(self):
-        """Checks the DKS and sampling settings, naming the setting and the value seen."""
-        for name in ("num_keyframes", "keyframe_pooled_size", "max_frames", "frame_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be an integer of at least 1, got {getattr(self, name)!r}.")
-        for name in ("keyframe_relevance_threshold", "keyframe_similarity_threshold"):
-            if not -1.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"`{name}` is a cosine similarity and must lie in [-1, 1], got {getattr(self, name)}.")
-        if not self.fps > 0:
-            raise ValueError(f"`fps` must be positive, got {self.fps}.")
+    @staticmethod
+    def _video_processor_with(video_processor, video_settings: dict) -> ViLaMPVideoProcessor:
+        """The video processor with the flat `video_settings` of `__init__` applied (a new one when none is given)."""
+        unknown = set(video_settings) - set(LEGACY_VIDEO_SETTINGS)
+        if unknown:
+            raise TypeError(
+                f"ViLaMPProcessor got unexpected arguments {sorted(unknown)}; the settings it takes besides its "
+                f"components are {sorted(LEGACY_VIDEO_SETTINGS)}."
+            )
+        settings = dict(video_settings)
+        if settings.get("frame_size") is not None:
+            frame_size = settings.pop("frame_size")
+            if not isinstance(frame_size, int) or frame_size < 1:
+                raise ValueError(f"`frame_size` must be an integer of at least 1, got {frame_size!r}.")
+            settings["size"] = {"height": frame_size, "width": frame_size}
+        settings = {name: value for name, value in settings.items() if value is not None}
+        if video_processor is None:
+            return ViLaMPVideoProcessor(**settings)
+        if settings:
+            return ViLaMPVideoProcessor(**{**video_processor.to_dict(), **settings})
+        return video_processor
+
+    # The settings live in the video processor; these read (and, for scripts that set them, write) it.
+    @property
+    def num_keyframes(self) -> int:
+        return self.video_processor.num_keyframes
+
+    @property
+    def keyframe_relevance_threshold(self) -> float:
+        return self.video_processor.keyframe_relevance_threshold
+
+    @property
+    def keyframe_similarity_threshold(self) -> float:
+        return self.video_processor.keyframe_similarity_threshold
+
+    @property
+    def fps(self) -> float:
+        return self.video_processor.fps
+
+    @property
+    def max_frames(self) -> int:
+        return self.video_processor.max_frames
+
+    @max_frames.setter
+    def max_frames(self, value: int):
+        check_video_settings({"max_frames": value})
+        self.video_processor.max_frames = value
+
+    @property
+    def frame_size(self) -> int:
+        return self.video_processor.size["height"]
 
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "pixel_values_videos", "video_frame_counts", "keyframe_mask", "query_embeds"]
 
-    def __call__(self, text=None, videos=None, query=None, return_tensors="pt", device=None, **kwargs) -> BatchFeature:
+    def __call__(self, text=None, videos=None, query=None, **kwargs: Unpack[ViLaMPProcessorKwargs]) -> BatchFeature:
         """
         Prepares prompts and their videos for the model.
 
@@ -153,17 +203,18 @@ class ViLaMPProcessor(ProcessorMixin):
                 without placeholders, one per video, are put into the chat template first (`question_prompt`).
             videos (*optional*):
                 One video or a list of videos (or of per-prompt lists), in placeholder order. A video is a file path,
-                a uint8 array or tensor of shape `(num_frames, height, width, 3)`, or a list of PIL images; given
-                frames are taken as sampled at `fps` (only `max_frames` applies to them).
+                a uint8 array or tensor of shape `(num_frames, height, width, 3)` or `(num_frames, 3, height, width)`,
+                or a list of PIL images; given frames are taken as sampled at `fps` (only `max_frames` applies to them).
             query (`str` or `list[str]`, *optional*):
                 The question each video's frames are ranked against, one for all videos or one per video. Defaults to
                 the video's prompt without the placeholder; `apply_chat_template` passes the user's text.
-            return_tensors (`str`, *optional*, defaults to `"pt"`):
-                Only `"pt"` is supported.
-            device (`str` or `torch.device`, *optional*):
-                Where the keyframe selector runs (it is moved there); defaults to where it is. Outputs are on the CPU.
-            kwargs:
-                Passed to the tokenizer (`padding` defaults to `True`).
+            kwargs ([`ViLaMPProcessorKwargs`]):
+                Flat or in `text_kwargs` / `videos_kwargs`. Video kwargs: `fps`, `max_frames`, `num_keyframes`,
+                `keyframe_relevance_threshold`, `keyframe_similarity_threshold`, `do_sample_frames`, `size`,
+                `do_rescale`, ... (they default to the video processor's settings, which they leave unchanged) and
+                `device`, where the keyframe selector runs (it is moved there; outputs stay on the CPU). Tokenizer
+                kwargs: `padding` (defaults to `True`), `padding_side` (defaults to `"left"`, for batched
+                generation), `truncation`, `max_length`, ... `return_tensors` must be `"pt"`. Any other key is an error.
 
         Returns:
             [`BatchFeature`] with:
@@ -179,8 +230,8 @@ class ViLaMPProcessor(ProcessorMixin):
               embedding of each video's question (the DFM query).
             The video entries are left out when no prompt has a video.
         """
-        if return_tensors != "pt":
-            raise ValueError(f"`return_tensors` must be 'pt' (the video inputs are torch tensors), got {return_tensors!r}.")
+        output_kwargs = self._merge_call_kwargs(kwargs)
+        text_kwargs, videos_kwargs = output_kwargs["text_kwargs"], output_kwargs["videos_kwargs"]
         texts = self._check_text(text)
         videos = flatten_videos(videos)
         if videos and self._are_bare_questions(texts, videos):
@@ -188,11 +239,57 @@ class ViLaMPProcessor(ProcessorMixin):
             texts = [self.question_prompt(question) for question in texts]
         self._check_video_placeholders(texts, videos)
         queries = self._video_queries(texts, len(videos), query)
-        video_inputs = self._process_videos(videos, queries, device) if videos else {}
-        prompts = self._expand_video_placeholders(texts, video_inputs)
-        kwargs.setdefault("padding", True)
-        text_inputs = self.tokenizer(prompts, return_tensors=return_tensors, **kwargs)
-        return BatchFeature(data={**text_inputs, **video_inputs}, tensor_type=return_tensors)
+        video_inputs = self._process_videos(videos, queries, videos_kwargs) if videos else {}
+        prompts, replacement_offsets = self._expand_video_placeholders(texts, video_inputs)
+        return_mm_token_type_ids = text_kwargs.pop("return_mm_token_type_ids", False)
+        return_text_replacement_offsets = text_kwargs.pop("return_text_replacement_offsets", False)
+        text_inputs = self.tokenizer(prompts, **text_kwargs)
+        if return_mm_token_type_ids:
+            text_inputs["mm_token_type_ids"] = self.create_mm_token_type_ids(text_inputs["input_ids"])
+        data = {**text_inputs, **video_inputs}
+        if return_text_replacement_offsets:
+            data["text_replacement_offsets"] = replacement_offsets
+        return BatchFeature(data=data, tensor_type="pt", skip_tensor_conversion=self.skip_tensor_conversion)
+
+    def _merge_call_kwargs(self, kwargs: dict) -> dict[str, dict]:
+        """
+        Splits call kwargs into tokenizer and video kwargs with `_merge_kwargs`, after checking that every key is one
+        this processor uses; checks the video settings like the init ones and defaults `padding_side` to left.
+        """
+        accepted, unknown = self._accepted_call_kwargs(), []
+        for name, value in kwargs.items():
+            if name in ("text_kwargs", "videos_kwargs", "common_kwargs") and isinstance(value, dict):
+                unknown += [key for key in value if key not in accepted]
+            elif name not in accepted:
+                unknown.append(name)
+        if unknown:
+            raise TypeError(
+                f"ViLaMPProcessor got unexpected keyword argument(s) {unknown}. Besides `text`, `videos` and `query` it "
+                "takes these keyword arguments, flat or in `text_kwargs`, `videos_kwargs` or `common_kwargs`: "
+                f"{sorted(accepted - {'text_kwargs', 'videos_kwargs', 'common_kwargs'})}."
+            )
+        output_kwargs = self._merge_kwargs(
+            ViLaMPProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
+        )
+        check_video_settings(output_kwargs["videos_kwargs"])
+        text_kwargs = output_kwargs["text_kwargs"]
+        user_text_kwargs = {**kwargs, **kwargs.get("text_kwargs", {}), **kwargs.get("common_kwargs", {})}
+        if user_text_kwargs.get("padding_side") is None:
+            text_kwargs["padding_side"] = "left"
+        return_tensors = text_kwargs.pop("return_tensors", None)
+        output_kwargs["videos_kwargs"].pop("return_tensors", None)
+        if return_tensors != "pt":
+            raise ValueError(f"`return_tensors` must be 'pt' (the video inputs are torch tensors), got {return_tensors!r}.")
+        return output_kwargs
+
+    def _accepted_call_kwargs(self) -> set[str]:
+        """The keyword arguments `__call__` takes: the tokenizer's and the video processor's, and the modality dicts."""
+        return (
+            set(TextKwargs.__annotations__)
+            | set(ViLaMPProcessorKwargs.__annotations__["text_kwargs"].__annotations__)
+            | set(self.video_processor.valid_kwargs.__annotations__)
+            | {"text_kwargs", "videos_kwargs", "common_kwargs"}
+        )
 
     def _check_text(self, text) -> list[str]:
         """Returns the prompts as a list, checking their type."""
@@ -250,83 +347,94 @@ class ViLaMPProcessor(ProcessorMixin):
                 )
         return queries
 
-    def load_video(self, video) -> DecodedVideo:
+    def load_video(self, video, **videos_kwargs) -> DecodedVideo:
         """
         Decodes (or takes) the sampled frames of one video and resizes each, as soon as it is read, for SigLIP and for
         the keyframe selector.
 
         Args:
-            video: a file path, a uint8 array or tensor of shape `(num_frames, height, width, 3)`, or a list of PIL
-                images.
+            video: a file path, a uint8 array or tensor of shape `(num_frames, height, width, 3)` or
+                `(num_frames, 3, height, width)`, or a list of PIL images.
+            videos_kwargs: `fps`, `max_frames`, `num_frames`, `do_sample_frames`, `size`, `resample`; default to the video
+                processor's settings.
 
         Returns:
             `DecodedVideo` whose `frames` are `(siglip_frame, clip_frame)` pairs of `torch.ByteTensor` of shapes
             `(3, frame_size, frame_size)` and `(3, 224, 224)`.
         """
-        if isinstance(video, (str, os.PathLike)):
-            return decode_video(video, fps=self.fps, max_frames=self.max_frames, frame_transform=self.resize_frame)
-        if isinstance(video, (np.ndarray, torch.Tensor)):
-            if video.dtype not in (np.uint8, torch.uint8) or video.shape[-1] != 3 or video.shape[0] == 0:
-                raise ValueError(
-                    f"A video array must be uint8 of shape (num_frames, height, width, 3) with at least one frame, got "
-                    f"dtype {video.dtype} and shape {tuple(video.shape)}."
-                )
-            video = np.asarray(video)
-        frame_indices = sample_frame_indices(len(video), self.fps, fps=self.fps, max_frames=self.max_frames)
-        frames = [self.resize_frame(self._to_image(video[index])) for index in frame_indices]
-        metadata = VideoMetadata(total_num_frames=len(video), fps=self.fps, frames_indices=frame_indices.tolist())
-        return DecodedVideo(frames=frames, timestamps_seconds=(frame_indices / self.fps).tolist(), metadata=metadata)
+        size, resample = videos_kwargs.get("size"), videos_kwargs.get("resample")
+        if videos_kwargs.get("do_resize") is False:
+            raise ValueError("`do_resize=False` is not supported: SigLIP takes frames of one size; set `size` instead.")
 
-    @staticmethod
-    def _to_image(frame) -> Image.Image:
-        """A given frame as a PIL image."""
-        return frame if isinstance(frame, Image.Image) else Image.fromarray(frame)
+        def resize_frame(image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+            siglip_frame = self.video_processor.resize_frame(image, size, resample)
+            return siglip_frame, clip_resize_and_crop(image, self.keyframe_selector.image_size)
+
+        return self.video_processor.load_video(
+            video,
+            fps=videos_kwargs.get("fps"),
+            max_frames=videos_kwargs.get("max_frames"),
+            num_frames=videos_kwargs.get("num_frames"),
+            do_sample_frames=videos_kwargs.get("do_sample_frames"),
+            frame_transform=resize_frame,
+        )
 
     def resize_frame(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
         """Resizes one frame for SigLIP and for the keyframe selector's CLIP."""
         return self.video_processor.resize_frame(image), clip_resize_and_crop(image, self.keyframe_selector.image_size)
 
-    def select_keyframes(self, clip_frames: torch.Tensor, query: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def select_keyframes(self, clip_frames: torch.Tensor, query: str, **videos_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Runs the differential keyframe selection of one video.
 
         Args:
             clip_frames (`torch.ByteTensor` of shape `(num_frames, 3, 224, 224)`): the frames for CLIP.
             query (`str`): the question.
+            videos_kwargs: `num_keyframes`, `keyframe_relevance_threshold`, `keyframe_similarity_threshold`; default
+                to the video processor's settings.
 
         Returns:
             `tuple(torch.BoolTensor, torch.FloatTensor)`: the `keyframe_mask` of shape `(num_frames,)` and the
             unnormalised CLIP `query_embeds` of shape `(embed_dim,)`, both on the CPU.
         """
+        settings = self._keyframe_settings(videos_kwargs)
         frame_embeds = self.keyframe_selector.encode_frames(clip_frames)
         query_embeds = self.keyframe_selector.encode_query(query)
         keyframe_mask = select_keyframes(
             frame_embeds,
             query_embeds,
-            num_keyframes=self.num_keyframes,
-            relevance_threshold=self.keyframe_relevance_threshold,
-            similarity_threshold=self.keyframe_similarity_threshold,
+            num_keyframes=settings["num_keyframes"],
+            relevance_threshold=settings["keyframe_relevance_threshold"],
+            similarity_threshold=settings["keyframe_similarity_threshold"],
         )
         return keyframe_mask, query_embeds.cpu()
 
-    def _process_videos(self, videos: list, queries: list[str], device) -> dict[str, torch.Tensor]:
+    def _keyframe_settings(self, videos_kwargs: dict) -> dict:
+        """The keyframe settings of a call: the given ones, else the video processor's."""
+        names = ("num_keyframes", "keyframe_relevance_threshold", "keyframe_similarity_threshold")
+        return {
+            name: videos_kwargs[name] if videos_kwargs.get(name) is not None else getattr(self.video_processor, name)
+            for name in names
+        }
+
+    def _process_videos(self, videos: list, queries: list[str], videos_kwargs: dict) -> dict[str, torch.Tensor]:
         """Loads every video, selects its keyframes and gathers the video inputs of the model."""
         if self.keyframe_selector is None:
             raise ValueError(
                 "This processor has no `keyframe_selector`; load it with `ViLaMPProcessor.from_pretrained` from a "
                 "directory holding keyframe_selector.safetensors, or pass `keyframe_selector=`."
             )
-        if device is not None:
-            self.keyframe_selector.to(device)
+        if videos_kwargs.get("device") is not None:
+            self.keyframe_selector.to(videos_kwargs["device"])
         pixel_values_videos, keyframe_masks, query_embeds = [], [], []
         for video_index, (video, query) in enumerate(zip(videos, queries)):
             try:
-                decoded_video = self.load_video(video)
+                decoded_video = self.load_video(video, **videos_kwargs)
             except ValueError as error:
                 raise ValueError(f"`videos[{video_index}]`: {error}") from error
             siglip_frames, clip_frames = zip(*decoded_video.frames)
-            keyframe_mask, video_query_embeds = self.select_keyframes(torch.stack(clip_frames), query)
-            pixel_values_videos.append(torch.stack(siglip_frames))
+            keyframe_mask, video_query_embeds = self.select_keyframes(torch.stack(clip_frames), query, **videos_kwargs)
+            pixel_values_videos.append(self.video_processor.finish_frames(torch.stack(siglip_frames), **videos_kwargs))
             keyframe_masks.append(keyframe_mask)
             query_embeds.append(video_query_embeds)
         return {
@@ -341,21 +449,18 @@ class ViLaMPProcessor(ProcessorMixin):
         return self.video_token * self._num_video_tokens_of(video_inputs, video_idx)
 
     def _num_video_tokens_of(self, video_inputs: dict, video_idx: int) -> int:
-        """The placeholder count of video `video_idx` of processed video inputs."""
+        """The placeholder count of video `video_idx` of processed video inputs (its keyframes are counted)."""
         num_frames = int(video_inputs["video_frame_counts"][video_idx])
-        return num_video_tokens(num_frames, min(self.num_keyframes, num_frames), self.keyframe_pooled_size)
+        start = int(video_inputs["video_frame_counts"][:video_idx].sum())
+        num_keyframes = int(video_inputs["keyframe_mask"][start : start + num_frames].sum())
+        return num_video_tokens(num_frames, num_keyframes, self.keyframe_pooled_size)
 
-    def _expand_video_placeholders(self, texts: list[str], video_inputs: dict) -> list[str]:
-        """Replaces each placeholder, in order over the batch, by its expanded form."""
-        prompts, video_idx = [], 0
-        for prompt in texts:
-            pieces = prompt.split(self.video_token)
-            expanded = pieces[0]
-            for piece in pieces[1:]:
-                expanded += self.replace_video_token(video_inputs, video_idx) + piece
-                video_idx += 1
-            prompts.append(expanded)
-        return prompts
+    def _expand_video_placeholders(self, texts: list[str], video_inputs: dict) -> tuple[list[str], list[list[dict]]]:
+        """Replaces each placeholder, in order over the batch, by its expanded form; also returns where each went
+        (`text_replacement_offsets`, see `ProcessorMixin.get_text_with_replacements`)."""
+        num_videos = len(video_inputs.get("video_frame_counts", []))
+        replacements = [self.replace_video_token(video_inputs, video_idx) for video_idx in range(num_videos)]
+        return self.get_text_with_replacements(texts, videos_replacements=replacements)
 
     def _get_num_multimodal_tokens(self, video_sizes=None, **kwargs) -> MultiModalData:
         """
@@ -364,14 +469,16 @@ class ViLaMPProcessor(ProcessorMixin):
         Args:
             video_sizes (`list[list[int]]`, *optional*): `(num_frames, height, width)` per video, `num_frames` counted
                 after sampling.
+            kwargs: `num_keyframes`, as in `__call__`; defaults to the video processor's.
 
         Returns:
             `MultiModalData` with `num_video_tokens`, a list with one count per video.
         """
         vision_data = {}
         if video_sizes is not None:
+            num_keyframes = self._keyframe_settings(kwargs)["num_keyframes"]
             vision_data["num_video_tokens"] = [
-                num_video_tokens(num_frames, min(self.num_keyframes, num_frames), self.keyframe_pooled_size)
+                num_video_tokens(num_frames, min(num_keyframes, num_frames), self.keyframe_pooled_size)
                 for num_frames, _, _ in video_sizes
             ]
         return MultiModalData(**vision_data)
@@ -384,15 +491,18 @@ class ViLaMPProcessor(ProcessorMixin):
         continue_final_message=False,
         tokenize=False,
         return_dict=False,
-        query=None,
+        return_assistant_tokens_mask=False,
         return_labels=False,
+        query=None,
+        chat_template_kwargs=None,
+        processor_kwargs=None,
         **kwargs,
     ):
         """
         Renders chat messages with the chat template and, with `tokenize=True`, processes them with their videos.
 
-        Video blocks are `{"type": "video", "path": ...}` (or `"video"`: a path, an array or a list of images). By
-        default each video's question is the text of the message that holds it.
+        Video blocks are `{"type": "video", "path": ...}` (or `"video"` / `"url"`: a path, an array or a list of
+        images). By default each video's question is the text of the message that holds it.
 
         Args:
             conversation (`list[dict]` or `list[list[dict]]`): one conversation or a batch of them.
@@ -402,139 +512,131 @@ class ViLaMPProcessor(ProcessorMixin):
             tokenize (`bool`, *optional*, defaults to `False`): process the rendered prompts and videos.
             return_dict (`bool`, *optional*, defaults to `False`): return the whole `BatchFeature`, not only
                 `input_ids`.
-            query (`str` or `list[str]`, *optional*): overrides the questions, as in `__call__`.
+            return_assistant_tokens_mask (`bool`, *optional*, defaults to `False`): add `assistant_masks` (needs
+                `tokenize=True` and `return_dict=True`): 1 on the tokens the template marks with `{% generation %}`
+                (each assistant answer and its closing `<|im_end|>`), 0 elsewhere.
             return_labels (`bool`, *optional*, defaults to `False`): add `labels` for training (needs `tokenize=True`
-                and `return_dict=True`): the ids of each assistant answer and of the `<|im_end|>` that closes it,
-                -100 everywhere else (system and user turns, role headers, video placeholders, padding).
-            kwargs: passed to `__call__` (`return_tensors`, `device`, tokenizer arguments).
+                and `return_dict=True`): the ids of the assistant tokens (as in `assistant_masks`), -100 everywhere
+                else (system and user turns, role headers, video placeholders, padding).
+            query (`str` or `list[str]`, *optional*): overrides the questions, as in `__call__`.
+            chat_template_kwargs (`dict`, *optional*): variables for the Jinja template.
+            processor_kwargs (`dict`, *optional*): kwargs for `__call__` (as transformers' processors take them).
+            kwargs: template variables when the template uses them, otherwise kwargs for `__call__` (`max_frames`,
+                `num_keyframes`, `padding_side`, `return_tensors`, ...).
 
         Returns:
             The prompt (`str` or `list[str]`), or with `tokenize=True` the `input_ids` or the `BatchFeature` (with
-            **labels**, `torch.LongTensor` of shape `(batch_size, sequence_length)`, when `return_labels=True`).
+            **assistant_masks** and **labels**, `torch.LongTensor` of shape `(batch_size, sequence_length)`, when
+            asked).
         """
-        if return_labels and not (tokenize and return_dict):
+        chat_template = self._resolve_template(chat_template)
+        if (return_labels or return_assistant_tokens_mask) and not (tokenize and return_dict):
+            name = "return_labels" if return_labels else "return_assistant_tokens_mask"
             raise ValueError(
-                "`return_labels=True` needs `tokenize=True` and `return_dict=True`: the labels are returned next to the "
+                f"`{name}=True` needs `tokenize=True` and `return_dict=True`: the result is returned next to the "
                 f"`input_ids` in the `BatchFeature`; got tokenize={tokenize}, return_dict={return_dict}."
             )
-        if return_labels and (add_generation_prompt or continue_final_message):
+        if (return_labels or return_assistant_tokens_mask) and (add_generation_prompt or continue_final_message):
             raise ValueError(
-                "`return_labels=True` trains on complete conversations: leave `add_generation_prompt` and "
-                "`continue_final_message` False and end the conversation with the assistant's answer."
+                "`return_labels` and `return_assistant_tokens_mask` mark complete answers: leave `add_generation_prompt` "
+                "and `continue_final_message` False and end the conversation with the assistant's answer."
             )
-        prompt = super().apply_chat_template(
-            conversation,
-            chat_template=chat_template,
-            add_generation_prompt=add_generation_prompt,
-            continue_final_message=continue_final_message,
-            tokenize=False,
-        )
-        if not tokenize:
-            return prompt
+        template_variables = _get_template_variables(chat_template)
+        template_kwargs = {
+            **self.tokenizer.special_tokens_map,
+            **{name: value for name, value in kwargs.items() if name in template_variables},
+            **(chat_template_kwargs or {}),
+        }
+        call_kwargs = {
+            **(processor_kwargs or {}),
+            **{name: value for name, value in kwargs.items() if name not in template_variables},
+        }
         is_batched = isinstance(conversation[0], (list, tuple))
         conversations = conversation if is_batched else [conversation]
+        prompts, generation_spans = render_jinja_template(
+            conversations=conversations,
+            chat_template=chat_template,
+            return_assistant_tokens_mask=return_assistant_tokens_mask or return_labels,
+            continue_final_message=continue_final_message,
+            add_generation_prompt=add_generation_prompt,
+            **template_kwargs,
+        )
+        if not tokenize:
+            return prompts if is_batched else prompts[0]
         videos, video_queries = [], []
         for messages in conversations:
             for message in messages:
                 message_videos, message_text = self._message_videos_and_text(message)
                 videos.extend(message_videos)
                 video_queries.extend([message_text] * len(message_videos))
-        inputs = self(text=prompt, videos=videos or None, query=video_queries if query is None else query, **kwargs)
-        if return_labels:
-            inputs["labels"] = self.answer_labels(conversations, inputs, chat_template=chat_template)
+        inputs = self(text=prompts, videos=videos or None, query=video_queries if query is None else query, **call_kwargs)
+        if return_assistant_tokens_mask or return_labels:
+            assistant_masks = self.assistant_token_masks(prompts, generation_spans, inputs)
+            if return_assistant_tokens_mask:
+                inputs["assistant_masks"] = assistant_masks.long()
+            if return_labels:
+                for row, spans in enumerate(generation_spans):
+                    if not spans:
+                        raise ValueError(
+                            f"Conversation {row} has no assistant message, so nothing to learn; end it with "
+                            '`{"role": "assistant", "content": [{"type": "text", "text": answer}]}`.'
+                        )
+                inputs["labels"] = inputs["input_ids"].masked_fill(~assistant_masks, IGNORE_INDEX)
         return inputs if return_dict else inputs["input_ids"]
 
-    def _render(self, messages: list[dict], chat_template=None, add_generation_prompt=False) -> str:
-        """One conversation rendered with the chat template, video blocks reduced to their type."""
-        messages = [
-            {
-                "role": message["role"],
-                "content": message["content"]
-                if isinstance(message.get("content"), str)
-                else [
-                    {"type": block["type"], **({"text": block["text"]} if block.get("type") == "text" else {})}
-                    for block in message["content"]
-                ],
-            }
-            for message in messages
-        ]
-        return self.tokenizer.apply_chat_template(
-            messages,
-            chat_template=chat_template or self.chat_template,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-        )
+    def _resolve_template(self, chat_template) -> str:
+        """The template to render with: `chat_template` (a template or the name of one), else the processor's."""
+        templates = self.chat_template if isinstance(self.chat_template, dict) else {"default": self.chat_template}
+        if chat_template is None:
+            chat_template = "default"
+        if chat_template in templates:
+            return templates[chat_template]
+        if chat_template == "default":
+            raise ValueError(
+                'The processor has no chat template named "default"; pass `chat_template=` with one of '
+                f"{sorted(templates)} or a template."
+            )
+        return chat_template
 
-    def answer_character_spans(self, messages: list[dict], chat_template=None) -> list[tuple[int, int]]:
+    def assistant_token_masks(
+        self, prompts: list[str], generation_spans: list[list[tuple[int, int]]], inputs: BatchFeature
+    ) -> torch.Tensor:
         """
-        Where the assistant answers lie in the rendered conversation.
+        Which tokens of processed prompts lie in the assistant spans of the rendered text, video placeholders expanded.
 
         Args:
-            messages (`list[dict]`): one conversation.
-            chat_template (`str`, *optional*): overrides the processor's template.
+            prompts (`list[str]`): the rendered prompts, before placeholder expansion.
+            generation_spans (`list[list[tuple[int, int]]]`): per prompt, the `[start, end)` character ranges the chat
+                template marks with `{% generation %}`.
+            inputs (`BatchFeature`): what `__call__` returned for `prompts`.
 
         Returns:
-            `list[tuple[int, int]]`: for each assistant message, the `[start, end)` character range of the rendered
-            conversation from the first character after its role header through its closing `<|im_end|>`.
+            `torch.BoolTensor` of shape `(batch_size, sequence_length)`, aligned with `inputs["input_ids"]`.
         """
-        text = self._render(messages, chat_template)
-        spans = []
-        for index, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
-            # the answer is what the assistant turn adds after its header: render the conversation up to the header
-            header_end = len(self._render(messages[:index], chat_template, add_generation_prompt=True)) if index else 0
-            turn = self._render(messages[: index + 1], chat_template)
-            end = turn.rfind(END_OF_TURN)
-            if not text.startswith(turn) or end < header_end:
-                raise ValueError(
-                    f"Cannot find assistant message {index} in the rendered conversation: the chat template must render "
-                    f"each turn after the previous ones and close it with `{END_OF_TURN}`."
-                )
-            spans.append((header_end, end + len(END_OF_TURN)))
-        return spans
-
-    def answer_labels(self, conversations: list[list[dict]], inputs: BatchFeature, chat_template=None) -> torch.Tensor:
-        """
-        Training labels for processed conversations: the assistant answers' ids, -100 elsewhere.
-
-        Args:
-            conversations (`list[list[dict]]`): the conversations, as passed to `apply_chat_template`.
-            inputs (`BatchFeature`): what `apply_chat_template(conversations, tokenize=True, return_dict=True)` returned.
-            chat_template (`str`, *optional*): the template they were rendered with.
-
-        Returns:
-            `torch.LongTensor` of shape `(batch_size, sequence_length)`, aligned with `inputs["input_ids"]`.
-        """
-        labels = torch.full_like(inputs["input_ids"], IGNORE_INDEX)
+        masks = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
+        video_counts = inputs.get("video_frame_counts")
         video_idx = 0
-        for row, messages in enumerate(conversations):
-            spans = self.answer_character_spans(messages, chat_template)
-            if not spans:
-                raise ValueError(
-                    f"Conversation {row} has no assistant message, so nothing to learn; end it with "
-                    '`{"role": "assistant", "content": [{"type": "text", "text": answer}]}`.'
-                )
-            encoding = self.tokenizer(self._render(messages, chat_template), return_offsets_mapping=True)
-            row_ids, row_labels = [], []
+        for row, (prompt, spans) in enumerate(zip(prompts, generation_spans)):
+            encoding = self.tokenizer(prompt, return_offsets_mapping=True)
+            row_ids, row_mask = [], []
             for token_id, (start, _) in zip(encoding["input_ids"], encoding["offset_mapping"]):
-                if token_id == self.video_token_id:
+                if token_id == self.video_token_id and video_counts is not None and video_idx < len(video_counts):
                     count = self._num_video_tokens_of(inputs, video_idx)
                     video_idx += 1
                     row_ids += [token_id] * count
-                    row_labels += [IGNORE_INDEX] * count
+                    row_mask += [False] * count
                 else:
-                    is_answer = any(span_start <= start < span_end for span_start, span_end in spans)
                     row_ids.append(token_id)
-                    row_labels.append(token_id if is_answer else IGNORE_INDEX)
+                    row_mask.append(any(span_start <= start < span_end for span_start, span_end in spans))
             is_token = inputs["attention_mask"][row].bool()
             if row_ids != inputs["input_ids"][row][is_token].tolist():
                 raise ValueError(
                     f"The tokens of conversation {row} differ from its `input_ids` ({len(row_ids)} against "
-                    f"{int(is_token.sum())}), so its labels cannot be aligned; do not truncate when `return_labels=True`."
+                    f"{int(is_token.sum())}), so the assistant tokens cannot be located; do not truncate when asking "
+                    "for `labels` or `assistant_masks`."
                 )
-            labels[row, is_token] = torch.tensor(row_labels, dtype=labels.dtype)
-        return labels
+            masks[row, is_token] = torch.tensor(row_mask, dtype=torch.bool)
+        return masks
 
     @staticmethod
     def _message_videos_and_text(message: dict) -> tuple[list, str]:
@@ -551,20 +653,12 @@ class ViLaMPProcessor(ProcessorMixin):
         return videos, text
 
     def to_dict(self) -> dict:
-        """The processor settings saved in `processor_config.json` (the tokenizer, chat template and keyframe selector
-        have their own files)."""
+        """The processor settings saved in `processor_config.json`, with the video processor's nested (the tokenizer,
+        chat template and keyframe selector have their own files)."""
         output = {
-            name: getattr(self, name)
-            for name in (
-                "video_token",
-                "num_keyframes",
-                "keyframe_relevance_threshold",
-                "keyframe_similarity_threshold",
-                "keyframe_pooled_size",
-                "fps",
-                "max_frames",
-                "frame_size",
-            )
+            "video_token": self.video_token,
+            "keyframe_pooled_size": self.keyframe_pooled_size,
+            "video_processor": self.video_processor.to_dict(),
         }
         if getattr(self, "auto_map", None) is not None:
             output["auto_map"] = self.auto_map
@@ -580,6 +674,25 @@ class ViLaMPProcessor(ProcessorMixin):
         return saved_files
 
     @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        """Loads the tokenizer, and builds the video processor from `processor_config.json` (its nested
+        `video_processor`, or the flat settings of processors saved before it was one); video settings in `kwargs`
+        override the saved ones."""
+        processor_dict = processor_dict or {}
+        subfolder = kwargs.pop("subfolder", "")
+        tokenizer = cls._load_tokenizer_from_pretrained(
+            "tokenizer", pretrained_model_name_or_path, subfolder=subfolder, **kwargs
+        )
+        if isinstance(processor_dict.get("video_processor"), dict):
+            video_processor_dict = processor_dict["video_processor"]
+        else:
+            legacy = {name: processor_dict[name] for name in LEGACY_VIDEO_SETTINGS if name in processor_dict}
+            video_processor_dict = cls._video_processor_with(None, legacy).to_dict()
+        overrides = {name: kwargs[name] for name in ViLaMPVideoProcessor.valid_kwargs.__annotations__ if name in kwargs}
+        video_processor = ViLaMPVideoProcessor.from_dict(video_processor_dict, **overrides)
+        return [tokenizer, video_processor]
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, device="cpu", **kwargs):
         """
         Loads the processor and its keyframe selector from a directory or a Hub repository.
@@ -587,7 +700,8 @@ class ViLaMPProcessor(ProcessorMixin):
         Args:
             pretrained_model_name_or_path (`str` or `os.PathLike`): the directory or repository.
             device (`str` or `torch.device`, *optional*, defaults to `"cpu"`): where the keyframe selector runs.
-            kwargs: passed to `ProcessorMixin.from_pretrained` (settings override the saved ones).
+            kwargs: passed to `ProcessorMixin.from_pretrained`; video settings (`max_frames`, `num_keyframes`, ...)
+                override the saved ones.
         """
         processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         hub_kwargs = {name: kwargs[name] for name in HUB_KWARGS if name in kwargs}
@@ -597,4 +711,4 @@ class ViLaMPProcessor(ProcessorMixin):
         return processor
 
 
-__all__ = ["IGNORE_INDEX", "ViLaMPProcessor", "num_video_tokens"]
+__all__ = ["IGNORE_INDEX", "ViLaMPProcessor", "ViLaMPProcessorKwargs", "num_video_tokens"]

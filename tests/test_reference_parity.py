@@ -49,7 +49,7 @@ def model(reference_dir):
 @pytest.fixture(scope="module")
 def pixel_values_videos(reference_dir):
     frames = np.load(reference_dir / "inputs" / "frames.npy")
-    return ViLaMPVideoProcessor()([Image.fromarray(frame) for frame in frames])
+    return ViLaMPVideoProcessor()([Image.fromarray(frame) for frame in frames])["pixel_values_videos"]
 
 
 @pytest.fixture(scope="module")

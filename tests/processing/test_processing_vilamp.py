@@ -35,7 +35,7 @@ def test_siglip_frames_match_golden_pixel_values_bit_for_bit(reference_dir):
     frames = np.load(reference_dir / "inputs" / "frames.npy")
     golden = load_file(reference_dir / "golden" / "golden.safetensors")
     meta = json.loads((reference_dir / "golden" / "meta.json").read_text())
-    pixel_values_videos = ViLaMPVideoProcessor()([Image.fromarray(frame) for frame in frames])
+    pixel_values_videos = ViLaMPVideoProcessor()([Image.fromarray(frame) for frame in frames])["pixel_values_videos"]
     assert pixel_values_videos.dtype == torch.uint8
     # the normalisation the model applies on its device
     pixel_values = (pixel_values_videos.float() / 255 - 0.5) / 0.5
@@ -237,3 +237,129 @@ def test_tokenizer_without_video_token_is_rejected(tiny_tokenizer):
 def test_invalid_setting_is_rejected(tiny_tokenizer):
     with pytest.raises(ValueError, match="`num_keyframes` must be an integer of at least 1, got 0"):
         ViLaMPProcessor(tokenizer=tiny_tokenizer, num_keyframes=0)
+
+
+def test_per_call_video_kwargs_flat_nested_and_in_chat_template_leave_settings_unchanged(processor, make_video_file):
+    video = str(make_video_file(num_frames=48, fps=8))
+    default = processor(text="<video>\nWhat moves?", videos=video)
+    flat = processor(text="<video>\nWhat moves?", videos=video, max_frames=3, num_keyframes=1)
+    nested = processor(text="<video>\nWhat moves?", videos=video, videos_kwargs={"max_frames": 3, "num_keyframes": 1})
+    chat = processor.apply_chat_template(
+        video_message(video), add_generation_prompt=True, tokenize=True, return_dict=True, max_frames=3, num_keyframes=1
+    )
+    assert default["video_frame_counts"].tolist() == [6]
+    for inputs in (flat, nested, chat):
+        assert inputs["video_frame_counts"].tolist() == [3]
+        assert int(inputs["keyframe_mask"].sum()) == 1
+        assert int((inputs["input_ids"] == VIDEO_TOKEN_ID).sum()) == num_video_tokens(3, 1, 3)
+    doubled = processor(text="<video>\nWhat moves?", videos=video, fps=2.0)
+    assert doubled["video_frame_counts"].tolist() == [12]
+    assert (processor.max_frames, processor.num_keyframes, processor.fps) == (600, 2, 1.0)
+
+
+def test_unknown_kwarg_is_an_error_naming_the_accepted_ones(processor, make_video_file):
+    video = str(make_video_file(num_frames=8))
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['max_frame'\].*'max_frames'"):
+        processor(text="<video>\nWhat?", videos=video, max_frame=3)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['keyframes'\]"):
+        processor(text="<video>\nWhat?", videos=video, videos_kwargs={"keyframes": 3})
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['max_frame'\]"):
+        processor.apply_chat_template(video_message(video), tokenize=True, max_frame=3)
+
+
+def test_per_call_settings_are_checked_like_init_settings(processor, tiny_tokenizer, make_video_file):
+    video = str(make_video_file(num_frames=8))
+    with pytest.raises(ValueError, match="`num_keyframes` must be an integer of at least 1, got 0"):
+        processor(text="<video>\nWhat?", videos=video, num_keyframes=0)
+    with pytest.raises(ValueError, match="`num_keyframes` must be an integer of at least 1, got 0"):
+        ViLaMPProcessor(tokenizer=tiny_tokenizer, num_keyframes=0)
+    with pytest.raises(ValueError, match=r"`keyframe_similarity_threshold` is a cosine similarity and must lie in \[-1, 1\], got 2"):
+        processor(text="<video>\nWhat?", videos=video, keyframe_similarity_threshold=2)
+    with pytest.raises(ValueError, match="`fps` must be positive, got -1"):
+        processor(text="<video>\nWhat?", videos=video, fps=-1)
+    with pytest.raises(ValueError, match="`num_frames` and `fps` are mutually exclusive"):
+        processor(text="<video>\nWhat?", videos=video, num_frames=2, fps=2)
+    with pytest.raises(ValueError, match="`do_center_crop` is not supported by ViLaMP"):
+        processor(text="<video>\nWhat?", videos=video, do_center_crop=True)
+    with pytest.raises(ValueError, match="`return_tensors` must be 'pt'"):
+        processor(text="<video>\nWhat?", videos=video, return_tensors="np")
+
+
+def test_channels_first_frames_equal_channels_last(processor):
+    frames = np.random.default_rng(0).integers(0, 256, (5, 20, 30, 3), dtype=np.uint8)
+    channels_last = processor(text="<video>\nWhat?", videos=frames)
+    channels_first = processor(text="<video>\nWhat?", videos=torch.from_numpy(frames).permute(0, 3, 1, 2))
+    for name in processor.model_input_names:
+        assert torch.equal(channels_last[name], channels_first[name]), name
+
+
+def test_ambiguous_or_wrong_video_shape_is_rejected(processor):
+    with pytest.raises(ValueError, match=r"shape \(4, 3, 8, 3\) is ambiguous"):
+        processor(text="<video>\nWhat?", videos=np.zeros((4, 3, 8, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"got dtype uint8 and shape \(4, 8, 8, 4\)"):
+        processor(text="<video>\nWhat?", videos=np.zeros((4, 8, 8, 4), dtype=np.uint8))
+
+
+def test_batch_is_left_padded_even_when_the_tokenizer_pads_right(processor, make_video_file):
+    processor.tokenizer.padding_side = "right"
+    short_video, long_video = str(make_video_file(num_frames=8)), str(make_video_file(num_frames=40))
+    prompts = ["<video>\nWhat?", "<video>\nWhat moves in this long clip?"]
+    left = processor(text=prompts, videos=[short_video, long_video])
+    assert left["attention_mask"][0, 0] == 0 and left["attention_mask"][:, -1].all()
+    right = processor(text=prompts, videos=[short_video, long_video], padding_side="right")
+    assert right["attention_mask"][0, -1] == 0 and right["attention_mask"][:, 0].all()
+
+
+def test_video_kwargs_reach_the_video_processor(processor):
+    frames = np.random.default_rng(0).integers(0, 256, (4, 20, 30, 3), dtype=np.uint8)
+    inputs = processor(text="<video>\nWhat?", videos=frames, size={"height": 32, "width": 32}, do_rescale=True)
+    assert inputs["pixel_values_videos"].shape == (4, 3, 32, 32)
+    assert inputs["pixel_values_videos"].dtype == torch.float32 and inputs["pixel_values_videos"].max() <= 1
+
+
+def test_get_num_vision_tokens_matches_the_call(processor, make_video_file):
+    videos = [str(make_video_file(num_frames=8)), str(make_video_file(num_frames=40))]
+    inputs = processor(text=["<video>\nWhat?", "<video>\nWhy?"], videos=videos, num_keyframes=3)
+    counts = inputs["video_frame_counts"].tolist()
+    helper = processor._get_num_multimodal_tokens(video_sizes=[(count, 48, 64) for count in counts], num_keyframes=3)
+    assert helper["num_video_tokens"] == (inputs["input_ids"] == VIDEO_TOKEN_ID).sum(dim=1).tolist()
+
+
+def test_chat_template_variables_reach_the_template(processor):
+    template = "{{ greeting }}: {% for message in messages %}{{ message['content'] }}{% endfor %}"
+    messages = [{"role": "user", "content": "Hi"}]
+    assert processor.apply_chat_template(messages, chat_template=template, greeting="Hello") == "Hello: Hi"
+    assert processor.apply_chat_template(messages, chat_template=template, chat_template_kwargs={"greeting": "Hey"}) == "Hey: Hi"
+
+
+def test_assistant_masks_cover_the_answers_of_a_batch_with_uneven_videos(processor, make_video_file):
+    conversations = [
+        [*video_message(str(make_video_file(num_frames=8)), "What?"), {"role": "assistant", "content": "A bar."}],
+        [
+            *video_message(str(make_video_file(num_frames=40)), "And here?"),
+            {"role": "assistant", "content": [{"type": "text", "text": "It moves right."}]},
+        ],
+    ]
+    inputs = processor.apply_chat_template(
+        conversations, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, return_labels=True
+    )
+    masks = inputs["assistant_masks"].bool()
+    decoded = [processor.tokenizer.decode(ids[mask]) for ids, mask in zip(inputs["input_ids"], masks)]
+    assert decoded == ["A bar.<|im_end|>", "It moves right.<|im_end|>"]
+    assert torch.equal(inputs["labels"] != -100, masks)
+
+
+def test_processor_saved_with_flat_settings_still_loads(processor, tmp_path, make_video_file):
+    processor.save_pretrained(tmp_path)
+    config_path = tmp_path / "processor_config.json"
+    config = json.loads(config_path.read_text())
+    video_processor = config.pop("video_processor")
+    config.update(
+        num_keyframes=video_processor["num_keyframes"], fps=1.0, max_frames=5, frame_size=56,
+        keyframe_relevance_threshold=0.2, keyframe_similarity_threshold=0.85,
+    )
+    config_path.write_text(json.dumps(config))
+    reloaded = ViLaMPProcessor.from_pretrained(tmp_path)
+    assert (reloaded.num_keyframes, reloaded.max_frames, reloaded.frame_size, reloaded.keyframe_pooled_size) == (2, 5, 56, 3)
+    overridden = ViLaMPProcessor.from_pretrained(tmp_path, max_frames=7)
+    assert overridden.max_frames == 7
