@@ -101,7 +101,7 @@ def processor_stage_outputs(processor, reference_dir: Path) -> dict[str, torch.T
     frames = load_reference_frames(reference_dir)
     question = load_reference_question(reference_dir)
     selector = processor.keyframe_selector
-    pixel_values_videos = processor.video_processor(frames)
+    pixel_values_videos = processor.video_processor(frames)["pixel_values_videos"]
     clip_frames = torch.stack([clip_resize_and_crop(frame, selector.image_size) for frame in frames])
     clip_image_embeds = selector.encode_frames(clip_frames).cpu()
     clip_text_embeds = selector.encode_query(question).cpu()

@@ -1,8 +1,8 @@
 """ViLaMP for transformers: importing this package registers the classes with the Auto factories."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor, AutoVideoProcessor
 
-from processing import ViLaMPProcessor
+from processing import ViLaMPProcessor, ViLaMPVideoProcessor
 
 from .configuration_vilamp import ViLaMPConfig
 from .feature_merger import ViLaMPDifferentialFeatureMerger, reference_frame_indices
@@ -19,6 +19,7 @@ AutoModel.register(ViLaMPConfig, ViLaMPForConditionalGeneration)
 AutoModelForImageTextToText.register(ViLaMPConfig, ViLaMPForConditionalGeneration)
 # the package is the one place that knows both halves; the model modules themselves never import the processor
 AutoProcessor.register(ViLaMPConfig, ViLaMPProcessor)
+AutoVideoProcessor.register(ViLaMPConfig, ViLaMPVideoProcessor)
 
 __all__ = [
     "ViLaMPConfig",

@@ -3,18 +3,13 @@
 import unittest
 
 import numpy as np
-from transformers import AutoVideoProcessor
 
-from modeling_vilamp import ViLaMPConfig
-from processing import ViLaMPProcessor, ViLaMPVideoProcessor
+import modeling_vilamp  # noqa: F401  registers ViLaMP with the Auto classes, `AutoVideoProcessor` included
+from processing import ViLaMPProcessor
 from tests.transformers_suite import import_transformers_test_module
 from training.tiny import build_tiny_keyframe_selector, build_tiny_tokenizer
 
 common = import_transformers_test_module("test_processing_common")
-
-# `get_component` and the nested-dict test load the video processor through `AutoVideoProcessor`; the package
-# registers ViLaMP with the other Auto classes in `modeling_vilamp/__init__.py`, not yet with this one
-AutoVideoProcessor.register(ViLaMPConfig, ViLaMPVideoProcessor, exist_ok=True)
 
 HUB_INPUTS = "downloads its inputs from the Hugging Face Hub, which the tests cannot reach"
 NO_IMAGES = "ViLaMPProcessor takes videos only, not images"
