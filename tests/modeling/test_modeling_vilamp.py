@@ -332,3 +332,14 @@ def test_generate_never_emits_the_video_placeholder(tiny_model, video_inputs):
     assert unsuppressed[0, prompt_length] == model.config.video_token_id
     generated = model.generate(**inputs, max_new_tokens=3, do_sample=False, use_cache=False)
     assert model.config.video_token_id not in generated[0, prompt_length:].tolist()
+
+
+def test_compile_vision_tower_is_a_load_time_option_never_saved(tiny_model, tmp_path):
+    from transformers import AutoModel
+
+    tiny_model().save_pretrained(tmp_path)
+    compiled = AutoModel.from_pretrained(tmp_path, compile_vision_tower=True)
+    assert compiled.model.vision_tower.encoder._compiled_call_impl is not None
+    compiled.save_pretrained(tmp_path / "again")
+    assert "compile" not in (tmp_path / "again" / "config.json").read_text()
+    assert AutoModel.from_pretrained(tmp_path / "again").model.vision_tower.encoder._compiled_call_impl is None
