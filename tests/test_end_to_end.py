@@ -4,53 +4,21 @@ import pytest
 import torch
 from transformers import AutoProcessor
 
-from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
-from processing import KeyframeSelector, ViLaMPProcessor
+from processing import ViLaMPProcessor
+from training.tiny import TINY_SETTINGS, TINY_SPECIAL_TOKEN_IDS, build_tiny_model, build_tiny_processor
 
-VIDEO_TOKEN_ID = 508  # the tiny tokenizer's `<video>`
-NUM_KEYFRAMES = 2
-KEYFRAME_POOLED_SIZE = 2
-FRAME_SIZE = 56
+VIDEO_TOKEN_ID = TINY_SPECIAL_TOKEN_IDS["<video>"]
+KEYFRAME_POOLED_SIZE = TINY_SETTINGS["keyframe_pooled_size"]
 
 
 @pytest.fixture
-def processor(tiny_tokenizer, tiny_keyframe_selector_dir):
-    return ViLaMPProcessor(
-        tokenizer=tiny_tokenizer,
-        num_keyframes=NUM_KEYFRAMES,
-        keyframe_pooled_size=KEYFRAME_POOLED_SIZE,
-        frame_size=FRAME_SIZE,
-        keyframe_selector=KeyframeSelector.from_pretrained(tiny_keyframe_selector_dir),
-    )
+def processor():
+    return build_tiny_processor()
 
 
 @pytest.fixture
 def model():
-    torch.manual_seed(0)
-    config = ViLaMPConfig(
-        vision_config={
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": FRAME_SIZE,
-            "patch_size": 14,
-        },
-        text_config={
-            "vocab_size": 512,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "pad_token_id": 509,
-            "eos_token_id": 511,
-        },
-        video_token_index=VIDEO_TOKEN_ID,
-        keyframe_pooled_size=KEYFRAME_POOLED_SIZE,
-        query_embed_dim=16,
-    )
-    return ViLaMPForConditionalGeneration(config).eval()
+    return build_tiny_model().eval()
 
 
 def test_video_file_through_processor_and_model_generates(processor, model, make_video_file):

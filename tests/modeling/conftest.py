@@ -1,34 +1,22 @@
 import pytest
 import torch
 
-from modeling_vilamp import ViLaMPConfig
 from processing import num_video_tokens
-from training.tiny import TINY_VISION_CONFIG
+from training.tiny import TINY_SPECIAL_TOKEN_IDS
+from training.tiny import tiny_config as build_tiny_config
 
-VIDEO_TOKEN_ID = 98
-PAD_TOKEN_ID = 0
+VIDEO_TOKEN_ID = TINY_SPECIAL_TOKEN_IDS["<video>"]
+PAD_TOKEN_ID = TINY_SPECIAL_TOKEN_IDS["<|endoftext|>"]
 
 
 @pytest.fixture
 def tiny_config():
-    """A tiny ViLaMP: 4x4 SigLIP patches pooled to 2x2, hidden 32, 2 layers, as llava_onevision's tester builds."""
+    """The tiny ViLaMP config of `training.tiny` (4x4 SigLIP patches pooled to 2x2, Qwen2 of hidden size 32 and 2
+    layers), with overrides; weights drawn with transformers' default `initializer_range` of 0.02, as in transformers'
+    model tests (`training.tiny` widens it for fine-tuning)."""
 
     def build(**overrides):
-        settings = {"video_token_index": VIDEO_TOKEN_ID, "query_embed_dim": 8, "keyframe_pooled_size": 2}
-        return ViLaMPConfig(
-            vision_config=TINY_VISION_CONFIG,
-            text_config={
-                "vocab_size": 99,
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 4,
-                "num_key_value_heads": 2,
-                "pad_token_id": PAD_TOKEN_ID,
-                "eos_token_id": 97,
-            },
-            **{**settings, **overrides},
-        )
+        return build_tiny_config(**{"initializer_range": 0.02, **overrides})
 
     return build
 
