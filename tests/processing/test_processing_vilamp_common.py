@@ -5,7 +5,7 @@ import unittest
 import numpy as np
 
 import modeling_vilamp  # noqa: F401  registers ViLaMP with the Auto classes, `AutoVideoProcessor` included
-from processing import ViLaMPProcessor
+from processing import ViLaMPProcessor, ViLaMPVideoProcessor
 from tests.transformers_suite import import_transformers_test_module
 from training.tiny import build_tiny_keyframe_selector, build_tiny_tokenizer
 
