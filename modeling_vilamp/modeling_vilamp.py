@@ -1,6 +1,7 @@
 """ViLaMP: SigLIP frames, keyframes pooled to a grid, non-keyframes merged by the DFM, and a Qwen2 language model."""
 
 import functools
+import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ class VideoTokenLayout:
     token_starts: torch.Tensor  # (num_frames,) position of each frame's first token
     newline_positions: torch.Tensor  # (num_videos,) position of each video's closing `image_newline`
     num_tokens: int
+    video_token_counts: list[int]  # tokens of each video, its closing `image_newline` included
     reference_frames: list[int]  # global index of each frame's reference frame, -1 where there is none
     last_reference_use: list[int]  # last non-keyframe that uses each frame as its reference, -1 where none does
     frame_video_indices: torch.Tensor  # (num_frames,) which video each frame belongs to
@@ -90,6 +92,7 @@ def plan_video_tokens(
         token_starts=token_starts,
         newline_positions=newline_positions,
         num_tokens=int(newline_positions[-1]) + 1,
+        video_token_counts=(newline_positions + 1).diff(prepend=torch.tensor([0])).tolist(),
         reference_frames=reference_frames,
         last_reference_use=last_reference_use,
         frame_video_indices=frame_video_indices,
@@ -358,8 +361,7 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
                 frame: features for frame, features in kept_features.items() if layout.last_reference_use[frame] >= end
             }
             kept_features.update(zip(frames_to_keep, new_kept))
-        video_token_counts = (layout.newline_positions + 1).diff(prepend=torch.tensor([0])).tolist()
-        return BaseModelOutputWithPooling(pooler_output=video_tokens.split(video_token_counts))
+        return BaseModelOutputWithPooling(pooler_output=video_tokens.split(layout.video_token_counts))
 
     def encode_chunk(
         self,
@@ -518,7 +520,7 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         layout = plan_video_tokens(
             keyframe_mask.bool().cpu(), frame_counts, self.config.keyframe_pooled_size**2, self.config.dfm_reference_rule
         )
-        video_token_counts = (layout.newline_positions + 1).diff(prepend=torch.tensor([0])).tolist()
+        video_token_counts = layout.video_token_counts
         videos_of_rows, next_video = [], 0
         for row, num_placeholders in enumerate(placeholder_mask.sum(-1).tolist()):
             row_videos = []
@@ -534,7 +536,7 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
                 )
             videos_of_rows.append(row_videos)
         video_order = [video for row_videos in videos_of_rows for _ in range(expand_size) for video in row_videos]
-        frame_starts = [sum(frame_counts[:video]) for video in range(len(frame_counts))]
+        frame_starts = [0, *itertools.accumulate(frame_counts)]
         frame_indices = torch.cat(
             [torch.arange(frame_starts[video], frame_starts[video] + frame_counts[video]) for video in video_order]
         )
