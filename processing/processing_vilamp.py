@@ -1,5 +1,6 @@
 """Processor class for ViLaMP: video decoding, SigLIP frames, differential keyframe selection and the prompt."""
 
+import functools
 import os
 from pathlib import Path
 
@@ -362,14 +363,11 @@ class ViLaMPProcessor(ProcessorMixin):
             `DecodedVideo` whose `frames` are `(siglip_frame, clip_frame)` pairs of `torch.ByteTensor` of shapes
             `(3, frame_size, frame_size)` and `(3, 224, 224)`.
         """
-        size, resample = videos_kwargs.get("size"), videos_kwargs.get("resample")
         if videos_kwargs.get("do_resize") is False:
             raise ValueError("`do_resize=False` is not supported: SigLIP takes frames of one size; set `size` instead.")
-
-        def resize_frame(image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-            siglip_frame = self.video_processor.resize_frame(image, size, resample)
-            return siglip_frame, clip_resize_and_crop(image, self.keyframe_selector.image_size)
-
+        resize_frame = functools.partial(
+            self.resize_frame, size=videos_kwargs.get("size"), resample=videos_kwargs.get("resample")
+        )
         return self.video_processor.load_video(
             video,
             fps=videos_kwargs.get("fps"),
@@ -379,9 +377,13 @@ class ViLaMPProcessor(ProcessorMixin):
             frame_transform=resize_frame,
         )
 
-    def resize_frame(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-        """Resizes one frame for SigLIP and for the keyframe selector's CLIP."""
-        return self.video_processor.resize_frame(image), clip_resize_and_crop(image, self.keyframe_selector.image_size)
+    def resize_frame(
+        self, image: Image.Image, size: dict[str, int] | None = None, resample=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Resizes one frame for SigLIP (`size` and `resample` default to the video processor's) and for the keyframe
+        selector's CLIP."""
+        siglip_frame = self.video_processor.resize_frame(image, size, resample)
+        return siglip_frame, clip_resize_and_crop(image, self.keyframe_selector.image_size)
 
     def select_keyframes(self, clip_frames: torch.Tensor, query: str, **videos_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """
