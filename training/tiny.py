@@ -189,7 +189,13 @@ def synthetic_frames(
 
 
 def write_video(
-    path: str | os.PathLike, frames: Iterable[np.ndarray], *, fps: int = 8, codec: str = "mpeg4", options=None
+    path: str | os.PathLike,
+    frames: Iterable[np.ndarray],
+    *,
+    fps: int = 8,
+    codec: str = "mpeg4",
+    options=None,
+    container_options=None,
 ) -> Path:
     """
     Writes uint8 RGB frames of shape `(height, width, 3)` as a video with PyAV, through a temporary file renamed into
@@ -198,6 +204,8 @@ def write_video(
     Args:
         codec (`str`, *optional*, defaults to `"mpeg4"`): the FFmpeg encoder, e.g. `"libx264"`.
         options (`dict[str, str]`, *optional*): encoder options, e.g. `{"preset": "ultrafast"}` for libx264.
+        container_options (`dict[str, str]`, *optional*): muxer options, e.g. `{"movflags": "faststart"}` to write an
+            MP4's index before its frames.
     """
     import av
 
@@ -208,7 +216,7 @@ def write_video(
     if first_frame is None:
         raise ValueError(f"`frames` is empty: a video needs at least one frame to be written to {path}.")
     height, width, _ = first_frame.shape
-    with av.open(str(temporary), "w") as container:
+    with av.open(str(temporary), "w", options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if options:

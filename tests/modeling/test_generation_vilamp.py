@@ -83,14 +83,6 @@ def test_beam_search_returns_each_rows_sequences_in_order(model, batch, processo
         assert new_tokens.tolist() == alone_ids[:, alone["input_ids"].shape[1] :].tolist()
 
 
-def test_batched_greedy_equals_each_video_alone(model, batch, processor, videos):
-    together = model.generate(**batch, max_new_tokens=6, do_sample=False)[:, batch["input_ids"].shape[1] :]
-    for row, (question, video) in enumerate(zip(QUESTIONS, videos)):
-        alone = processor(text=question, videos=video, return_tensors="pt")
-        alone_ids = model.generate(**alone, max_new_tokens=6, do_sample=False)[:, alone["input_ids"].shape[1] :]
-        assert together[row].tolist() == alone_ids[0].tolist()
-
-
 @pytest.mark.parametrize(
     "decoding",
     [
