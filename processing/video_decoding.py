@@ -6,8 +6,10 @@ PyAV wheels bundle FFmpeg and install with pip alone.
 """
 
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +71,16 @@ def _import_av():
     return av
 
 
+def _open_video(path: str, device: str):
+    """Opens `path` for decoding on the CPU, or with NVDEC (`device="cuda"`, frames copied back to the host)."""
+    av = _import_av()
+    if device == "cpu":
+        return av.open(path)
+    from av.codec.hwaccel import HWAccel
+
+    return av.open(path, hwaccel=HWAccel(device_type="cuda", allow_software_fallback=False))
+
+
 def _count_video_frames(path: str) -> int:
     """Counts the video packets of a container whose header gives no frame count (no decoding)."""
     av = _import_av()
@@ -98,35 +110,176 @@ def _decodable_frames(container, stream) -> Iterator[Any]:
 
 
 @dataclass
-class _KeptFrames:
-    """The frames one decoding pass kept, by frame number, and how many frames decoded before it stopped."""
+class _FrameTimestamps:
+    """The presentation timestamps of a video stream's frames, read from its packets without decoding."""
 
-    frames: dict[int, Any]
-    timestamps_seconds: dict[int, float]
-    num_decoded: int
+    frames: np.ndarray  # (num_frames,) int64, increasing: frame number i is the one shown at `frames[i]`
+    keyframes: np.ndarray  # (num_keyframes,) int64, increasing
 
 
-def _decode_frames_at(
-    path: str, frame_indices: list[int], average_fps: float, frame_transform: Callable[[Any], Any] | None
-) -> _KeptFrames:
-    """Decodes `path` up to its last wanted frame, keeping the frames numbered `frame_indices` (numbers count the
-    frames that decode)."""
+def _read_frame_timestamps(path: str) -> _FrameTimestamps | None:
+    """Reads every video packet's timestamp; None when a packet has none or two share one (frames can then be
+    numbered only by decoding them in order)."""
     av = _import_av()
-    kept = _KeptFrames(frames={}, timestamps_seconds={}, num_decoded=0)
+    frames, keyframes = [], []
+    try:
+        with av.open(path) as container:
+            for packet in container.demux(container.streams.video[0]):
+                if packet.size == 0:
+                    continue
+                if packet.pts is None:
+                    return None
+                frames.append(packet.pts)
+                if packet.is_keyframe:
+                    keyframes.append(packet.pts)
+    except av.error.FFmpegError:
+        return None
+    frames = np.sort(np.asarray(frames, dtype=np.int64))
+    if len(frames) == 0 or np.any(np.diff(frames) == 0):
+        return None
+    return _FrameTimestamps(frames=frames, keyframes=np.sort(np.asarray(keyframes, dtype=np.int64)))
+
+
+class _FrameConverter:
+    """
+    Converts kept frames to RGB images and applies `frame_transform` on a pool of threads, off the decoding threads
+    (PyAV's conversion and PIL's resizing release the GIL). At most `max_pending` frames wait, which bounds memory.
+    """
+
+    def __init__(self, frame_transform: Callable[[Any], Any] | None, num_workers: int, max_pending: int):
+        self.frame_transform = frame_transform
+        self.executor = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="vilamp-frames")
+        self.slots = threading.BoundedSemaphore(max_pending)
+        self.results: dict[int, Future] = {}
+        self.timestamps_seconds: dict[int, float] = {}
+
+    def submit(self, frame_index: int, frame, timestamp_seconds: float):
+        self.slots.acquire()
+        future = self.executor.submit(self.convert, frame)
+        future.add_done_callback(lambda _: self.slots.release())
+        self.results[frame_index] = future
+        self.timestamps_seconds[frame_index] = timestamp_seconds
+
+    def convert(self, frame):
+        # NVDEC returns NV12: repacked losslessly to the planar layout a CPU decoder gives, the RGB is the same
+        if frame.format.name == "nv12":
+            frame = frame.reformat(format="yuv420p")
+        image = frame.to_image()
+        return self.frame_transform(image) if self.frame_transform is not None else image
+
+    def close(self):
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _frame_time(frame, frame_index: int, average_fps: float) -> float:
+    """A frame's presentation time in seconds; counted from the frame rate when the file gives none."""
+    return float(frame.time) if frame.time is not None else frame_index / average_fps
+
+
+def _decode_in_order(
+    path: str, frame_indices: list[int], average_fps: float, converter: _FrameConverter, device: str
+) -> int:
+    """
+    Decodes `path` from its start up to its last wanted frame, handing the frames numbered `frame_indices` (numbers
+    count the frames that decode) to `converter`; returns how many frames decoded.
+    """
     wanted = set(frame_indices)
     last_index = max(frame_indices, default=-1)
-    with av.open(path) as container:
+    num_decoded = 0
+    with _open_video(path, device) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for frame_index, frame in enumerate(_decodable_frames(container, stream)):
-            kept.num_decoded = frame_index + 1
+            num_decoded = frame_index + 1
             if frame_index in wanted:
-                image = frame.to_image()
-                kept.frames[frame_index] = frame_transform(image) if frame_transform is not None else image
-                kept.timestamps_seconds[frame_index] = float(frame.time) if frame.time is not None else frame_index / average_fps
+                converter.submit(frame_index, frame, _frame_time(frame, frame_index, average_fps))
             if frame_index == last_index:
                 break
-    return kept
+    return num_decoded
+
+
+def _decode_span(
+    path: str,
+    start_pts: int,
+    end_pts: int,
+    timestamps: _FrameTimestamps,
+    wanted_indices: dict[int, int],
+    average_fps: float,
+    converter: _FrameConverter,
+    device: str,
+    num_threads: int,
+) -> bool:
+    """
+    Decodes the frames shown in `[start_pts, end_pts)` from the keyframe at `start_pts`, handing those whose timestamp
+    is in `wanted_indices` (timestamp -> frame number) to `converter`. Continues past `end_pts` until every frame of the
+    span came out (an open GOP's leading frames come after the next keyframe). Returns False when the frames that
+    decode differ from the timestamps read, so the caller decodes in order instead.
+    """
+    first, last = np.searchsorted(timestamps.frames, [start_pts, end_pts])
+    expected_count, seen = int(last - first), 0
+    with _open_video(path, device) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = num_threads
+        container.seek(int(start_pts), stream=stream, backward=True, any_frame=False)
+        for frame in _decodable_frames(container, stream):
+            if frame.pts is None:
+                return False
+            if not start_pts <= frame.pts < end_pts:
+                continue
+            seen += 1
+            frame_index = wanted_indices.get(frame.pts)
+            if frame_index is not None:
+                converter.submit(frame_index, frame, _frame_time(frame, frame_index, average_fps))
+            if seen == expected_count:
+                return True
+    return False
+
+
+def plan_decoding_spans(timestamps: _FrameTimestamps, frame_indices: list[int], num_spans: int) -> list[tuple[int, int]]:
+    """
+    Cuts the video at keyframes into at most `num_spans` spans `(start_pts, end_pts)` holding about as many wanted
+    frames each; the first starts at the keyframe before the first wanted frame and the last is open-ended.
+    """
+    wanted_pts = timestamps.frames[frame_indices]
+    cuts = [wanted_pts[len(wanted_pts) * span // num_spans] for span in range(num_spans)]
+    # the keyframe at or before each cut
+    starts = timestamps.keyframes[np.maximum(np.searchsorted(timestamps.keyframes, cuts, side="right") - 1, 0)]
+    starts = np.unique(starts)
+    ends = np.append(starts[1:], np.iinfo(np.int64).max)
+    return [(int(start), int(end)) for start, end in zip(starts, ends)]
+
+
+def _decode_in_spans(
+    path: str,
+    frame_indices: list[int],
+    timestamps: _FrameTimestamps,
+    average_fps: float,
+    converter: _FrameConverter,
+    device: str,
+    num_decoders: int,
+) -> bool:
+    """Decodes the spans of `plan_decoding_spans` at once, one decoder each; False when a span's frames differ from
+    the timestamps read (the caller then decodes in order)."""
+    spans = plan_decoding_spans(timestamps, frame_indices, num_decoders)
+    wanted_indices = {int(timestamps.frames[index]): index for index in frame_indices}
+    num_threads = max(1, (os.cpu_count() or 1) // len(spans))
+    with ThreadPoolExecutor(max_workers=len(spans), thread_name_prefix="vilamp-decode") as decoders:
+        decoded = decoders.map(
+            lambda span: _decode_span(
+                path, *span, timestamps, wanted_indices, average_fps, converter, device, num_threads
+            ),
+            spans,
+        )
+        return all(list(decoded))
+
+
+def default_num_decoders(num_frames: int, average_fps: float) -> int:
+    """Decoders run at once by default: one per 4 CPU cores (FFmpeg's own threads use the rest), for videos over a
+    minute; shorter ones decode faster in one pass than they take to index."""
+    if num_frames < 60 * average_fps:
+        return 1
+    return max(1, (os.cpu_count() or 1) // 4)
 
 
 def decode_video(
@@ -135,11 +288,14 @@ def decode_video(
     fps: float = 1.0,
     max_frames: int = 600,
     frame_transform: Callable[[Any], Any] | None = None,
+    device: str = "cpu",
+    num_decoders: int | None = None,
 ) -> DecodedVideo:
     """
-    Decodes a video file and keeps the frames chosen by `sample_frame_indices`. Frames are decoded one at a time and
-    only the kept ones are converted to RGB and passed to `frame_transform`, so no more than one full-resolution frame
-    is held at once when `frame_transform` shrinks it.
+    Decodes a video file and keeps the frames chosen by `sample_frame_indices`. The kept frames are converted to RGB
+    and passed to `frame_transform` on a pool of threads while decoding goes on; only full-resolution frames waiting
+    for it are held. Long videos are cut at keyframes into spans decoded at once; frame numbers and pixels are those of
+    one decoder reading the file in order.
 
     A damaged file whose frames stop decoding before the count its header promises is sampled as the original's frame
     loop samples it: by the same rule, over the frames that decoded. A `VideoDecodingWarning` says how many came back.
@@ -148,8 +304,12 @@ def decode_video(
         source (`str` or `os.PathLike`): path of the video file.
         fps (`float`, *optional*, defaults to 1.0): frames sampled per second of video.
         max_frames (`int`, *optional*, defaults to 600): at most this many frames are kept, evenly spread.
-        frame_transform (`Callable`, *optional*): called on each kept frame (an RGB `PIL.Image.Image`) as soon as it
-            is decoded; `frames` holds its results. By default `frames` holds the images.
+        frame_transform (`Callable`, *optional*): called on each kept frame (an RGB `PIL.Image.Image`), from a worker
+            thread; `frames` holds its results. By default `frames` holds the images.
+        device (`str`, *optional*, defaults to `"cpu"`): `"cuda"` decodes with NVDEC (PyAV's `cuda` hwaccel), with no
+            fallback to the CPU.
+        num_decoders (`int`, *optional*): decoders run at once on spans of the video; defaults to
+            `default_num_decoders`.
 
     Returns:
         `DecodedVideo`.
@@ -158,6 +318,10 @@ def decode_video(
     path = os.fspath(source)
     if not os.path.isfile(path):
         raise ValueError(f"No video file at `{path}`; pass the path of an existing video file.")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"`device` {device!r} is not a decoding device; pass `cpu` or `cuda` (NVDEC).")
+    if num_decoders is not None and num_decoders < 1:
+        raise ValueError(f"`num_decoders` must be at least 1, got {num_decoders}.")
     try:
         with av.open(path) as container:
             if not container.streams.video:
@@ -168,25 +332,45 @@ def decode_video(
             header_num_frames = stream.frames
         if average_fps <= 0:
             raise ValueError(f"`{path}` does not state its frame rate, so frames cannot be sampled per second.")
-        total_num_frames = header_num_frames or _count_video_frames(path)
-        frame_indices = sample_frame_indices(total_num_frames, average_fps, fps=fps, max_frames=max_frames).tolist()
-        kept = _decode_frames_at(path, frame_indices, average_fps, frame_transform)
-        if kept.num_decoded == 0:
+        if num_decoders is None:
+            num_decoders = default_num_decoders(header_num_frames, average_fps)
+        timestamps = _read_frame_timestamps(path) if num_decoders > 1 or not header_num_frames else None
+        if header_num_frames:
+            total_num_frames = header_num_frames
+        else:
+            total_num_frames = len(timestamps.frames) if timestamps is not None else _count_video_frames(path)
+        if total_num_frames == 0:
             raise ValueError(f"`{path}` has no decodable frames; pass a video with at least one frame.")
-        if len(kept.frames) < len(frame_indices):
-            frame_indices = sample_frame_indices(kept.num_decoded, average_fps, fps=fps, max_frames=max_frames).tolist()
-            warnings.warn(
-                f"`{path}` is damaged or truncated: only {kept.num_decoded} of the {total_num_frames} frames its header "
-                f"promises could be decoded; the frames are sampled from those ({len(frame_indices)} kept).",
-                VideoDecodingWarning,
-                stacklevel=2,
+        frame_indices = sample_frame_indices(total_num_frames, average_fps, fps=fps, max_frames=max_frames).tolist()
+        converter = _FrameConverter(frame_transform, num_workers=min(8, os.cpu_count() or 1), max_pending=64)
+        try:
+            in_spans = (
+                num_decoders > 1
+                and timestamps is not None
+                and len(timestamps.frames) == total_num_frames
+                and _decode_in_spans(path, frame_indices, timestamps, average_fps, converter, device, num_decoders)
             )
-            total_num_frames = kept.num_decoded
-            missing = [index for index in frame_indices if index not in kept.frames]
-            if missing:
-                again = _decode_frames_at(path, missing, average_fps, frame_transform)
-                kept.frames.update(again.frames)
-                kept.timestamps_seconds.update(again.timestamps_seconds)
+            if not in_spans:
+                converter.results.clear()
+                num_decoded = _decode_in_order(path, frame_indices, average_fps, converter, device)
+                if num_decoded == 0:
+                    raise ValueError(f"`{path}` has no decodable frames; pass a video with at least one frame.")
+                if len(converter.results) < len(frame_indices):
+                    frame_indices = sample_frame_indices(num_decoded, average_fps, fps=fps, max_frames=max_frames).tolist()
+                    warnings.warn(
+                        f"`{path}` is damaged or truncated: only {num_decoded} of the {total_num_frames} frames its "
+                        f"header promises could be decoded; the frames are sampled from those ({len(frame_indices)} kept).",
+                        VideoDecodingWarning,
+                        stacklevel=2,
+                    )
+                    total_num_frames = num_decoded
+                    missing = [index for index in frame_indices if index not in converter.results]
+                    if missing:
+                        _decode_in_order(path, missing, average_fps, converter, device)
+            frames = [converter.results[index].result() for index in frame_indices]
+            timestamps_seconds = [converter.timestamps_seconds[index] for index in frame_indices]
+        finally:
+            converter.close()
     except av.error.FFmpegError as error:
         raise ValueError(f"`{path}` could not be decoded ({error}); pass a readable video file.") from error
     metadata = VideoMetadata(
@@ -198,11 +382,7 @@ def decode_video(
         video_backend="pyav",
         frames_indices=frame_indices,
     )
-    return DecodedVideo(
-        frames=[kept.frames[index] for index in frame_indices],
-        timestamps_seconds=[kept.timestamps_seconds[index] for index in frame_indices],
-        metadata=metadata,
-    )
+    return DecodedVideo(frames=frames, timestamps_seconds=timestamps_seconds, metadata=metadata)
 
 
-__all__ = ["DecodedVideo", "VideoDecodingWarning", "decode_video", "sample_frame_indices"]
+__all__ = ["DecodedVideo", "VideoDecodingWarning", "decode_video", "default_num_decoders", "plan_decoding_spans", "sample_frame_indices"]

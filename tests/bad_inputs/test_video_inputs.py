@@ -29,12 +29,13 @@ def truncated_copy(source, destination, fraction: float):
     return destination
 
 
-def test_truncated_file_warns_and_samples_over_the_frames_that_decoded(faststart_video, tmp_path):
+@pytest.mark.parametrize("num_decoders", [1, 3])
+def test_truncated_file_warns_and_samples_over_the_frames_that_decoded(faststart_video, tmp_path, num_decoders):
     """A file cut short after a front index: warning with the count, frames sampled by the original's rule over those
-    that decoded, pixels equal to the intact file's."""
+    that decoded, pixels equal to the intact file's (whether or not spans were asked for)."""
     truncated = truncated_copy(faststart_video, tmp_path / "truncated.mp4", 0.3)
     with pytest.warns(VideoDecodingWarning, match=r"truncated.mp4` is damaged or truncated: only (\d+) of the 48 frames"):
-        decoded = decode_video(truncated, fps=FPS, max_frames=12)
+        decoded = decode_video(truncated, fps=FPS, max_frames=12, num_decoders=num_decoders)
     num_decoded = decoded.metadata.total_num_frames
     assert 0 < num_decoded < NUM_FRAMES
     expected_indices = sample_frame_indices(num_decoded, FPS, fps=FPS, max_frames=12).tolist()

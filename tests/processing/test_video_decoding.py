@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from processing.video_decoding import decode_video, sample_frame_indices
+from training.tiny import synthetic_frames, write_video
 
 
 def original_sampled_indices(total_num_frames: int, average_fps: float, max_frames: int) -> list[int]:
@@ -78,3 +79,18 @@ def test_video_without_decodable_frames_errors(make_video_file, tmp_path):
     path.write_bytes(data[:first_packet_position] + bytes(len(data) - first_packet_position))
     with pytest.raises(ValueError, match="empty.mkv` has no decodable frames"):
         decode_video(path)
+
+
+@pytest.mark.parametrize("x264_params", ["keyint=10:min-keyint=10:bframes=3", "keyint=10:bframes=3:open-gop=1"])
+@pytest.mark.parametrize("num_decoders", [2, 3, 7])
+def test_spans_decoded_at_once_equal_one_decoder_in_order(tmp_path, x264_params, num_decoders):
+    """Spans cut at keyframes keep the frame numbers and pixels of one decoder, with B-frames, with and without x264's
+    open GOPs."""
+    frames = synthetic_frames(90, width=64, height=48)
+    path = write_video(tmp_path / "gops.mp4", frames, fps=10, codec="libx264", options={"x264-params": x264_params})
+    in_order = decode_video(path, fps=3, max_frames=20, num_decoders=1)
+    in_spans = decode_video(path, fps=3, max_frames=20, num_decoders=num_decoders)
+    assert in_spans.metadata.frames_indices == in_order.metadata.frames_indices
+    assert in_spans.timestamps_seconds == in_order.timestamps_seconds
+    for span_frame, order_frame in zip(in_spans.frames, in_order.frames):
+        np.testing.assert_array_equal(np.asarray(span_frame), np.asarray(order_frame))
