@@ -1,0 +1,245 @@
+"""
+Answers questions about videos with ViLaMP for evaluations. The processor's call (decoding, keyframe selection, chat
+template) runs ahead of the model in worker processes, so that decoding the next videos overlaps the model's work on the
+current ones; answers are greedy, and given answer continuations can be scored for multiple-choice questions.
+"""
+
+import inspect
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from transformers import AutoModel, AutoProcessor, DynamicCache
+from transformers.feature_extraction_utils import BatchFeature
+
+import modeling_vilamp  # noqa: F401  (registers ViLaMP with the Auto classes)
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+# Inputs moved to the model's device before a call; the frames and the keyframe mask stay on the CPU as the processor
+# gives them, and the model moves each chunk of frames to its device when it encodes it.
+DEVICE_INPUT_NAMES = ("input_ids", "attention_mask", "query_embeds")
+
+
+@dataclass(frozen=True)
+class VideoQuestion:
+    """
+    One question about one video.
+
+    Args:
+        video (`str`, `os.PathLike` or frames): the video, as the processor takes it.
+        prompt (`str`): the user's text, put into the chat template after the video: the question with its options and
+            instructions, as the benchmark asks it.
+        query (`str`): the text the keyframe selector ranks the frames against; the original evaluation gives it the
+            question alone, without the answer options.
+    """
+
+    video: Any
+    prompt: str
+    query: str
+
+
+def process_questions(processor, questions: list[VideoQuestion], device: str | torch.device) -> BatchFeature:
+    """The model inputs of a batch of questions: one processor call, its keyframe selector run on `device`."""
+    return processor(
+        text=[question.prompt for question in questions],
+        videos=[question.video for question in questions],
+        query=[question.query for question in questions],
+        device=device,
+        return_tensors="pt",
+    )
+
+
+class ProcessedBatches(Dataset):
+    """The processor's inputs of each batch of questions, computed where the `DataLoader` asks for them."""
+
+    def __init__(self, processor, batches: list[list[VideoQuestion]], device: str | torch.device):
+        self.processor = processor
+        self.batches = batches
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> BatchFeature:
+        return process_questions(self.processor, self.batches[index], self.device)
+
+
+def keep_as_is(inputs: BatchFeature) -> BatchFeature:
+    """The `DataLoader`'s collate function: each item already is a batch."""
+    return inputs
+
+
+def process_device(device: str | torch.device) -> torch.device:
+    """`"auto"`: this process's GPU under `accelerate launch` or `torchrun` (`LOCAL_RANK`), else the CPU."""
+    if device != "auto":
+        return torch.device(device)
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+class VideoQuestionAnswerer:
+    """
+    A ViLaMP model and its processor on one device, answering batches of [`VideoQuestion`]s.
+
+    Args:
+        model ([`ViLaMPForConditionalGeneration`]): the model, on `device`, in eval mode.
+        processor ([`ViLaMPProcessor`]): its processor; the only road from a video to the model's inputs.
+        device (`torch.device`): where the model and the keyframe selector run.
+        decode_workers (`int`, *optional*, defaults to 2): worker processes that run the processor ahead of the model
+            (each loads the keyframe selector on `device`); 0 runs it in this process, between the model's calls.
+        cache_implementation (`str`, *optional*, defaults to `"dynamic"`): `generate`'s key/value cache; `"static"`
+            compiles the decoding step on a GPU.
+    """
+
+    def __init__(self, model, processor, device: torch.device, decode_workers: int = 2, cache_implementation: str = "dynamic"):
+        if not isinstance(decode_workers, int) or isinstance(decode_workers, bool) or decode_workers < 0:
+            raise ValueError(f"`decode_workers` must be an integer of at least 0, got {decode_workers!r}.")
+        if cache_implementation not in ("dynamic", "static"):
+            raise ValueError(f"`cache_implementation` must be 'dynamic' or 'static', got {cache_implementation!r}.")
+        self.model = model
+        self.processor = processor
+        self.device = device
+        self.decode_workers = decode_workers
+        self.cache_implementation = cache_implementation
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        device: str | torch.device = "auto",
+        dtype: str = "auto",
+        attn_implementation: str | None = None,
+        max_frames: int | None = None,
+        **kwargs,
+    ) -> "VideoQuestionAnswerer":
+        """
+        Loads a converted ViLaMP (model and processor) onto one device.
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`): the converted checkpoint's directory or repository.
+            device (`str` or `torch.device`, *optional*, defaults to `"auto"`): `"auto"` is this process's GPU
+                (`LOCAL_RANK` under `accelerate launch` or `torchrun`), else the CPU.
+            dtype (`str`, *optional*, defaults to `"auto"`): `"bfloat16"`, `"float16"` or `"float32"`; `"auto"` is
+                bfloat16 on a GPU and float32 on the CPU.
+            attn_implementation (`str`, *optional*): the language model's attention (`"sdpa"`, `"flash_attention_2"`, ...).
+            max_frames (`int`, *optional*): frames sampled per video; defaults to the processor's (600).
+            kwargs: `decode_workers` and `cache_implementation`, see the class.
+        """
+        device = process_device(device)
+        if dtype != "auto" and dtype not in DTYPES:
+            raise ValueError(f"`dtype` must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}.")
+        torch_dtype = DTYPES.get(dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        model_kwargs = {"dtype": torch_dtype}
+        if attn_implementation is not None:
+            model_kwargs["attn_implementation"] = attn_implementation
+        model = AutoModel.from_pretrained(pretrained_model_name_or_path, **model_kwargs)
+        processor = AutoProcessor.from_pretrained(pretrained_model_name_or_path)
+        if max_frames is not None:
+            processor.max_frames = max_frames
+        return cls(model.to(device).eval(), processor, device, **kwargs)
+
+    def prepare(self, batches: Iterable[list[VideoQuestion]]) -> Iterator[BatchFeature]:
+        """
+        The model inputs of each batch of questions, in order. With `decode_workers`, worker processes run the processor
+        on the next batches while the caller runs the model on the current one.
+        """
+        batches = list(batches)
+        if self.decode_workers == 0 or not batches:
+            return (process_questions(self.processor, batch, self.device) for batch in batches)
+        # spawned, not forked: the parent may hold a CUDA context, which a forked child cannot use; one batch ahead per
+        # worker bounds the frames waiting in shared memory
+        loader = DataLoader(
+            ProcessedBatches(self.processor, batches, self.device),
+            batch_size=None,
+            num_workers=min(self.decode_workers, len(batches)),
+            collate_fn=keep_as_is,
+            multiprocessing_context="spawn",
+            prefetch_factor=1,
+        )
+        return iter(loader)
+
+    def _on_device(self, inputs: BatchFeature) -> dict[str, torch.Tensor]:
+        return {name: tensor.to(self.device) if name in DEVICE_INPUT_NAMES else tensor for name, tensor in inputs.items()}
+
+    def generate(self, inputs: BatchFeature, max_new_tokens: int) -> list[str]:
+        """
+        Greedy answers to a batch of processed questions.
+
+        Args:
+            inputs (`BatchFeature`): what [`process_questions`] (or [`VideoQuestionAnswerer.prepare`]) returned.
+            max_new_tokens (`int`): at most this many tokens per answer.
+
+        Returns:
+            `list[str]`: one answer per question, special tokens left out.
+        """
+        inputs = self._on_device(inputs)
+        with torch.inference_mode():
+            output_ids = self.model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                cache_implementation=self.cache_implementation,
+            )
+        new_ids = output_ids[:, inputs["input_ids"].shape[1] :]
+        return self.processor.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+
+    def answer(self, questions: list[VideoQuestion], max_new_tokens: int, batch_size: int = 1) -> list[str]:
+        """Greedy answers to `questions`, `batch_size` at a time, the videos decoded ahead of the model."""
+        batches = [questions[start : start + batch_size] for start in range(0, len(questions), batch_size)]
+        return [answer for inputs in self.prepare(batches) for answer in self.generate(inputs, max_new_tokens)]
+
+    def continuation_losses(self, inputs: BatchFeature, continuations: list[str]) -> list[tuple[float, bool]]:
+        """
+        Scores answer continuations of one processed question: the prompt and its video run through the model once,
+        and each continuation then runs on the prompt's key/value cache.
+
+        Args:
+            inputs (`BatchFeature`): one question, as [`process_questions`] returns it.
+            continuations (`list[str]`): the texts to score, each tokenized on its own and put right after the prompt
+                (after the assistant turn's header).
+
+        Returns:
+            `list[tuple[float, bool]]`: per continuation, the mean negative log-likelihood of its tokens (a loss: lower
+            is likelier) and whether greedy decoding would produce exactly these tokens.
+        """
+        batch_size, prompt_length = inputs["input_ids"].shape
+        if batch_size != 1:
+            raise ValueError(f"`inputs` must hold one question, got a batch of {batch_size}.")
+        inputs = self._on_device(inputs)
+        cache = DynamicCache(config=self.model.config)
+        cache_kwargs = {self._cache_argument_name(): cache}
+        results = []
+        with torch.inference_mode():
+            prompt_logits = self.model(**inputs, use_cache=True, **cache_kwargs).logits[:, -1:]
+            for continuation in continuations:
+                continuation_ids = self.processor.tokenizer(
+                    continuation, add_special_tokens=False, return_tensors="pt"
+                ).input_ids.to(self.device)
+                if continuation_ids.shape[1] == 0:
+                    raise ValueError(f"The continuation {continuation!r} has no tokens; pass a non-empty answer to score.")
+                attention_mask = torch.ones(1, prompt_length + continuation_ids.shape[1], dtype=torch.long, device=self.device)
+                continuation_logits = self.model(
+                    input_ids=continuation_ids, attention_mask=attention_mask, use_cache=True, **cache_kwargs
+                ).logits
+                # the next continuation starts again right after the prompt (a negative count: the tokens to drop, which
+                # every supported transformers release reads the same way)
+                cache.crop(-continuation_ids.shape[1])
+                logits = torch.cat([prompt_logits, continuation_logits[:, :-1]], dim=1).float()
+                token_log_probs = logits.log_softmax(dim=-1).gather(-1, continuation_ids[..., None])
+                is_greedy = bool((logits.argmax(dim=-1) == continuation_ids).all())
+                results.append((-token_log_probs.mean().item(), is_greedy))
+        return results
+
+    def _cache_argument_name(self) -> str:
+        """The key/value cache's argument name of the installed transformers (`cache` from 5.24, else
+        `past_key_values`); the model passes it on to its language model."""
+        parameters = inspect.signature(self.model.model.language_model.forward).parameters
+        return "cache" if "cache" in parameters else "past_key_values"
+
+
+__all__ = ["DTYPES", "ProcessedBatches", "VideoQuestion", "VideoQuestionAnswerer", "process_device", "process_questions"]
