@@ -7,12 +7,14 @@ process runs its own model on its own GPU, and lmms-eval splits the documents an
 """
 
 import re
+import time
 from collections.abc import Callable
 
 import torch
 from accelerate import Accelerator
 from lmms_eval.api.instance import GenerationResult, Instance
 from lmms_eval.api.model import lmms
+from loguru import logger
 from tqdm import tqdm
 
 from .video_qa import VideoQuestion, VideoQuestionAnswerer
@@ -159,6 +161,7 @@ class ViLaMP(lmms):
             indices = [index for index, request_limit in enumerate(token_limits) if request_limit == limit]
             batches += [indices[start : start + self.batch_size] for start in range(0, len(indices), self.batch_size)]
         answers = [None] * len(requests)
+        start_time = time.perf_counter()
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc="ViLaMP answering")
         prepared = self.answerer.prepare([[questions[index] for index in batch] for batch in batches])
         for batch, inputs in zip(batches, prepared):
@@ -166,7 +169,13 @@ class ViLaMP(lmms):
                 answers[index] = answer
             progress.update(len(batch))
         progress.close()
+        self._log_time("generate_until", len(requests), start_time)
         return answers
+
+    def _log_time(self, request_type: str, num_requests: int, start_time: float):
+        """Logs how long this process took for its requests (bench/evaluation_throughput.py reads the line)."""
+        seconds = time.perf_counter() - start_time
+        logger.info(f"ViLaMP process {self.rank}: {request_type} of {num_requests} requests in {seconds:.3f} s")
 
     def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:
         """
@@ -189,6 +198,7 @@ class ViLaMP(lmms):
         for (context, doc_id, task, split), indices in groups.items():
             questions.append(self._question(context, requests[indices[0]].args[2], doc_id, task, split))
         results = [None] * len(requests)
+        start_time = time.perf_counter()
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc="ViLaMP scoring")
         for indices, inputs in zip(groups.values(), self.answerer.prepare([[question] for question in questions])):
             continuations = [self._continuation(requests[index]) for index in indices]
@@ -196,6 +206,7 @@ class ViLaMP(lmms):
                 results[index] = GenerationResult(text=result)
             progress.update(len(indices))
         progress.close()
+        self._log_time("loglikelihood", len(requests), start_time)
         return results
 
     def _continuation(self, request: Instance) -> str:

@@ -1,0 +1,246 @@
+"""
+Throughput of `lmms-eval --model vilamp` on 1 and more GPUs: samples per second of a local lmms-eval task, and whether
+every run's predictions equal the first run's.
+
+Writes a task into `--work-dir` (built once, then reused) and runs lmms-eval on it once per process count, one process
+per GPU under `accelerate launch` (torchrun with gloo on the CPU). The full-size task is `--samples` questions about
+synthetic H.264 videos of `--video-seconds` seconds (600 frames sampled at 1 fps by default) asked to a full-size ViLaMP
+with random weights (SigLIP so400m, Qwen2-7B, CLIP ViT-B/32 keyframe selector, K = 32, the toy tokenizer), saved to the
+work directory; `--tiny` asks the tiny random model of the tests about small synthetic videos. The time per run is the
+slowest process's `generate_until` (decoding in worker processes, keyframe selection, the model), read from the model's
+log line; loading the model is left out. Every process started here has NVLink multicast off (NCCL_NVLS_ENABLE=0,
+TORCH_SYMM_MEM_DISABLE_MULTICAST=1, NVSHMEM_DISABLE_NVLS=1).
+
+    python bench/evaluation_throughput.py --processes 1,2                  # full size, 1 then 2 GPUs
+    python bench/evaluation_throughput.py --tiny --processes 1,2           # the tiny task on 1 then 2 GPUs
+    python bench/evaluation_throughput.py --tiny --device cpu --processes 1,2 --samples 4   # CPU: proves that it runs
+"""
+
+import argparse
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+import transformers
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# the package of this checkout, not an installed copy; and the video writer of the keyframe-selection benchmark
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "bench")]
+
+from keyframe_selection import VIT_B_32_CONFIG, write_synthetic_video  # noqa: E402
+
+TASK = "vilamp_throughput"
+# NVLink multicast stays off in every process: the lent machines do not support it
+MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+os.environ.update(MULTICAST_OFF)
+TIMING_LINE = re.compile(r"ViLaMP process (\d+): generate_until of (\d+) requests in ([0-9.]+) s")
+QUESTIONS = ("What happens in the video?", "Which colour dominates the video?", "How does the scene change?")
+OPTIONS = ("A. It stays the same.", "B. It changes colour.", "C. Something moves.", "D. It goes dark.")
+
+
+def process_counts(text: str) -> list[int]:
+    return [int(count) for count in text.split(",") if count.strip()]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="the tiny random model of the tests on small videos")
+    parser.add_argument("--processes", type=process_counts, default=[1, 2], help="process counts, one GPU each (default 1,2)")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: gloo processes, for a dry run")
+    parser.add_argument("--work-dir", type=Path, default=Path("bench-evaluation"), help="task, model and runs (reused)")
+    parser.add_argument("--samples", type=int, help="questions (default 32, 8 with --tiny)")
+    parser.add_argument("--videos", type=int, default=8, help="distinct videos the questions cycle over (default 8)")
+    parser.add_argument("--video-seconds", type=int, default=600, help="length of each full-size video (default 600)")
+    parser.add_argument("--video-fps", type=int, default=2, help="frame rate of the full-size videos (default 2)")
+    parser.add_argument("--video-size", default="640x360", help="WIDTHxHEIGHT of the full-size videos (default 640x360)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--decode-workers", type=int, default=2, help="decoding processes per GPU (default 2)")
+    parser.add_argument("--max-new-tokens", type=int, default=1, help="tokens per answer (default 1, Video-MME's)")
+    parser.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16")
+    args = parser.parse_args(argv)
+    if not args.processes or min(args.processes) < 1:
+        parser.error(f"`--processes` needs positive process counts, got {args.processes}.")
+    if args.device == "cuda" and max(args.processes) > torch.cuda.device_count():
+        parser.error(f"`--processes` asks for {max(args.processes)} GPUs, torch sees {torch.cuda.device_count()}.")
+    args.samples = args.samples or (8 if args.tiny else 32)
+    return args
+
+
+def build_full_size_checkpoint(directory: Path, dtype: str) -> Path:
+    """A full-size ViLaMP with random weights and its processor (toy tokenizer, random CLIP ViT-B/32), saved once."""
+    import open_clip
+
+    from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
+    from processing import KeyframeSelector, ViLaMPProcessor
+    from training.tiny import TINY_SPECIAL_TOKEN_IDS, build_tiny_tokenizer
+
+    if (directory / "config.json").is_file():
+        return directory
+    temporary = directory.with_name(directory.name + ".tmp")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    # the toy tokenizer's ids are below every row of Qwen2's embeddings; its `<video>` is the placeholder
+    config = ViLaMPConfig(video_token_index=TINY_SPECIAL_TOKEN_IDS["<video>"])
+    with torch.device(device):
+        model = ViLaMPForConditionalGeneration._from_config(config, dtype=getattr(torch, dtype))
+    model.save_pretrained(temporary)
+    selector = KeyframeSelector(open_clip.model.CLIP(**VIT_B_32_CONFIG), VIT_B_32_CONFIG)
+    ViLaMPProcessor(tokenizer=build_tiny_tokenizer(), keyframe_selector=selector).save_pretrained(temporary)
+    os.replace(temporary, directory)
+    return directory
+
+
+def write_videos(directory: Path, args: argparse.Namespace) -> list[Path]:
+    """The synthetic videos, written in parallel (each once)."""
+    from training.tiny import write_synthetic_video as write_tiny_video
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / f"video_{index}.mp4" for index in range(args.videos)]
+    missing = [path for path in paths if not path.is_file()]
+    with ProcessPoolExecutor(max_workers=min(len(missing), os.cpu_count()) or 1) as pool:
+        if args.tiny:
+            jobs = [pool.submit(write_tiny_video, path, num_frames=24 + 8 * (index % 4)) for index, path in enumerate(missing)]
+        else:
+            width, height = map(int, args.video_size.split("x"))
+            jobs = [pool.submit(write_synthetic_video, path, args.video_seconds, args.video_fps, width, height) for path in missing]
+        for job in jobs:
+            job.result()
+    return paths
+
+
+def write_task(work_dir: Path, videos: list[Path], samples: int, max_new_tokens: int) -> Path:
+    """A generation task of `samples` multiple-choice questions about `videos`, for `--include_path`."""
+    task_dir = work_dir / "task"
+    task_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index in range(samples):
+        question = QUESTIONS[index % len(QUESTIONS)]
+        prompt = f"{question}\n" + "\n".join(OPTIONS) + "\nAnswer with the option's letter from the given choices directly."
+        rows.append({"video": str(videos[index % len(videos)].resolve()), "question": question, "prompt": prompt, "answer": "A"})
+    data = task_dir / "data.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    (task_dir / f"{TASK}.yaml").write_text(
+        f"task: {TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data.resolve()}\ntest_split: test\n"
+        "output_type: generate_until\ndoc_to_visual: video\ndoc_to_text: prompt\ndoc_to_target: answer\n"
+        f"generation_kwargs:\n  max_new_tokens: {max_new_tokens}\n  do_sample: false\nmetric_list:\n  - metric: exact_match\n",
+        encoding="utf-8",
+    )
+    return task_dir
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_lmms_eval(model_dir: Path, task_dir: Path, output_dir: Path, processes: int, args: argparse.Namespace) -> dict:
+    """One lmms-eval run; returns its slowest process's answering time, wall time and predictions by doc id."""
+    model_args = f"pretrained={model_dir.resolve()},dtype={args.dtype},decode_workers={args.decode_workers}"
+    lmms_eval_args = ["--model", "vilamp", "--model_args", model_args, "--tasks", TASK, "--include_path", str(task_dir),
+                      "--batch_size", str(args.batch_size), "--log_samples", "--output_path", str(output_dir)]
+    if args.device == "cpu":
+        lmms_eval_args += ["--device", "cpu"]
+    if processes == 1:
+        launcher = [sys.executable, "-m", "lmms_eval"]
+    elif args.device == "cpu":
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                    "--master_port", str(free_port()), "-m", "lmms_eval"]
+    else:
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                    "--main_process_port", str(free_port()), "-m", "lmms_eval"]
+    env = {
+        **os.environ,
+        **MULTICAST_OFF,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        "HF_HOME": str((args.work_dir / "hf-home").resolve()),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+    }
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    start_time = time.perf_counter()
+    result = subprocess.run([*launcher, *lmms_eval_args], env=env, capture_output=True, text=True)
+    wall_seconds = time.perf_counter() - start_time
+    (output_dir / "log.txt").write_text(result.stdout + result.stderr, encoding="utf-8")
+    samples_paths = list(output_dir.glob(f"*/*_samples_{TASK}.jsonl"))
+    timings = {int(rank): float(seconds) for rank, _, seconds in TIMING_LINE.findall(result.stdout + result.stderr)}
+    if result.returncode != 0 or len(samples_paths) != 1 or len(timings) != processes:
+        raise SystemExit(f"lmms-eval failed with {processes} processes; see {output_dir / 'log.txt'}")
+    samples = [json.loads(line) for line in samples_paths[0].read_text(encoding="utf-8").splitlines()]
+    return {
+        "answering_seconds": max(timings.values()),
+        "wall_seconds": wall_seconds,
+        "predictions": {sample["doc_id"]: sample["filtered_resps"] for sample in samples},
+    }
+
+
+def print_header(args: argparse.Namespace, model_dir: Path, build_seconds: float):
+    device = torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU"
+    print("# ViLaMP lmms-eval throughput\n")
+    print(f"- command: `python {shlex.join(sys.argv)}`")
+    print(f"- device: {device}, one process per {'GPU' if args.device == 'cuda' else 'CPU process (gloo)'}")
+    dtype = args.dtype if args.device == "cuda" else "float32 (the model's on the CPU)"
+    print(f"- torch {torch.__version__}, transformers {transformers.__version__}, dtype {dtype}")
+    if args.tiny:
+        print("- model: the tiny random ViLaMP of the tests; videos: 3 to 6 s of synthetic 64x48 MPEG-4 at 8 fps")
+    else:
+        print(
+            f"- model: full size, random weights ({model_dir}, built or found in {build_seconds:.0f} s); videos: "
+            f"{args.videos} synthetic H.264 (ultrafast) {args.video_size} videos of {args.video_seconds} s at "
+            f"{args.video_fps} fps, sampled at 1 fps up to 600 frames, K = 32 keyframes"
+        )
+    print(
+        f"- task: {args.samples} generation requests, max_new_tokens {args.max_new_tokens}, batch size "
+        f"{args.batch_size}, {args.decode_workers} decoding processes per GPU; time: the slowest process's "
+        "generate_until (model loading left out)",
+        flush=True,
+    )
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    start_time = time.perf_counter()
+    if args.tiny:
+        from vilamp_cli.demo import build_demo_checkpoint
+
+        model_dir = args.work_dir / "tiny" / "vilamp-tiny"
+        if not (model_dir / "config.json").is_file():
+            build_demo_checkpoint(args.work_dir / "tiny")
+    else:
+        model_dir = build_full_size_checkpoint(args.work_dir / "vilamp-full-size-random", args.dtype)
+    build_seconds = time.perf_counter() - start_time
+    videos = write_videos(args.work_dir / ("videos-tiny" if args.tiny else f"videos-{args.video_seconds}s"), args)
+    task_dir = write_task(args.work_dir, videos, args.samples, args.max_new_tokens)
+    print_header(args, model_dir, build_seconds)
+
+    print("\n| processes | samples | answering s | samples/s | speed-up | wall s | predictions equal the first run's |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    first = None
+    for processes in args.processes:
+        output_dir = args.work_dir / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{processes}"
+        run = run_lmms_eval(model_dir, task_dir, output_dir, processes, args)
+        first = first or run
+        samples_per_second = args.samples / run["answering_seconds"]
+        speed_up = samples_per_second / (args.samples / first["answering_seconds"])
+        identical = "yes" if run["predictions"] == first["predictions"] else "NO"
+        print(
+            f"| {processes} | {args.samples} | {run['answering_seconds']:.1f} | {samples_per_second:.2f} | "
+            f"{speed_up:.2f}x | {run['wall_seconds']:.0f} | {identical} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
