@@ -92,6 +92,9 @@ def build_full_size_checkpoint(directory: Path, dtype: str) -> Path:
     with torch.device(device):
         model = ViLaMPForConditionalGeneration._from_config(config, dtype=getattr(torch, dtype))
     model.save_pretrained(temporary)
+    # the GPU's memory goes back before lmms-eval's processes load the model
+    del model
+    torch.cuda.empty_cache()
     selector = KeyframeSelector(open_clip.model.CLIP(**VIT_B_32_CONFIG), VIT_B_32_CONFIG)
     ViLaMPProcessor(tokenizer=build_tiny_tokenizer(), keyframe_selector=selector).save_pretrained(temporary)
     os.replace(temporary, directory)

@@ -134,14 +134,15 @@ class VideoQuestionAnswerer:
         if dtype != "auto" and dtype not in DTYPES:
             raise ValueError(f"`dtype` must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}.")
         torch_dtype = DTYPES.get(dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        model_kwargs = {"dtype": torch_dtype}
+        # loaded straight onto the device: no copy of the weights in host memory per process
+        model_kwargs = {"dtype": torch_dtype, "device_map": str(device)}
         if attn_implementation is not None:
             model_kwargs["attn_implementation"] = attn_implementation
         model = AutoModel.from_pretrained(pretrained_model_name_or_path, **model_kwargs)
         processor = AutoProcessor.from_pretrained(pretrained_model_name_or_path)
         if max_frames is not None:
             processor.max_frames = max_frames
-        return cls(model.to(device).eval(), processor, device, **kwargs)
+        return cls(model.eval(), processor, device, **kwargs)
 
     def prepare(self, batches: Iterable[list[VideoQuestion]]) -> Iterator[BatchFeature]:
         """
@@ -164,6 +165,7 @@ class VideoQuestionAnswerer:
         return iter(loader)
 
     def _on_device(self, inputs: BatchFeature) -> dict[str, torch.Tensor]:
+        """The inputs with `DEVICE_INPUT_NAMES` moved to the model's device."""
         return {name: tensor.to(self.device) if name in DEVICE_INPUT_NAMES else tensor for name, tensor in inputs.items()}
 
     def generate(self, inputs: BatchFeature, max_new_tokens: int) -> list[str]:
