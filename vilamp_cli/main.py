@@ -399,7 +399,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-__all__ = ["build_parser", "main"]
+def convert_command(argv: list[str] | None = None) -> int:
+    """`vilamp-convert`: the converter's own command line, with a Ctrl-C while torch and transformers are still
+    importing reported in one line as well."""
+    try:
+        from conversion.convert_original_to_hf import main as convert_main
+    except KeyboardInterrupt:
+        print("vilamp-convert: interrupted", file=sys.stderr)
+        return 130
+    return convert_main(argv)
+
+
+__all__ = ["build_parser", "convert_command", "main"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conversion.convert_original_to_hf import ConversionError
-from conversion.convert_original_to_hf import main as convert_main
+from vilamp_cli.main import convert_command as convert_main
 from vilamp_cli.main import main as vilamp_main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
