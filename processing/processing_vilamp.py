@@ -108,7 +108,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as error:
-        raise ValueError(f"`device` {device!r} is not a torch device; pass 'auto', 'cpu', 'cuda' or 'cuda:N'.") from error
+        raise ValueError(
+            f"`device` {device!r} is not a torch device; pass 'auto', 'cpu', 'cuda' or 'cuda:N'."
+        ) from error
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"`device` {device!r} asks for a GPU, but torch sees none; pass 'auto' or 'cpu'.")
     return resolved
@@ -441,7 +443,8 @@ class ViLaMPProcessor(ProcessorMixin):
         Args:
             video: a file path, a uint8 array or tensor of shape `(num_frames, height, width, 3)` or
                 `(num_frames, 3, height, width)`, or a list of PIL images.
-            progress (`Callable[[int], None]`, *optional*): called with 1 as each sampled frame is resized.
+            progress (`Callable[[int], None]`, *optional*): called with 1 as each sampled frame is resized (for a
+                damaged file, which is sampled again over the frames that decode, also for the frames dropped then).
             videos_kwargs: `fps`, `max_frames`, `num_frames`, `do_sample_frames`, `size`, `resample`, `do_rescale`,
                 `do_normalize`, ...; default to the video processor's settings.
 
@@ -491,7 +494,8 @@ class ViLaMPProcessor(ProcessorMixin):
         CLIP frames are embedded `keyframe_selector.frame_batch_size` at a time on the keyframe selector's device.
 
         Args:
-            clip_frames (`torch.ByteTensor` of shape `(num_frames, 3, 224, 224)`, *optional*): `LoadedVideo.clip_frames`.
+            clip_frames (`torch.ByteTensor` of shape `(num_frames, 3, 224, 224)`, *optional*): the frames for CLIP
+                (`LoadedVideo.clip_frames`).
             query (`str`): the question the frames are ranked against.
             frame_embeds (`torch.FloatTensor` of shape `(num_frames, embed_dim)`, *optional*): CLIP image embeddings
                 (`keyframe_selector.encode_frames(clip_frames)`) to select from instead of `clip_frames`, for frames
@@ -571,8 +575,8 @@ class ViLaMPProcessor(ProcessorMixin):
         video_frames, keyframe_selections = list(video_frames or []), list(keyframe_selections or [])
         if len(video_frames) != len(keyframe_selections):
             raise ValueError(
-                f"`video_frames` holds {len(video_frames)} videos but `keyframe_selections` {len(keyframe_selections)}; "
-                "pass one keyframe selection per video."
+                f"`video_frames` holds {len(video_frames)} videos but `keyframe_selections` "
+                f"{len(keyframe_selections)}; pass one keyframe selection per video."
             )
         self._check_video_placeholders(texts, video_frames)
         for video_index, (frames, selection) in enumerate(zip(video_frames, keyframe_selections)):

@@ -324,13 +324,12 @@ def draw_keyframes(model_dir: Path, video: Path, question: str, out: Path, args)
         dpi=args.dpi,
     )
     keyframe_indices = keyframes.keyframe_mask.nonzero().flatten().tolist()
+    ranked_indices = keyframes.ranked_keyframe_mask.nonzero().flatten().tolist()
     return {
         "picture": str(out),
         "num_frames": len(prepared.timestamps_seconds),
         "keyframe_timestamps_seconds": [round(prepared.timestamps_seconds[index], 3) for index in keyframe_indices],
-        "ranked_keyframe_timestamps_seconds": [
-            round(prepared.timestamps_seconds[index], 3) for index in keyframes.ranked_keyframe_mask.nonzero().flatten().tolist()
-        ],
+        "ranked_keyframe_timestamps_seconds": [round(prepared.timestamps_seconds[index], 3) for index in ranked_indices],
         "keyframe_relevance_scores": [round(float(keyframes.relevance_scores[index]), 4) for index in keyframe_indices],
         "timings_seconds": {stage: round(seconds, 4) for stage, seconds in prepared.timings_seconds.items()},
     }

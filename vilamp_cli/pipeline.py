@@ -257,7 +257,8 @@ def generate_answer(
     }
     streamer = AnswerStreamer(processor.tokenizer, write)
     start = time.perf_counter()
-    with encoding_progress(model, len(prepared.keyframes.keyframe_mask), show_progress) as marks, torch.inference_mode():
+    num_frames = len(prepared.keyframes.keyframe_mask)
+    with encoding_progress(model, num_frames, show_progress) as marks, torch.inference_mode():
         output_ids = model.generate(
             **model_inputs,
             max_new_tokens=max_new_tokens,
