@@ -51,8 +51,8 @@ class ViLaMPProcessorKwargs(ProcessingKwargs, total=False):
     }
 
 
-# Called with the number of frames a stage has just finished (1 per decoded frame, one CLIP batch at a time), so a
-# progress bar's `update` (`tqdm.update`) can be passed as it is; it may be called from a decoding worker thread.
+# Called with the number of frames a stage has just finished (1 per resized frame, one CLIP batch at a time), so a
+# progress bar's `update` (`tqdm.update`) can be passed as it is; decoding calls it from its worker threads.
 ProgressCallback = Callable[[int], None]
 
 
@@ -443,8 +443,9 @@ class ViLaMPProcessor(ProcessorMixin):
         Args:
             video: a file path, a uint8 array or tensor of shape `(num_frames, height, width, 3)` or
                 `(num_frames, 3, height, width)`, or a list of PIL images.
-            progress (`Callable[[int], None]`, *optional*): called with 1 as each sampled frame is resized (for a
-                damaged file, which is sampled again over the frames that decode, also for the frames dropped then).
+            progress (`Callable[[int], None]`, *optional*): called with 1 as each sampled frame is resized, from a
+                decoding worker thread; where decoding starts over (a damaged file sampled again over the frames that
+                decode, parallel spans that disagree) the frames resized again are reported again.
             videos_kwargs: `fps`, `max_frames`, `num_frames`, `do_sample_frames`, `size`, `resample`, `do_rescale`,
                 `do_normalize`, ...; default to the video processor's settings.
 
