@@ -117,7 +117,7 @@ def processor_stage_outputs(processor, reference_dir: Path) -> dict[str, torch.T
     clip_frames = torch.stack([clip_resize_and_crop(frame, selector.image_size) for frame in frames])
     clip_image_embeds = selector.encode_frames(clip_frames).cpu()
     clip_text_embeds = selector.encode_query(question).cpu()
-    keyframe_mask, _ = processor.select_keyframes(clip_frames, question)
+    keyframe_mask = processor.select_keyframes(clip_frames, question).keyframe_mask
     dks_settings = {
         "num_keyframes": processor.num_keyframes,
         "relevance_threshold": processor.keyframe_relevance_threshold,

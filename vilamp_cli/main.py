@@ -234,7 +234,9 @@ def run_convert(args) -> int:
 def ask_video(model_dir: Path, video: Path, question: str, args, *, write) -> dict:
     """Loads the model, answers the question about the video (streaming the text to `write`) and returns the record
     that `--json` prints."""
-    from .pipeline import generate_answer, load_model_and_processor, prepare_video, probe_video, resolve_device, resolve_dtype
+    from processing import resolve_device
+
+    from .pipeline import generate_answer, load_model_and_processor, prepare_video, probe_video, resolve_dtype
 
     check_model_dir(model_dir)
     probe_video(video)
@@ -299,7 +301,9 @@ def run_ask(args) -> int:
 def draw_keyframes(model_dir: Path, video: Path, question: str, out: Path, args) -> dict:
     """Runs the keyframe selection of the video against the question, draws the timeline into `out` and returns the
     record that `--json` prints."""
-    from .pipeline import load_processor, prepare_video, probe_video, resolve_device
+    from processing import resolve_device
+
+    from .pipeline import load_processor, prepare_video, probe_video
     from .timeline import draw_keyframe_timeline
 
     check_model_dir(model_dir)
@@ -308,27 +312,25 @@ def draw_keyframes(model_dir: Path, video: Path, question: str, out: Path, args)
     with model_dir_errors(model_dir):
         processor = load_processor(model_dir, device=device, max_frames=args.max_frames, num_keyframes=args.keyframes)
     prepared = prepare_video(processor, video, question, show_progress=not args.no_progress)
+    keyframes = prepared.keyframes
     draw_keyframe_timeline(
         out,
         timestamps_seconds=prepared.timestamps_seconds,
-        relevance_scores=prepared.relevance_scores,
-        keyframe_mask=prepared.keyframe_mask,
-        ranked_keyframe_mask=prepared.ranked_keyframe_mask,
-        siglip_frames=prepared.siglip_frames,
+        keyframes=keyframes,
+        siglip_frames=prepared.inputs["pixel_values_videos"],
         question=question,
         relevance_threshold=processor.keyframe_relevance_threshold,
         aspect_ratio=prepared.frame_aspect_ratio,
         dpi=args.dpi,
     )
-    keyframe_indices = prepared.keyframe_mask.nonzero().flatten().tolist()
+    keyframe_indices = keyframes.keyframe_mask.nonzero().flatten().tolist()
+    ranked_indices = keyframes.ranked_keyframe_mask.nonzero().flatten().tolist()
     return {
         "picture": str(out),
         "num_frames": len(prepared.timestamps_seconds),
         "keyframe_timestamps_seconds": [round(prepared.timestamps_seconds[index], 3) for index in keyframe_indices],
-        "ranked_keyframe_timestamps_seconds": [
-            round(prepared.timestamps_seconds[index], 3) for index in prepared.ranked_keyframe_mask.nonzero().flatten().tolist()
-        ],
-        "keyframe_relevance_scores": [round(float(prepared.relevance_scores[index]), 4) for index in keyframe_indices],
+        "ranked_keyframe_timestamps_seconds": [round(prepared.timestamps_seconds[index], 3) for index in ranked_indices],
+        "keyframe_relevance_scores": [round(float(keyframes.relevance_scores[index]), 4) for index in keyframe_indices],
         "timings_seconds": {stage: round(seconds, 4) for stage, seconds in prepared.timings_seconds.items()},
     }
 
