@@ -25,7 +25,8 @@ Needles (`--needles`, JSONL, one object per line; relative paths are relative to
 Haystacks (`--haystacks`) are video files, decoded once at the processor's fps up to the longest length; a haystack
 shorter than a length is repeated to fill it. Frames are composed in memory (no re-encoding), and the CLIP embedding of
 each haystack and needle frame is computed once, so a trial costs the keyframe selection on cached embeddings and the
-model. At 10K frames a trial holds about 6 GB of uint8 frames in host memory.
+model. At 10K frames a trial holds about 6 GB of uint8 frames in host memory. Videos go through the processor's stages
+(`load_video`, `select_keyframes` on the cached embeddings, `build_inputs`), as `processor(...)` runs them.
 """
 
 import argparse
@@ -43,17 +44,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vilamp_cli.pipeline import (  # noqa: E402
-    build_model_inputs,
-    choose_keyframes,
-    embed_frames,
-    generate_answer,
-    is_image_file,
-    load_model_and_processor,
-    PreparedVideo,
-    resolve_device,
-    resolve_dtype,
-)
+from modeling_vilamp import ViLaMPForConditionalGeneration  # noqa: E402  (also registers ViLaMP with the Auto classes)
+from processing import ViLaMPProcessor, resolve_device  # noqa: E402
 
 TINY_LENGTHS = (8, 32)
 TINY_DEPTHS = (0.0, 0.5, 1.0)
@@ -62,6 +54,8 @@ TINY_NEEDLES = (
     {"question": "What colour is the square?", "answer": "A", "options": ["red", "green", "blue", "yellow"]},
 )
 CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -156,28 +150,29 @@ def read_needle_specs(path: Path) -> list[dict]:
     return specs
 
 
-def processed_frames(processor, source, *, max_frames: int) -> torch.Tensor:
-    """Decodes (or takes) frames at the processor's fps, resized for SigLIP and CLIP: `(siglip, clip)` stacked."""
+def load_frames(processor, source, *, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    The processor's `load_video` on a needle or haystack (a video file, an image taken as a one-frame video, or frames)
+    at the processor's fps, and the CLIP embedding of every frame.
+
+    Returns:
+        `tuple(torch.ByteTensor, torch.FloatTensor)`: the SigLIP frames `(num_frames, 3, size, size)` and the CLIP
+        image embeddings `(num_frames, embed_dim)` on the CPU.
+    """
     from PIL import Image
 
-    from processing import decode_video
-
-    if isinstance(source, np.ndarray):
-        frames = processor.load_video(source).frames
-    elif is_image_file(source):
-        frames = [processor.resize_frame(Image.open(source).convert("RGB"))]
-    else:
-        frames = decode_video(source, fps=processor.fps, max_frames=max_frames, frame_transform=processor.resize_frame).frames
-    siglip_frames, clip_frames = (torch.stack(stage_frames) for stage_frames in zip(*frames))
-    return siglip_frames, clip_frames
+    if isinstance(source, Path) and source.suffix.lower() in IMAGE_SUFFIXES:
+        source = [Image.open(source).convert("RGB")]
+    loaded_video = processor.load_video(source, max_frames=max_frames)
+    return loaded_video.siglip_frames, processor.keyframe_selector.encode_frames(loaded_video.clip_frames).cpu()
 
 
 def load_needle(processor, name: str, source, spec: dict) -> Needle:
-    siglip_frames, clip_frames = processed_frames(processor, source, max_frames=processor.max_frames)
+    siglip_frames, frame_embeds = load_frames(processor, source, max_frames=processor.max_frames)
     return Needle(
         name=name,
         siglip_frames=siglip_frames,
-        frame_embeds=embed_frames(processor, clip_frames, show_progress=False),
+        frame_embeds=frame_embeds,
         question=spec["question"],
         answer=spec["answer"],
         options=spec.get("options"),
@@ -185,13 +180,24 @@ def load_needle(processor, name: str, source, spec: dict) -> Needle:
 
 
 def load_haystack(processor, name: str, source, max_frames: int) -> Haystack:
-    siglip_frames, clip_frames = processed_frames(processor, source, max_frames=max_frames)
-    return Haystack(name=name, siglip_frames=siglip_frames, frame_embeds=embed_frames(processor, clip_frames, show_progress=False))
+    siglip_frames, frame_embeds = load_frames(processor, source, max_frames=max_frames)
+    return Haystack(name=name, siglip_frames=siglip_frames, frame_embeds=frame_embeds)
 
 
 def needle_position(length: int, depth: float) -> int:
     """The haystack frame the needle is inserted before: depth 0 is the start, 1 the end."""
     return int(round(depth * length))
+
+
+def generate_answer(model, processor, inputs, max_new_tokens: int) -> str:
+    """The greedy answer; the frames stay on the CPU as uint8 and the model moves each chunk of them to its device."""
+    inputs = {
+        name: tensor.to(model.device) if name in ("input_ids", "attention_mask", "query_embeds") else tensor
+        for name, tensor in inputs.items()
+    }
+    with torch.inference_mode():
+        output_ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.tokenizer.decode(output_ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def run_trial(model, processor, haystack: Haystack, needle: Needle, length: int, depth: float, max_new_tokens: int) -> dict:
@@ -201,19 +207,10 @@ def run_trial(model, processor, haystack: Haystack, needle: Needle, length: int,
     before, after = haystack_indices[:position], haystack_indices[position:]
     siglip_frames = torch.cat([haystack.siglip_frames[before], needle.siglip_frames, haystack.siglip_frames[after]])
     frame_embeds = torch.cat([haystack.frame_embeds[before], needle.frame_embeds, haystack.frame_embeds[after]])
-    query_embeds = processor.keyframe_selector.encode_query(needle.prompt).cpu()
-    keyframe_mask, ranked_keyframe_mask, relevance_scores = choose_keyframes(processor, frame_embeds, query_embeds)
-    prepared = PreparedVideo(
-        inputs=build_model_inputs(processor, needle.prompt, siglip_frames, keyframe_mask, query_embeds),
-        timestamps_seconds=(torch.arange(len(siglip_frames)) / processor.fps).tolist(),
-        relevance_scores=relevance_scores,
-        ranked_keyframe_mask=ranked_keyframe_mask,
-        keyframe_mask=keyframe_mask,
-        siglip_frames=siglip_frames,
-        frame_aspect_ratio=1.0,
-    )
+    keyframes = processor.select_keyframes(query=needle.prompt, frame_embeds=frame_embeds)
+    inputs = processor.build_inputs(processor.question_prompt(needle.prompt), [siglip_frames], [keyframes])
     start = time.perf_counter()
-    response = generate_answer(model, processor, prepared, max_new_tokens=max_new_tokens, show_progress=False)
+    response = generate_answer(model, processor, inputs, max_new_tokens)
     needle_frames = slice(position, position + len(needle.siglip_frames))
     return {
         "haystack": haystack.name,
@@ -222,7 +219,7 @@ def run_trial(model, processor, haystack: Haystack, needle: Needle, length: int,
         "depth": depth,
         "num_frames": len(siglip_frames),
         "needle_frame_indices": [needle_frames.start, needle_frames.stop - 1],
-        "needle_keyframes": int(keyframe_mask[needle_frames].sum()),
+        "needle_keyframes": int(keyframes.keyframe_mask[needle_frames].sum()),
         "response": response,
         "answer": needle.answer,
         **score_answer(response, needle.answer, needle.options),
@@ -337,17 +334,21 @@ def main(argv=None) -> int:
     transformers_logging.disable_progress_bar()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
+    dtype = DTYPES.get(args.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     max_length = max(args.lengths)
     with tempfile.TemporaryDirectory() as temporary_dir:
         model_dir = args.model
         if args.tiny:
-            from vilamp_cli.demo import build_demo_checkpoint
+            from training.tiny import build_tiny_model, build_tiny_processor
 
-            model_dir = build_demo_checkpoint(temporary_dir)
-        model, processor = load_model_and_processor(
-            model_dir, device=device, dtype=resolve_dtype(args.dtype, device), max_frames=max_length,
-            num_keyframes=args.keyframes,
-        )  # fmt: skip
+            model_dir = Path(temporary_dir)
+            build_tiny_model().save_pretrained(model_dir)
+            build_tiny_processor().save_pretrained(model_dir)
+        settings = {"max_frames": max_length, "num_keyframes": args.keyframes}
+        processor = ViLaMPProcessor.from_pretrained(
+            model_dir, device=device, **{name: value for name, value in settings.items() if value is not None}
+        )
+        model = ViLaMPForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
         if args.tiny:
             needles, haystacks = tiny_inputs(processor, max_length)
         else:

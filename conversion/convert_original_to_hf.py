@@ -3,10 +3,20 @@
 
     python -m conversion.convert_original_to_hf --input ViLAMP-llava-qwen --output vilamp-7b
 
-It reads the original config and weights, builds `ViLaMPConfig`, renames every model key (`ORIGINAL_TO_HF_KEYS`),
-splits the keyframe selector's CLIP out for the processor in open_clip layout (`convert_clip_to_open_clip`), adds the
-`<video>` token to the tokenizer, checks everything (`check_converted`) and only then writes the model, the processor
-and the code for `trust_remote_code`, through a temporary directory renamed into place.
+It first checks the arguments, before reading any weight: the paths exist, the output is neither the input nor
+inside it nor holding it, and an existing output is replaced only with `--overwrite` and only when an earlier
+conversion wrote it (`config.json` of `model_type` "vilamp", `processor_config.json`, and no file a conversion never
+writes). Then it reads the original config, the tower configs and the tokenizer, and only then the weights: it builds
+`ViLaMPConfig`, renames every model key (`ORIGINAL_TO_HF_KEYS`), splits the keyframe selector's CLIP out for the
+processor in open_clip layout (`convert_clip_to_open_clip`), adds the `<video>` token to the tokenizer, checks
+everything (`check_converted`) and only then writes the model, the processor and the code for `trust_remote_code`
+into a hidden temporary sibling directory renamed into place. SIGINT or SIGTERM while it writes removes the temporary
+directory and leaves the output as it was.
+
+Exit status: 0 on success; 2 for a usage error (a bad flag, a path that does not exist, an output it will not write);
+1 when the work fails (an input it cannot convert, weights it refuses to unpickle, a failed conversion check, a stage
+of `--verify-reference` beyond its tolerance); 130 on SIGINT, 143 on SIGTERM. Errors are one line on stderr
+(`VILAMP_TRACEBACK=1` shows the traceback).
 """
 
 import argparse
@@ -14,23 +24,30 @@ import copy
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 from transformers import AddedToken, AutoTokenizer, CLIPConfig, GenerationConfig, SiglipVisionConfig
+from transformers.utils.hub import convert_file_size_to_int
 
 import modeling_vilamp
 import processing
 from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
 from processing import KeyframeSelector, ViLaMPProcessor
 
-from .verify_reference import report_verification
+from .verify_reference import check_reference_dir, report_verification
 
 logger = logging.getLogger(__name__)
 
@@ -150,9 +167,66 @@ AUTO_MAP = {
 }
 PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_vilamp.ViLaMPProcessor"}
 
+# A directory holding one of these sets of files has a tokenizer to load.
+TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+# The files a conversion writes: the tokenizer's as any transformers 5 version saves them, `model-00001-of-00002`
+# shards aside. `--overwrite` replaces only a directory holding nothing else, so it never deletes a file of the user's.
+TOKENIZER_FILE_NAMES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+    "merges.txt", "chat_template.json",
+)  # fmt: skip
+CONVERTED_FILE_NAMES = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+        PROCESSOR_CONFIG_NAME,
+        "chat_template.jinja",
+        "keyframe_selector.safetensors",
+        "keyframe_selector_config.json",
+        *MODEL_CODE_FILES,
+        *PROCESSOR_CODE_FILES,
+        *TOKENIZER_FILE_NAMES,
+    }
+)
+SHARD_FILE_PATTERN = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+# A pickle global that torch's `weights_only` loader refuses, as its message names it.
+REFUSED_GLOBAL_PATTERN = re.compile(r"GLOBAL ([\w.]+)")
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# What reading the inputs raises besides `ConversionError`: files that are not what they should be (unreadable JSON,
+# damaged safetensors, a config field of the wrong type); the command line reports them in one line with exit 1.
+INPUT_ERRORS = (ValueError, TypeError, OSError, SafetensorError, StrictDataclassError)
+
 
 class ConversionError(ValueError):
-    """The original checkpoint cannot be converted as it is; the message names what is wrong and what to pass."""
+    """The conversion cannot run as asked; the message names what is wrong and what to do."""
+
+
+class ConversionUsageError(ConversionError):
+    """
+    An argument is wrong (a path that does not exist, an output the converter will not write, a size it cannot parse),
+    found before anything is read; the command line exits with 2 for it and with 1 for any other `ConversionError`.
+    """
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM during the conversion, raised like Ctrl-C's `KeyboardInterrupt` so that cleanup runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def read_json(path: Path) -> dict:
+    """Reads a JSON object of the inputs, naming the file when it holds none."""
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConversionError(f"{path} is not valid JSON ({error}); restore the file from the original checkpoint.") from None
+    if not isinstance(content, dict):
+        raise ConversionError(f"{path} holds no JSON object; restore the file from the original checkpoint.")
+    return content
 
 
 def read_original_config(checkpoint_dir: Path) -> dict:
@@ -160,7 +234,7 @@ def read_original_config(checkpoint_dir: Path) -> dict:
     config_file = checkpoint_dir / "config.json"
     if not config_file.is_file():
         raise ConversionError(f"No config.json in {checkpoint_dir}; pass the original ViLaMP checkpoint directory.")
-    original_config = json.loads(config_file.read_text(encoding="utf-8"))
+    original_config = read_json(config_file)
     model_type = original_config.get("model_type")
     if model_type != ORIGINAL_MODEL_TYPE:
         raise ConversionError(
@@ -180,27 +254,64 @@ def read_original_config(checkpoint_dir: Path) -> dict:
     return original_config
 
 
-def load_original_state_dict(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
-    """Loads every tensor of the checkpoint: safetensors or `.bin` (with `weights_only=True`), one file or sharded."""
+def find_weight_files(checkpoint_dir: Path) -> list[Path]:
+    """The checkpoint's weight files: safetensors or `.bin`, one file or the shards its index lists (all present)."""
     for index_name, single_name in WEIGHT_FILES:
         index_file, single_file = checkpoint_dir / index_name, checkpoint_dir / single_name
         if index_file.is_file():
-            shard_names = sorted(set(json.loads(index_file.read_text(encoding="utf-8"))["weight_map"].values()))
+            weight_map = read_json(index_file).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise ConversionError(f"{index_file} has no `weight_map`; restore the file from the original checkpoint.")
+            shard_names = sorted(set(weight_map.values()))
             missing = [name for name in shard_names if not (checkpoint_dir / name).is_file()]
             if missing:
                 raise ConversionError(f"{index_file.name} lists shards missing from {checkpoint_dir}: {missing}.")
-            return {key: tensor for name in shard_names for key, tensor in load_weight_file(checkpoint_dir / name).items()}
+            return [checkpoint_dir / name for name in shard_names]
         if single_file.is_file():
-            return load_weight_file(single_file)
+            return [single_file]
     names = [name for pair in WEIGHT_FILES for name in pair]
     raise ConversionError(f"No weights in {checkpoint_dir}: expected one of {names}.")
 
 
+class OriginalStateDict(dict):
+    """The original checkpoint's tensors by key; a key it lacks is a `ConversionError` naming the key."""
+
+    def __missing__(self, key: str):
+        raise ConversionError(f"The checkpoint has no tensor `{key}`; pass the complete original ViLaMP checkpoint.")
+
+
+def load_original_state_dict(weight_files: list[Path]) -> OriginalStateDict:
+    """Loads every tensor of the weight files that `find_weight_files` lists."""
+    return OriginalStateDict((key, tensor) for path in weight_files for key, tensor in load_weight_file(path).items())
+
+
 def load_weight_file(path: Path) -> dict[str, torch.Tensor]:
-    """Reads one weight file; checkpoints are data, so a `.bin` is read with `weights_only=True`."""
+    """Reads one weight file; checkpoints are data, so a `.bin` is read only with `weights_only=True`."""
     if path.suffix == ".safetensors":
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError) as error:
+            raise ConversionError(f"Cannot read {path} ({error}); the file is damaged: copy it again.") from None
+    try:
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ConversionError(refused_pickle_message(path, str(error))) from None
+    except Exception as error:  # torch.load raises RuntimeError, KeyError, EOFError, ... for a damaged file
+        raise ConversionError(f"Cannot read {path} as a PyTorch checkpoint ({error}); the file is damaged: copy it again.") from None
+    if not isinstance(tensors, dict) or not all(isinstance(tensor, torch.Tensor) for tensor in tensors.values()):
+        raise ConversionError(f"{path} holds no state dict of tensors; pass the original checkpoint's weights.")
+    return tensors
+
+
+def refused_pickle_message(path: Path, torch_message: str) -> str:
+    """Why a pickle that torch's `weights_only` loader refuses is refused, without torch's advice to load it unsafely."""
+    refused_global = REFUSED_GLOBAL_PATTERN.search(torch_message)
+    named = f" (it names `{refused_global[1]}`)" if refused_global else ""
+    return (
+        f"{path} is a pickle holding objects other than tensors{named}: the converter loads pickles only with torch's "
+        "`weights_only=True` and refuses this one, because unpickling it could run code; convert the checkpoint to "
+        "safetensors in an environment you trust, then pass that."
+    )
 
 
 def known_configuration(name: str, known: dict[str, dict]) -> dict | None:
@@ -237,7 +348,7 @@ def load_tower_config(
     path_in_config = original_config.get(field) or ""
     config_file = find_tower_config(path_in_config, checkpoint_dir, explicit)
     if config_file is not None:
-        return json.loads(config_file.read_text(encoding="utf-8"))
+        return read_json(config_file)
     known_config = known_configuration(path_in_config, known)
     if known_config is None:
         raise ConversionError(
@@ -248,6 +359,19 @@ def load_tower_config(
         f"`{field}` {path_in_config!r} not found; using the known configuration of that model, checked against the weights."
     )
     return copy.deepcopy(known_config)
+
+
+@contextmanager
+def config_errors(config_name: str, what_to_pass: str):
+    """Turns what a transformers config raises for a field of the wrong type or value into a `ConversionError` naming
+    the config and what to pass instead."""
+    try:
+        yield
+    except (StrictDataclassError, TypeError, ValueError) as error:
+        reason = " ".join(str(error).split())
+        raise ConversionError(
+            f"The {config_name} has a field of the wrong type or value ({reason}); pass {what_to_pass}."
+        ) from error
 
 
 def check_against_weights(tower: str, from_config: dict[str, int], from_weights: dict[str, int]):
@@ -271,7 +395,8 @@ def converted_vision_config(tower_config: dict, state_dict: dict[str, torch.Tens
     prefix = "model.vision_tower.vision_tower.vision_model."
     patch_embedding = state_dict[f"{prefix}embeddings.patch_embedding.weight"]
     num_positions = state_dict[f"{prefix}embeddings.position_embedding.weight"].shape[0]
-    config = SiglipVisionConfig(**vision_config)
+    with config_errors("vision tower config", "--vision-tower-config with SigLIP's original config.json"):
+        config = SiglipVisionConfig(**vision_config)
     check_against_weights(
         "vision tower",
         {
@@ -295,7 +420,8 @@ def converted_vision_config(tower_config: dict, state_dict: dict[str, torch.Tens
 
 def check_clip_config(clip_config: dict, state_dict: dict[str, torch.Tensor]):
     """Checks the keyframe selector's CLIP config against the sizes its weights show."""
-    config = CLIPConfig.from_dict(clip_config)
+    with config_errors("keyframe selector CLIP config", "--clip-config with CLIP's original config.json"):
+        config = CLIPConfig.from_dict(clip_config)
     prefix = CLIP_PREFIX
     patch_embedding = state_dict[f"{prefix}vision_model.embeddings.patch_embedding.weight"]
     num_positions = state_dict[f"{prefix}vision_model.embeddings.position_embedding.weight"].shape[0]
@@ -336,13 +462,14 @@ def convert_config(original_config: dict, vision_config: dict, *, video_token_in
     if original_config.get("rope_scaling"):
         raise ConversionError(f"`rope_scaling` {original_config['rope_scaling']} is not supported; the released ViLaMP has none.")
     vilamp_fields = {new: original_config[old] for old, new in ORIGINAL_TO_HF_CONFIG.items() if old in original_config}
-    return ViLaMPConfig(
-        vision_config=vision_config,
-        text_config=text_config,
-        video_token_index=video_token_index,
-        dfm_reference_rule="original",
-        **vilamp_fields,
-    )
+    with config_errors("original config.json", "the original checkpoint's unchanged config.json"):
+        return ViLaMPConfig(
+            vision_config=vision_config,
+            text_config=text_config,
+            video_token_index=video_token_index,
+            dfm_reference_rule="original",
+            **vilamp_fields,
+        )
 
 
 def rename_model_key(key: str) -> str | None:
@@ -386,13 +513,25 @@ def fit_embeddings_to_vocabulary(state_dict: dict[str, torch.Tensor], vocab_size
     return fitted
 
 
+def check_tokenizer_files(tokenizer_dir: Path):
+    """Raises, with the fix first, when `tokenizer_dir` holds no tokenizer files to load."""
+    if not any(all((tokenizer_dir / name).is_file() for name in names) for names in TOKENIZER_FILE_SETS):
+        raise ConversionError(
+            f"Pass --tokenizer with the Qwen2 tokenizer directory: {tokenizer_dir} holds no tokenizer (neither "
+            "tokenizer.json nor vocab.json with merges.txt)."
+        )
+
+
 def load_tokenizer_with_video_token(tokenizer_dir: Path):
     """Loads the checkpoint's Qwen2 tokenizer and adds the `<video>` placeholder as a special token."""
+    check_tokenizer_files(tokenizer_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     except (OSError, ValueError) as error:
+        reason = " ".join(str(error).split())
         raise ConversionError(
-            f"Cannot load a tokenizer from {tokenizer_dir} ({error}); pass --tokenizer with the Qwen2 tokenizer files."
+            f"Pass --tokenizer with the Qwen2 tokenizer directory: the tokenizer in {tokenizer_dir} does not load "
+            f"(transformers: {reason})."
         ) from error
     tokenizer.add_tokens([AddedToken(VIDEO_TOKEN, special=True, normalized=False)], special_tokens=True)
     # batched generation needs the prompts to end together
@@ -423,7 +562,7 @@ def check_converted(state_dict: dict[str, torch.Tensor], model: nn.Module, unmap
     if non_finite:
         problems.append(f"tensors with NaN or infinite values: {non_finite}")
     if problems:
-        raise ConversionError("The converted checkpoint does not fit the model:\n- " + "\n- ".join(problems))
+        raise ConversionError(f"The converted checkpoint does not fit the model: {'; '.join(problems)}.")
 
 
 def build_model(config: ViLaMPConfig, state_dict: dict[str, torch.Tensor], unmapped_keys: list[str]):
@@ -435,34 +574,238 @@ def build_model(config: ViLaMPConfig, state_dict: dict[str, torch.Tensor], unmap
     return model
 
 
-@contextmanager
-def atomic_directory(output_dir: Path, overwrite: bool):
+def parse_max_shard_size(max_shard_size: str | int) -> int:
+    """The largest shard in bytes, from a size such as `"5GB"`, `"500MB"` or `"2GiB"`."""
+    try:
+        size = convert_file_size_to_int(max_shard_size)
+    except ValueError:
+        size = 0
+    if size <= 0:
+        raise ConversionUsageError(
+            f"`--max-shard-size` {max_shard_size!r} is not a size; pass a positive whole number with a unit, such as "
+            "5GB, 500MB or 2GiB."
+        )
+    return size
+
+
+def check_existing_path(path: Path | None, name: str, *, directory: bool):
+    """Raises when an argument's path (if given) does not exist, or is not a directory where one is needed."""
+    if path is None:
+        return
+    if not path.exists():
+        raise ConversionUsageError(f"{name} {path} does not exist; pass an existing {'directory' if directory else 'path'}.")
+    if directory and not path.is_dir():
+        raise ConversionUsageError(f"{name} {path} is not a directory; pass a directory.")
+
+
+def check_apart_from_input(output_dir: Path, input_dir: Path):
+    """Raises when the output is the input, holds it or lies inside it (symbolic links resolved): writing it could
+    replace the checkpoint being read."""
+    output, original = output_dir.resolve(), input_dir.resolve()
+    if output == original:
+        relation = "is"
+    elif output in original.parents:
+        relation = "holds"
+    elif original in output.parents:
+        relation = "lies inside"
+    else:
+        return
+    raise ConversionUsageError(
+        f"The output directory {output_dir} {relation} the input directory {input_dir}; the converter never writes "
+        "over its input, whatever --overwrite says: choose an output directory outside the input."
+    )
+
+
+def interrupted_replacement(output_dir: Path) -> Path | None:
+    """The previous output that a conversion stopped (by SIGKILL or a power loss) in the middle of replacing it left
+    in its hidden `.NAME.replaced.xxxx` sibling, if `output_dir` is missing and one is there."""
+    parent = output_dir.parent
+    if output_dir.exists() or not parent.is_dir():
+        return None
+    prefix = f".{output_dir.name}.replaced."
+    kept = [entry / output_dir.name for entry in parent.iterdir() if entry.name.startswith(prefix)]
+    return next((path for path in sorted(kept) if path.exists()), None)
+
+
+def is_earlier_conversion(directory: Path) -> bool:
+    """Whether `directory` has the files every conversion writes: a `config.json` of `model_type` "vilamp" and a
+    `processor_config.json`."""
+    config_file = directory / "config.json"
+    if not (config_file.is_file() and (directory / PROCESSOR_CONFIG_NAME).is_file()):
+        return False
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and config.get("model_type") == ViLaMPConfig.model_type
+
+
+def written_by_conversion(path: Path) -> bool:
+    """Whether `path` is a plain file of a name that a conversion writes (`CONVERTED_FILE_NAMES`, model shards)."""
+    name_is_known = path.name in CONVERTED_FILE_NAMES or SHARD_FILE_PATTERN.fullmatch(path.name) is not None
+    return name_is_known and path.is_file() and not path.is_symlink()
+
+
+def check_replaceable(output_dir: Path, overwrite: bool):
     """
-    Yields a temporary sibling of `output_dir` to write into and renames it into place once the block succeeds, so a
-    failure leaves no half-written output; an existing `output_dir` is replaced only with `overwrite`.
+    Raises unless writing `output_dir` loses nothing: it is missing or empty, or, with `overwrite`, it holds an earlier
+    conversion and no file a conversion never writes.
     """
-    if output_dir.exists() and not overwrite:
-        raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it.")
+    if not output_dir.exists():
+        return
+    if not output_dir.is_dir():
+        raise ConversionUsageError(
+            f"The output directory {output_dir} is a file; choose another output directory or remove it yourself."
+        )
+    entries = sorted(output_dir.iterdir())
+    if not entries:
+        return
+    if not is_earlier_conversion(output_dir):
+        raise ConversionUsageError(
+            f"The output directory {output_dir} exists and holds no earlier conversion (a config.json of `model_type` "
+            "\"vilamp\" and a processor_config.json), and --overwrite replaces only that: choose another output "
+            "directory or remove it yourself."
+        )
+    foreign = [entry.name for entry in entries if not written_by_conversion(entry)]
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ConversionUsageError(
+            f"The output directory {output_dir} holds an earlier conversion and files a conversion never writes "
+            f"({listed}), which --overwrite would delete: move those files out, or choose another output directory."
+        )
+    if not overwrite:
+        raise ConversionUsageError(
+            f"The output directory {output_dir} holds an earlier conversion; pass --overwrite to replace it, or choose "
+            "another output directory."
+        )
+
+
+def check_output_dir(output_dir: Path, input_dir: Path, overwrite: bool):
+    """Raises, before anything is read, unless the conversion can write `output_dir` without losing anything."""
+    check_apart_from_input(output_dir, input_dir)
+    kept = interrupted_replacement(output_dir)
+    if kept is not None:
+        raise ConversionUsageError(
+            f"An earlier conversion was stopped while replacing {output_dir}; its previous content is in {kept}: move "
+            f"it back to {output_dir} or remove {kept.parent}, then run again."
+        )
+    check_replaceable(output_dir, overwrite)
+    ancestor = next(path for path in output_dir.parents if path.exists())
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConversionUsageError(
+            f"The output directory {output_dir} cannot be written: {ancestor} is not a writable directory; choose "
+            "another output directory."
+        )
+
+
+class InterruptHandler:
+    """
+    While its `with` block runs (in the main thread), turns SIGINT and SIGTERM into `Interrupted`; inside `deferred()`
+    a signal waits until that block ends, so a rename pair or a cleanup is never cut in half. A signal set to be ignored
+    stays ignored, and the previous handlers come back at the end.
+    """
+
+    def __init__(self):
+        self.previous_handlers = {}
+        self.deferring = False
+        self.pending_signum = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in INTERRUPT_SIGNALS:
+                if signal.getsignal(signum) not in (signal.SIG_IGN, None):
+                    self.previous_handlers[signum] = signal.signal(signum, self.interrupt)
+        return self
+
+    def __exit__(self, *exc_info):
+        for signum, handler in self.previous_handlers.items():
+            signal.signal(signum, handler)
+
+    def interrupt(self, signum: int, frame):
+        """The signal handler: raises `Interrupted`, or inside `deferred()` keeps the signal for the end of the block."""
+        if self.deferring:
+            self.pending_signum = signum
+        else:
+            raise Interrupted(signum)
+
+    @contextmanager
+    def deferred(self):
+        """Holds SIGINT and SIGTERM back while the block runs, then raises `Interrupted` if one came."""
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+        if self.pending_signum is not None:
+            signum, self.pending_signum = self.pending_signum, None
+            raise Interrupted(signum)
+
+
+def make_temporary_sibling(output_dir: Path) -> Path:
+    """Creates the hidden `.NAME.xxxx` directory beside `output_dir` to write into, with a new directory's permissions."""
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     temporary_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     # mkdtemp makes the directory private; the output gets the permissions of any new directory
+    os.chmod(temporary_dir, 0o777 & ~current_umask())
+    return temporary_dir
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it, so it is set back at once)."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(temporary_dir, 0o777 & ~umask)
+    return umask
+
+
+def give_new_file_permissions(directory: Path):
+    """Gives everything written under `directory` the permissions a new file or directory gets under the umask."""
+    umask = current_umask()
+    for path in directory.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def move_into_place(temporary_dir: Path, output_dir: Path):
+    """
+    Renames the finished `temporary_dir` to `output_dir`. An existing output is first moved into a hidden
+    `.NAME.replaced.xxxx` sibling and removed once the new one is in place; run with signals deferred, so only a SIGKILL
+    or a power loss between the two renames leaves no output, and then the previous one is intact in that sibling
+    (`check_output_dir` points at it on the next run).
+    """
+    if not output_dir.exists():
+        os.replace(temporary_dir, output_dir)
+        return
+    replaced_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.replaced.", dir=output_dir.parent))
+    os.replace(output_dir, replaced_dir / output_dir.name)
     try:
-        yield temporary_dir
-        for path in temporary_dir.rglob("*"):
-            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
-        if output_dir.exists():
-            replaced_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.replaced.", dir=output_dir.parent))
-            os.replace(output_dir, replaced_dir / output_dir.name)
-            os.replace(temporary_dir, output_dir)
-            shutil.rmtree(replaced_dir)
-        else:
-            os.replace(temporary_dir, output_dir)
-    finally:
-        if temporary_dir.exists():
-            shutil.rmtree(temporary_dir)
+        os.replace(temporary_dir, output_dir)
+    except OSError:
+        os.replace(replaced_dir / output_dir.name, output_dir)
+        replaced_dir.rmdir()
+        raise
+    shutil.rmtree(replaced_dir)
+
+
+@contextmanager
+def atomic_directory(output_dir: Path, overwrite: bool):
+    """
+    Yields a hidden temporary sibling of `output_dir` to write into and renames it into place once the block succeeds.
+    A failure, SIGINT or SIGTERM removes it and leaves `output_dir` as it was; `output_dir` is checked again right
+    before it is replaced (`check_replaceable`), in case files appeared in it meanwhile.
+    """
+    temporary_dir = None
+    with InterruptHandler() as interrupts:
+        try:
+            with interrupts.deferred():
+                temporary_dir = make_temporary_sibling(output_dir)
+            yield temporary_dir
+            give_new_file_permissions(temporary_dir)
+            check_replaceable(output_dir, overwrite)
+            with interrupts.deferred():
+                move_into_place(temporary_dir, output_dir)
+        finally:
+            with interrupts.deferred():
+                if temporary_dir is not None and temporary_dir.exists():
+                    shutil.rmtree(temporary_dir)
 
 
 def copy_remote_code(output_dir: Path):
@@ -477,31 +820,52 @@ def copy_remote_code(output_dir: Path):
         path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def check_input_paths(
+    input_dir: Path, tokenizer_dir: Path | None, vision_tower_config: Path | None, clip_config: Path | None
+):
+    """Raises when a path the arguments name does not exist, or is not a directory where one is needed."""
+    check_existing_path(input_dir, "The input directory", directory=True)
+    check_existing_path(tokenizer_dir, "`--tokenizer`", directory=True)
+    check_existing_path(vision_tower_config, "`--vision-tower-config`", directory=False)
+    check_existing_path(clip_config, "`--clip-config`", directory=False)
+
+
 def convert_checkpoint(
-    input_dir: Path,
-    output_dir: Path,
+    input_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
     *,
-    tokenizer_dir: Path | None = None,
-    vision_tower_config: Path | None = None,
-    clip_config: Path | None = None,
+    tokenizer_dir: str | os.PathLike | None = None,
+    vision_tower_config: str | os.PathLike | None = None,
+    clip_config: str | os.PathLike | None = None,
     overwrite: bool = False,
-    max_shard_size: str = "5GB",
+    max_shard_size: str | int = "5GB",
 ) -> Path:
     """
     Converts the original checkpoint in `input_dir` into a directory that `AutoModel` and `AutoProcessor` load.
 
-    Everything is read and checked before anything is written; the output appears only once complete.
+    The arguments are checked before any file is read (`ConversionUsageError`), everything is read and checked before
+    anything is written, and the output appears only once complete. `overwrite` replaces an existing `output_dir` only
+    when an earlier conversion wrote it and it holds nothing else.
     """
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    tokenizer_dir, vision_tower_config, clip_config = (
+        None if path is None else Path(path) for path in (tokenizer_dir, vision_tower_config, clip_config)
+    )
+    max_shard_bytes = parse_max_shard_size(max_shard_size)
+    check_input_paths(input_dir, tokenizer_dir, vision_tower_config, clip_config)
+    target_dir = output_dir.resolve()
+    check_output_dir(target_dir, input_dir, overwrite)
+
     original_config = read_original_config(input_dir)
-    state_dict = load_original_state_dict(input_dir)
     tower_config = load_tower_config(
         original_config, "mm_vision_tower", input_dir, vision_tower_config, KNOWN_VISION_TOWERS, "--vision-tower-config"
     )
     selector_config = load_tower_config(
         original_config, "clip_model_path", input_dir, clip_config, KNOWN_CLIP_MODELS, "--clip-config"
     )
-    check_clip_config(selector_config, state_dict)
     tokenizer = load_tokenizer_with_video_token(tokenizer_dir or input_dir)
+    state_dict = load_original_state_dict(find_weight_files(input_dir))
+    check_clip_config(selector_config, state_dict)
 
     model_state_dict, unmapped_keys = convert_state_dict(state_dict)
     model_state_dict = fit_embeddings_to_vocabulary(model_state_dict, len(tokenizer))
@@ -521,8 +885,8 @@ def convert_checkpoint(
         keyframe_pooled_size=config.keyframe_pooled_size,
         keyframe_selector=KeyframeSelector.from_state_dict(selector_state_dict, selector_model_config),
     )
-    with atomic_directory(output_dir, overwrite) as temporary_dir:
-        model.save_pretrained(temporary_dir, max_shard_size=max_shard_size)
+    with atomic_directory(target_dir, overwrite) as temporary_dir:
+        model.save_pretrained(temporary_dir, max_shard_size=max_shard_bytes)
         processor.save_pretrained(temporary_dir)
         copy_remote_code(temporary_dir)
     return output_dir
@@ -681,40 +1045,70 @@ def convert_clip_to_open_clip(
 
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(prog: str = "vilamp-convert") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", type=Path, required=True, help="the original checkpoint directory (llava_qwen)")
-    parser.add_argument("--output", type=Path, required=True, help="the directory to write (must not exist)")
+    parser.add_argument(
+        "--output", type=Path, required=True,
+        help="the directory to write: missing or empty, or an earlier conversion's output with --overwrite",
+    )  # fmt: skip
     parser.add_argument("--tokenizer", type=Path, help="the Qwen2 tokenizer directory (default: --input)")
     parser.add_argument("--vision-tower-config", type=Path, help="SigLIP config.json (default: `mm_vision_tower`)")
     parser.add_argument("--clip-config", type=Path, help="keyframe selector CLIP config.json (default: `clip_model_path`)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing --output written by an earlier conversion (never anything else)",
+    )  # fmt: skip
+    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard, e.g. 5GB, 500MB (default 5GB)")
     parser.add_argument(
         "--verify-reference", type=Path, help="after converting, compare every stage with this golden reference directory"
     )
-    args = parser.parse_args(argv)
-    try:
-        output_dir = convert_checkpoint(
-            args.input,
-            args.output,
-            tokenizer_dir=args.tokenizer,
-            vision_tower_config=args.vision_tower_config,
-            clip_config=args.clip_config,
-            overwrite=args.overwrite,
-            max_shard_size=args.max_shard_size,
-        )
-    except (ConversionError, FileExistsError) as error:
-        parser.exit(2, f"error: {error}\n")
+    return parser
+
+
+def run_conversion(args: argparse.Namespace) -> int:
+    """Converts as the parsed arguments say, then verifies against the reference if asked; returns the exit status."""
+    if args.verify_reference is not None:
+        check_existing_path(args.verify_reference, "`--verify-reference`", directory=True)
+        check_reference_dir(args.verify_reference)
+    output_dir = convert_checkpoint(
+        args.input,
+        args.output,
+        tokenizer_dir=args.tokenizer,
+        vision_tower_config=args.vision_tower_config,
+        clip_config=args.clip_config,
+        overwrite=args.overwrite,
+        max_shard_size=args.max_shard_size,
+    )
     print(f"Converted {args.input} into {output_dir}")
     if args.verify_reference is None:
         return 0
     return report_verification(output_dir, args.verify_reference)
 
 
+def main(argv: list[str] | None = None, prog: str = "vilamp-convert") -> int:
+    """The converter's command line (`vilamp-convert`; `vilamp convert` passes its own `prog`); returns the exit status
+    that the module docstring lists."""
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    try:
+        with InterruptHandler():
+            return run_conversion(args)
+    except KeyboardInterrupt as interrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 128 + getattr(interrupt, "signum", signal.SIGINT)
+    except INPUT_ERRORS as error:
+        if os.environ.get("VILAMP_TRACEBACK"):
+            raise
+        print(f"{parser.prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2 if isinstance(error, ConversionUsageError) else 1
+
+
 __all__ = [
     "CLIP_TO_OPEN_CLIP_KEYS",
     "ConversionError",
+    "ConversionUsageError",
+    "Interrupted",
     "ORIGINAL_TO_HF_CONFIG",
     "ORIGINAL_TO_HF_KEYS",
     "check_converted",

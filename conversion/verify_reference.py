@@ -7,6 +7,7 @@ directory with `python -m conversion.verify_reference CONVERTED_DIR REFERENCE_DI
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,17 @@ NUM_GENERATED_TOKENS = 5
 # for values and still catches any wrong weight, layout or rule
 FLOAT_TOLERANCE = 1e-4
 EXACT_STAGES = ("dks_greedy_selection", "keyframe_mask", "generated_ids")
+REFERENCE_FILES = ("golden/golden.safetensors", "inputs/frames.npy", "inputs/clip_text.json", "inputs/input_ids.json")
+
+
+def check_reference_dir(reference_dir: Path):
+    """Raises when `reference_dir` lacks a file the verification reads, so a conversion can refuse it before it starts."""
+    missing = [name for name in REFERENCE_FILES if not (Path(reference_dir) / name).is_file()]
+    if missing:
+        raise ValueError(
+            f"{reference_dir} is not a golden reference directory (no {', '.join(missing)}); pass the shared reference "
+            "directory, which holds golden/ and inputs/."
+        )
 
 
 def load_golden(reference_dir: Path) -> dict[str, torch.Tensor]:
@@ -105,7 +117,7 @@ def processor_stage_outputs(processor, reference_dir: Path) -> dict[str, torch.T
     clip_frames = torch.stack([clip_resize_and_crop(frame, selector.image_size) for frame in frames])
     clip_image_embeds = selector.encode_frames(clip_frames).cpu()
     clip_text_embeds = selector.encode_query(question).cpu()
-    keyframe_mask, _ = processor.select_keyframes(clip_frames, question)
+    keyframe_mask = processor.select_keyframes(clip_frames, question).keyframe_mask
     dks_settings = {
         "num_keyframes": processor.num_keyframes,
         "relevance_threshold": processor.keyframe_relevance_threshold,
@@ -162,15 +174,25 @@ def format_report(differences: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def all_within_tolerance(differences: dict[str, float]) -> bool:
-    return all(difference <= (0.0 if name in EXACT_STAGES else FLOAT_TOLERANCE) for name, difference in differences.items())
+def stages_beyond_tolerance(differences: dict[str, float]) -> list[str]:
+    """The stages whose max difference exceeds their tolerance."""
+    return [name for name, difference in differences.items() if difference > (0.0 if name in EXACT_STAGES else FLOAT_TOLERANCE)]
 
 
 def report_verification(converted_dir: Path, reference_dir: Path) -> int:
-    """Prints the stage report of a converted directory; returns the exit status (0 when every stage is within tolerance)."""
+    """Prints the stage report of a converted directory, and on stderr the stages beyond their tolerance; returns the
+    exit status (0 when every stage is within tolerance, else 1)."""
+    check_reference_dir(reference_dir)
     differences = verify_converted(converted_dir, reference_dir)
     print(format_report(differences))
-    return 0 if all_within_tolerance(differences) else 1
+    failed = stages_beyond_tolerance(differences)
+    if failed:
+        print(
+            f"error: {converted_dir} differs from the reference beyond the tolerance at {', '.join(failed)} (see the "
+            "table); do not use this conversion: check the original checkpoint and the converter's version.",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,16 +200,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("converted_dir", type=Path, help="a directory written by conversion.convert_original_to_hf")
     parser.add_argument("reference_dir", type=Path, help="the golden reference directory (inputs/, golden/)")
     args = parser.parse_args(argv)
-    return report_verification(args.converted_dir, args.reference_dir)
+    try:
+        return report_verification(args.converted_dir, args.reference_dir)
+    except (ValueError, OSError) as error:
+        print(f"{parser.prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
 
 
 __all__ = [
-    "all_within_tolerance",
+    "check_reference_dir",
     "format_report",
     "max_differences",
     "model_stage_outputs",
     "processor_stage_outputs",
     "report_verification",
+    "stages_beyond_tolerance",
     "verify_converted",
 ]
 

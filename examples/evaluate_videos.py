@@ -132,12 +132,14 @@ def open_part_file(path: Path):
 
 
 def load_model_and_processor(args, device: torch.device):
+    """The model on this process's device, and the processor with its keyframe selector there too."""
     if args.tiny:
         model, processor = build_tiny_model(), build_tiny_processor()
+        processor.keyframe_selector.to(device)
     else:
         dtype = DTYPES.get(args.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         model = AutoModel.from_pretrained(args.model, dtype=dtype)
-        processor = AutoProcessor.from_pretrained(args.model)
+        processor = AutoProcessor.from_pretrained(args.model, device=device)
     if args.max_frames is not None:
         processor.max_frames = args.max_frames
     return model.to(device).eval(), processor
@@ -147,9 +149,8 @@ def predict(
     model, processor, row: dict, device: torch.device, max_new_tokens: int, cache_implementation: str = "dynamic"
 ) -> str:
     """Answers one row's question about its video, greedily."""
-    # the keyframe selector runs on `device`; the frames stay on the CPU as uint8 and the model moves each chunk of them
-    # to its device when it encodes it
-    inputs = processor(videos=row["video"], text=row["question"], return_tensors="pt", device=device)
+    # the frames stay on the CPU as uint8 and the model moves each chunk of them to its device when it encodes it
+    inputs = processor(videos=row["video"], text=row["question"], return_tensors="pt")
     inputs = {
         name: tensor.to(device) if name in ("input_ids", "attention_mask", "query_embeds") else tensor
         for name, tensor in inputs.items()

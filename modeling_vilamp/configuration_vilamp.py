@@ -3,6 +3,7 @@
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.models.auto import CONFIG_MAPPING
 
@@ -35,13 +36,28 @@ DEFAULT_TEXT_CONFIG = {
     "eos_token_id": 151645,
 }
 
+# Fields a saved `config.json` must hold. Their defaults are the 7B release's: a saved config without a tower's
+# sub-config would build a 7B tower (and exhaust the memory of a machine that loads a small model), and one without
+# a token-layout field would lay out the video tokens differently from the processor in silence.
+REQUIRED_SAVED_FIELDS = {
+    "vision_config": "the SigLIP vision tower's config",
+    "text_config": "the Qwen2 language model's config",
+    "video_token_index": "the tokenizer's id of the `<video>` placeholder",
+    "keyframe_pooled_size": "the side of a keyframe's pooled token grid",
+    "query_embed_dim": "the size of the CLIP text embedding the DFM takes",
+}
+
+# What to do about a saved config that lacks a field or holds a wrong one.
+SAVED_CONFIG_FIX = "re-convert the checkpoint with `vilamp convert`, or set the field in `config.json`"
+
 
 @strict
 class ViLaMPConfig(PreTrainedConfig):
     r"""
     Configuration of a ViLaMP model: a SigLIP vision tower, a 2-layer projector, the differential feature merger
     (DFM) and a Qwen2 language model. The keyframe selection (DKS) settings belong to the processor
-    ([`ViLaMPProcessor`]), which runs it.
+    ([`ViLaMPProcessor`]), which runs it. Built in code, every field has a default (the 7B release's); a saved
+    `config.json` must hold the fields of `REQUIRED_SAVED_FIELDS`, which loading never fills with defaults.
 
     Args:
         vision_config (`dict` or `PreTrainedConfig`, *optional*):
@@ -99,11 +115,54 @@ class ViLaMPConfig(PreTrainedConfig):
         self.text_config = _build_sub_config(self.text_config, DEFAULT_TEXT_CONFIG)
         super().__post_init__(**kwargs)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "ViLaMPConfig":
+        """Loads a saved config as `PreTrainedConfig.from_pretrained` does; errors name the checkpoint."""
+        # `AutoConfig.from_pretrained` hands the path to `from_dict` this way too
+        kwargs.setdefault("name_or_path", str(pretrained_model_name_or_path))
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "ViLaMPConfig":
+        """
+        Builds the config from a saved `config.json`'s fields, which must include every field of
+        `REQUIRED_SAVED_FIELDS`: unlike `ViLaMPConfig()` built in code, a saved config never falls back to the 7B
+        release's towers or token layout. Errors name the field, the value seen and the fix.
+        """
+        source = f"`config.json` of {kwargs['name_or_path']}" if kwargs.get("name_or_path") else "The saved config"
+        missing = [
+            name
+            for name in REQUIRED_SAVED_FIELDS
+            if not any(
+                config_dict.get(key) not in (None, {}) or key in kwargs
+                for key in (name, *(alias for alias, target in cls.attribute_map.items() if target == name))
+            )
+        ]
+        if missing:
+            fields = ", ".join(f"`{name}` ({REQUIRED_SAVED_FIELDS[name]})" for name in missing)
+            raise ValueError(
+                f"{source} has no {fields}; a saved config never falls back to the 7B release's defaults: "
+                f"{SAVED_CONFIG_FIX}."
+            )
+        try:
+            return super().from_dict(config_dict, **kwargs)
+        except StrictDataclassError as error:
+            # the strict dataclass wraps the field's own TypeError or ValueError, which names the field and the value
+            cause = error.__cause__
+            error_class = TypeError if isinstance(cause, TypeError) else ValueError
+            message = f"{source} holds an invalid field ({str(cause).rstrip('.')}); {SAVED_CONFIG_FIX}."
+            raise error_class(message) from error
+
     def validate_vilamp_settings(self):
         """Checks the ViLaMP fields, naming the field, the value seen and the rule."""
         for name in ("query_embed_dim", "keyframe_pooled_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
+        if not 0 <= self.video_token_index < self.text_config.vocab_size:
+            raise ValueError(
+                f"`video_token_index` must be a token id of the language model, from 0 to `text_config.vocab_size` - 1 "
+                f"= {self.text_config.vocab_size - 1}, got {self.video_token_index}."
+            )
         if self.vision_chunk_size is not None and self.vision_chunk_size < 1:
             raise ValueError(
                 f"`vision_chunk_size` must be None (chosen from free memory) or at least 1, got {self.vision_chunk_size}."

@@ -2,6 +2,7 @@
 
 import functools
 import itertools
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -10,10 +11,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
-from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.utils import cached_file, is_torchdynamo_compiling
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_vilamp import ViLaMPConfig
@@ -25,6 +27,9 @@ VIDEO_INPUT_NAMES = ("pixel_values_videos", "keyframe_mask", "query_embeds", "vi
 # SigLIP normalisation: the processor hands over uint8 frames, normalised here on the device, chunk by chunk.
 SIGLIP_PIXEL_MEAN = 0.5
 SIGLIP_PIXEL_STD = 0.5
+
+# `from_pretrained` arguments that locate a checkpoint's files; the processor's files saved with it are read with them.
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
 
 # Frames per vision chunk when it is chosen from free memory. Larger chunks barely speed up the encoder but cost about
 # 70 MB a frame (H100, bfloat16, full size: 402, 411, 419 and 432 frames/s for chunks of 16, 32, 64 and 128 frames).
@@ -99,6 +104,90 @@ def plan_video_tokens(
     )
 
 
+def read_saved_json(pretrained_model_name_or_path, filename: str, **hub_kwargs) -> dict | None:
+    """The JSON file `filename` saved with a checkpoint (a directory or a Hub repository), or None if it has none."""
+    resolved_file = cached_file(
+        pretrained_model_name_or_path,
+        filename,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+        **hub_kwargs,
+    )
+    if resolved_file is None:
+        return None
+    with open(resolved_file, encoding="utf-8") as file:
+        return json.load(file)
+
+
+def check_saved_processor(config: ViLaMPConfig, pretrained_model_name_or_path, **hub_kwargs):
+    """
+    Checks that the processor saved with a checkpoint lays out the video tokens as `config` does: the same
+    `keyframe_pooled_size` (in `processor_config.json`) and the same id of its `video_token` (in `tokenizer.json`).
+    A checkpoint without a saved processor, or a setting that its files do not hold, is not checked.
+    """
+    processor_dict = read_saved_json(pretrained_model_name_or_path, "processor_config.json", **hub_kwargs)
+    if processor_dict is None:
+        return
+    disagreements = []
+    keyframe_pooled_size = processor_dict.get("keyframe_pooled_size")
+    if keyframe_pooled_size is not None and keyframe_pooled_size != config.keyframe_pooled_size:
+        disagreements.append(
+            f"`keyframe_pooled_size` is {keyframe_pooled_size!r} in `processor_config.json` but "
+            f"{config.keyframe_pooled_size} in `config.json`"
+        )
+    video_token = processor_dict.get("video_token")
+    tokenizer_dict = {}
+    if video_token is not None:
+        tokenizer_dict = read_saved_json(pretrained_model_name_or_path, "tokenizer.json", **hub_kwargs) or {}
+    # the converter adds the video token to the tokenizer, which saves it among its added tokens
+    added_token_ids = {token["content"]: token["id"] for token in tokenizer_dict.get("added_tokens", [])}
+    video_token_id = added_token_ids.get(video_token)
+    if video_token_id is not None and video_token_id != config.video_token_id:
+        disagreements.append(
+            f"the processor's `video_token` {video_token!r} has id {video_token_id} in `tokenizer.json` but "
+            f"`video_token_index` is {config.video_token_id} in `config.json`"
+        )
+    if disagreements:
+        raise ValueError(
+            f"The processor saved with {pretrained_model_name_or_path} does not lay out the video tokens as the model "
+            f"does: {'; and '.join(disagreements)}. Set the value the model was trained with in both files, or "
+            "re-convert the checkpoint with `vilamp convert`."
+        )
+
+
+def placeholder_mismatch_hint(
+    num_placeholders: int, num_keyframes: int, num_non_keyframes: int, num_videos: int, keyframe_pooled_size: int
+) -> str:
+    """The likely cause of a count of `<video>` placeholders that differs from the video tokens, and its fix."""
+    if num_placeholders == 0:
+        return (
+            "Build the prompt with the processor saved with the model: it expands one `<video>` per video into its "
+            "video tokens. If it did, its video token has another id than `config.video_token_id`."
+        )
+    # a processor pooling keyframes to a side-by-side grid lays out side**2 per keyframe, 1 per non-keyframe and video
+    keyframe_placeholders = num_placeholders - num_non_keyframes - num_videos
+    if num_keyframes > 0 and keyframe_placeholders > 0 and keyframe_placeholders % num_keyframes == 0:
+        side = math.isqrt(keyframe_placeholders // num_keyframes)
+        if side * side * num_keyframes == keyframe_placeholders:
+            return (
+                f"{num_placeholders} is the count for `keyframe_pooled_size` = {side}: the prompt was built by a "
+                f"processor that pools keyframes to {side}x{side}, while `config.keyframe_pooled_size` is "
+                f"{keyframe_pooled_size}. Use the processor saved with the model, or make the two "
+                "`keyframe_pooled_size` agree."
+            )
+    return (
+        "Pass the `input_ids` and the video inputs of one processor call, with every placeholder it expanded (a "
+        "prompt cut by `truncation` or `max_length` loses some)."
+    )
+
+
+def starts_sequence(model_kwargs: dict) -> bool:
+    """Whether a step's key/value cache (`cache`, `past_key_values` before transformers 5.24) is absent or empty: the
+    step's tokens then start the sequence, prompt included, while later steps hold new tokens after the cached ones."""
+    cache = model_kwargs.get("cache", model_kwargs.get("past_key_values"))
+    return cache is None or cache.get_seq_length() == 0
+
+
 def free_memory_bytes(device: torch.device) -> int:
     """Free memory of `device`: the accelerator's free memory, or the host's available memory for the CPU."""
     if device.type == "cuda":
@@ -138,6 +227,23 @@ class ViLaMPPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True
     # converters before 0.2 kept SigLIP's `post_layernorm`, which the original never applies
     _keys_to_ignore_on_load_unexpected = [r"vision_tower\.post_layernorm\."]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """
+        Loads a saved model as `PreTrainedModel.from_pretrained` does, and checks that the processor saved with it lays
+        out the video tokens as its config does (see `check_saved_processor`).
+        """
+        hub_kwargs = {name: kwargs[name] for name in HUB_KWARGS if name in kwargs}
+        config = kwargs.get("config")
+        # `AutoModel` hands over the loaded config: then the check comes before any weight is read
+        if isinstance(config, PreTrainedConfig) and pretrained_model_name_or_path is not None:
+            check_saved_processor(config, pretrained_model_name_or_path, **hub_kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if not isinstance(config, PreTrainedConfig) and pretrained_model_name_or_path is not None:
+            model = loaded[0] if kwargs.get("output_loading_info") else loaded
+            check_saved_processor(model.config, pretrained_model_name_or_path, **hub_kwargs)
+        return loaded
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -476,7 +582,8 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         num_videos: int,
     ) -> torch.BoolTensor:
         """
-        Finds the `<video>` placeholders in `input_ids` (or `inputs_embeds`) and checks that there is one per video token.
+        Finds the `<video>` placeholders in `input_ids` (or `inputs_embeds`) and checks that there is one per video
+        token, naming the likely cause where there is not (no placeholder at all, or the count of another grid).
 
         Returns:
             `torch.BoolTensor` of shape `(batch_size, sequence_length, hidden_size)`, for `masked_scatter`.
@@ -485,13 +592,31 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         num_placeholders = int(special_video_mask.sum())
         if num_placeholders != video_features.shape[0]:
             num_keyframes = int(keyframe_mask.bool().sum())
+            num_non_keyframes = keyframe_mask.shape[0] - num_keyframes
+            pooled_size = self.config.keyframe_pooled_size
+            hint = placeholder_mismatch_hint(
+                num_placeholders, num_keyframes, num_non_keyframes, num_videos, pooled_size
+            )
             raise ValueError(
                 f"Video features and video tokens do not match: expected {video_features.shape[0]} video tokens "
-                f"({self.config.keyframe_pooled_size**2}*{num_keyframes} + {keyframe_mask.shape[0] - num_keyframes} + "
-                f"{num_videos}), found {num_placeholders} in `input_ids`; let the processor expand the `<video>` "
-                "placeholders."
+                f"({pooled_size**2}*{num_keyframes} + {num_non_keyframes} + {num_videos}), found {num_placeholders} in "
+                f"{'`input_ids`' if input_ids is not None else '`inputs_embeds`'}, counting the placeholders of "
+                f"`config.video_token_id` = {self.config.video_token_id} (the model gives `keyframe_pooled_size`**2 = "
+                f"{pooled_size**2} tokens to each keyframe, 1 to each non-keyframe and a newline to each video). {hint}"
             )
         return special_video_mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
+
+    def check_no_placeholders(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor):
+        """Checks that a prompt passed without a video holds no `<video>` placeholder: the language model would read
+        the placeholder's bare embedding instead of the video."""
+        num_placeholders = int(self.placeholder_mask(input_ids, inputs_embeds).sum())
+        if num_placeholders > 0:
+            raise ValueError(
+                f"{'`input_ids`' if input_ids is not None else '`inputs_embeds`'} holds {num_placeholders} video "
+                f"placeholders (`config.video_token_id` = {self.config.video_token_id}) but no video was passed; pass "
+                "the video inputs the processor returned with the prompt (`pixel_values_videos`, `keyframe_mask`, "
+                "`query_embeds`, `video_frame_counts`), or drop the placeholders from a text-only prompt."
+            )
 
     def repeat_videos_with_rows(
         self,
@@ -592,6 +717,9 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
                 input_ids, inputs_embeds, video_features, keyframe_mask, num_videos=query_embeds.shape[0]
             )
             inputs_embeds = inputs_embeds.masked_scatter(special_video_mask, video_features)
+        # a compiled step is one of `generate`'s decoding steps, and reading a static cache's length breaks the graph
+        elif not is_torchdynamo_compiling() and starts_sequence(kwargs):
+            self.check_no_placeholders(input_ids, inputs_embeds)
 
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -739,6 +867,9 @@ class ViLaMPForConditionalGeneration(ViLaMPPreTrainedModel, GenerationMixin):
     # cache argument there depends on the transformers release
     @functools.wraps(GenerationMixin.prepare_inputs_for_generation)
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+        # `generate` marks every call of an assistant model as a later iteration, its first one included: the video
+        # inputs are kept for any step whose cache is still empty, since the prompt's placeholders need them
+        is_first_iteration = is_first_iteration or starts_sequence(kwargs)
         model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
         # the video is in the cache after the prefill step: encoding it again would be wasted and mismatch the ids
         if not is_first_iteration and kwargs.get("use_cache", True):

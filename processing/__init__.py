@@ -7,7 +7,15 @@ from .keyframe_selection import (
     normalize_clip_pixels,
     select_keyframes,
 )
-from .processing_vilamp import IGNORE_INDEX, ViLaMPProcessor, num_video_tokens
+from .processing_vilamp import (
+    IGNORE_INDEX,
+    KeyframeSelection,
+    LoadedVideo,
+    ProgressCallback,
+    ViLaMPProcessor,
+    num_video_tokens,
+    resolve_device,
+)
 from .training_data import ViLaMPDataCollator, read_video_qa_file, video_qa_conversation
 from .video_decoding import DecodedVideo, decode_video, sample_frame_indices
 from .video_processing_vilamp import ViLaMPVideoProcessor
@@ -15,7 +23,10 @@ from .video_processing_vilamp import ViLaMPVideoProcessor
 __all__ = [
     "DecodedVideo",
     "IGNORE_INDEX",
+    "KeyframeSelection",
     "KeyframeSelector",
+    "LoadedVideo",
+    "ProgressCallback",
     "ViLaMPDataCollator",
     "ViLaMPProcessor",
     "ViLaMPVideoProcessor",
@@ -27,6 +38,7 @@ __all__ = [
     "normalize_clip_pixels",
     "num_video_tokens",
     "read_video_qa_file",
+    "resolve_device",
     "sample_frame_indices",
     "select_keyframes",
     "video_qa_conversation",

@@ -1,7 +1,8 @@
 """Processor class for ViLaMP: video decoding, SigLIP frames, differential keyframe selection and the prompt."""
 
-import functools
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,15 @@ from PIL import Image
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin, TextKwargs, Unpack
 from transformers.utils.chat_template_utils import _get_template_variables, render_jinja_template
+from transformers.video_utils import VideoMetadata
 
-from .keyframe_selection import KeyframeSelector, clip_resize_and_crop, select_keyframes
-from .video_decoding import DecodedVideo
+from .keyframe_selection import (
+    KeyframeSelector,
+    clip_resize_and_crop,
+    fill_keyframe_slots,
+    frame_relevance_scores,
+    greedy_keyframe_selection,
+)
 from .video_processing_vilamp import ViLaMPVideoProcessor, ViLaMPVideoProcessorInitKwargs, check_video_settings
 
 CHAT_TEMPLATE_PATH = Path(__file__).with_name("chat_template.jinja")
@@ -42,6 +49,71 @@ class ViLaMPProcessorKwargs(ProcessingKwargs, total=False):
         "text_kwargs": {"padding": True},
         "common_kwargs": {"return_tensors": "pt"},
     }
+
+
+# Called with the number of frames a stage has just finished (1 per resized frame, one CLIP batch at a time), so a
+# progress bar's `update` (`tqdm.update`) can be passed as it is; decoding calls it from its worker threads.
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass
+class LoadedVideo:
+    """
+    One video as `ViLaMPProcessor.load_video` returns it: its sampled frames resized for SigLIP and for the keyframe
+    selector's CLIP.
+
+    Args:
+        siglip_frames (`torch.ByteTensor` of shape `(num_frames, 3, frame_size, frame_size)`): the frames for the model
+            (its `pixel_values_videos`); uint8 unless a rescale or normalisation was asked.
+        clip_frames (`torch.ByteTensor` of shape `(num_frames, 3, image_size, image_size)`): the frames for the keyframe
+            selector, resized and centre-cropped as `CLIPImageProcessor` does.
+        timestamps_seconds (`list[float]`): the presentation time of each sampled frame.
+        metadata (`VideoMetadata`): `total_num_frames`, `fps`, `frames_indices` (the frame numbers kept) and, for a
+            file, `width`, `height`, `duration` and `video_backend`.
+    """
+
+    siglip_frames: torch.Tensor
+    clip_frames: torch.Tensor
+    timestamps_seconds: list[float]
+    metadata: VideoMetadata
+
+
+@dataclass
+class KeyframeSelection:
+    """
+    The differential keyframe selection of one video, as `ViLaMPProcessor.select_keyframes` returns it (on the CPU).
+
+    Args:
+        keyframe_mask (`torch.BoolTensor` of shape `(num_frames,)`): the keyframes, exactly
+            `min(num_keyframes, num_frames)`.
+        ranked_keyframe_mask (`torch.BoolTensor` of shape `(num_frames,)`): the keyframes the relevance ranking chose;
+            the others in `keyframe_mask` fill the remaining slots evenly.
+        relevance_scores (`torch.FloatTensor` of shape `(num_frames,)`): the cosine similarity of every frame's CLIP
+            embedding to the question's (`f2t_scores` in the original).
+        query_embeds (`torch.FloatTensor` of shape `(embed_dim,)`): the unnormalised CLIP text embedding of the
+            question (the DFM query).
+    """
+
+    keyframe_mask: torch.Tensor
+    ranked_keyframe_mask: torch.Tensor
+    relevance_scores: torch.Tensor
+    query_embeds: torch.Tensor
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Where the keyframe selector runs: `"auto"` is the CUDA GPU when torch sees one, else the CPU; any other value is
+    taken as a torch device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"`device` {device!r} is not a torch device; pass 'auto', 'cpu', 'cuda' or 'cuda:N'."
+        ) from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"`device` {device!r} asks for a GPU, but torch sees none; pass 'auto' or 'cpu'.")
+    return resolved
 
 
 def num_video_tokens(num_frames: int, num_keyframes: int, keyframe_pooled_size: int) -> int:
@@ -79,6 +151,11 @@ class ViLaMPProcessor(ProcessorMixin):
     `max_frames`) and resizes the frames for SigLIP (`pixel_values_videos`, uint8); the processor runs the differential
     keyframe selection (DKS) against the question with the open_clip keyframe selector, and expands each `<video>`
     placeholder of the prompt to the number of tokens the model produces for that video.
+
+    `__call__` runs three public stages, the one path from a video to model inputs; call them one by one for progress
+    callbacks or for what each stage decided: `load_video` (decoding and resizing, a [`LoadedVideo`]),
+    `select_keyframes` (a [`KeyframeSelection`]: keyframes, the ones the ranking chose, every frame's relevance and the
+    query embedding) and `build_inputs` (placeholder expansion and tokenization, the [`BatchFeature`]).
 
     The sampling and keyframe settings (`fps`, `max_frames`, `num_keyframes`, `keyframe_relevance_threshold`,
     `keyframe_similarity_threshold`) belong to the video processor, are saved with it, and can be overridden per call,
@@ -240,17 +317,18 @@ class ViLaMPProcessor(ProcessorMixin):
             texts = [self.question_prompt(question) for question in texts]
         self._check_video_placeholders(texts, videos)
         queries = self._video_queries(texts, len(videos), query)
-        video_inputs = self._process_videos(videos, queries, videos_kwargs) if videos else {}
-        prompts, replacement_offsets = self._expand_video_placeholders(texts, video_inputs)
-        return_mm_token_type_ids = text_kwargs.pop("return_mm_token_type_ids", False)
-        return_text_replacement_offsets = text_kwargs.pop("return_text_replacement_offsets", False)
-        text_inputs = self.tokenizer(prompts, **text_kwargs)
-        if return_mm_token_type_ids:
-            text_inputs["mm_token_type_ids"] = self.create_mm_token_type_ids(text_inputs["input_ids"])
-        data = {**text_inputs, **video_inputs}
-        if return_text_replacement_offsets:
-            data["text_replacement_offsets"] = replacement_offsets
-        return BatchFeature(data=data, tensor_type="pt", skip_tensor_conversion=self.skip_tensor_conversion)
+        if videos:
+            self._require_keyframe_selector()
+        video_frames, keyframe_selections = [], []
+        for video_index, (video, video_query) in enumerate(zip(videos, queries)):
+            try:
+                loaded_video = self.load_video(video, **videos_kwargs)
+            except ValueError as error:
+                raise ValueError(f"`videos[{video_index}]`: {error}") from error
+            # only the SigLIP frames are kept: the CLIP frames of a video are dropped once its keyframes are chosen
+            keyframe_selections.append(self.select_keyframes(loaded_video.clip_frames, video_query, **videos_kwargs))
+            video_frames.append(loaded_video.siglip_frames)
+        return self.build_inputs(texts, video_frames, keyframe_selections, **text_kwargs)
 
     def _merge_call_kwargs(self, kwargs: dict) -> dict[str, dict]:
         """
@@ -348,27 +426,46 @@ class ViLaMPProcessor(ProcessorMixin):
                 )
         return queries
 
-    def load_video(self, video, **videos_kwargs) -> DecodedVideo:
+    def _require_keyframe_selector(self) -> KeyframeSelector:
+        """The keyframe selector, or an error saying how to get one."""
+        if self.keyframe_selector is None:
+            raise ValueError(
+                "This processor has no `keyframe_selector`; load it with `ViLaMPProcessor.from_pretrained` from a "
+                "directory holding keyframe_selector.safetensors, or pass `keyframe_selector=`."
+            )
+        return self.keyframe_selector
+
+    def load_video(self, video, *, progress: ProgressCallback | None = None, **videos_kwargs) -> LoadedVideo:
         """
-        Decodes (or takes) the sampled frames of one video and resizes each, as soon as it is read, for SigLIP and for
-        the keyframe selector.
+        The first stage of `__call__`: decodes (or takes) the sampled frames of one video and resizes each, as soon as
+        it is read, for SigLIP and for the keyframe selector's CLIP.
 
         Args:
             video: a file path, a uint8 array or tensor of shape `(num_frames, height, width, 3)` or
                 `(num_frames, 3, height, width)`, or a list of PIL images.
-            videos_kwargs: `fps`, `max_frames`, `num_frames`, `do_sample_frames`, `size`, `resample`; default to the video
-                processor's settings.
+            progress (`Callable[[int], None]`, *optional*): called with 1 as each sampled frame is resized, from a
+                decoding worker thread; where decoding starts over (a damaged file sampled again over the frames that
+                decode, parallel spans that disagree) the frames resized again are reported again.
+            videos_kwargs: `fps`, `max_frames`, `num_frames`, `do_sample_frames`, `size`, `resample`, `do_rescale`,
+                `do_normalize`, ...; default to the video processor's settings.
 
         Returns:
-            `DecodedVideo` whose `frames` are `(siglip_frame, clip_frame)` pairs of `torch.ByteTensor` of shapes
-            `(3, frame_size, frame_size)` and `(3, 224, 224)`.
+            [`LoadedVideo`]: `siglip_frames` of shape `(num_frames, 3, frame_size, frame_size)`, `clip_frames` of shape
+            `(num_frames, 3, 224, 224)`, `timestamps_seconds` and `metadata`.
         """
         if videos_kwargs.get("do_resize") is False:
             raise ValueError("`do_resize=False` is not supported: SigLIP takes frames of one size; set `size` instead.")
-        resize_frame = functools.partial(
-            self.resize_frame, size=videos_kwargs.get("size"), resample=videos_kwargs.get("resample")
-        )
-        return self.video_processor.load_video(
+        clip_image_size = self._require_keyframe_selector().image_size
+        size, resample = videos_kwargs.get("size"), videos_kwargs.get("resample")
+
+        def resize_frame(image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+            siglip_frame = self.video_processor.resize_frame(image, size, resample)
+            clip_frame = clip_resize_and_crop(image, clip_image_size)
+            if progress is not None:
+                progress(1)
+            return siglip_frame, clip_frame
+
+        decoded_video = self.video_processor.load_video(
             video,
             fps=videos_kwargs.get("fps"),
             max_frames=videos_kwargs.get("max_frames"),
@@ -376,40 +473,72 @@ class ViLaMPProcessor(ProcessorMixin):
             do_sample_frames=videos_kwargs.get("do_sample_frames"),
             frame_transform=resize_frame,
         )
+        siglip_frames, clip_frames = (torch.stack(frames) for frames in zip(*decoded_video.frames))
+        return LoadedVideo(
+            siglip_frames=self.video_processor.finish_frames(siglip_frames, **videos_kwargs),
+            clip_frames=clip_frames,
+            timestamps_seconds=decoded_video.timestamps_seconds,
+            metadata=decoded_video.metadata,
+        )
 
-    def resize_frame(
-        self, image: Image.Image, size: dict[str, int] | None = None, resample=None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Resizes one frame for SigLIP (`size` and `resample` default to the video processor's) and for the keyframe
-        selector's CLIP."""
-        siglip_frame = self.video_processor.resize_frame(image, size, resample)
-        return siglip_frame, clip_resize_and_crop(image, self.keyframe_selector.image_size)
-
-    def select_keyframes(self, clip_frames: torch.Tensor, query: str, **videos_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    def select_keyframes(
+        self,
+        clip_frames: torch.Tensor | None = None,
+        query: str | None = None,
+        *,
+        frame_embeds: torch.Tensor | None = None,
+        progress: ProgressCallback | None = None,
+        **videos_kwargs,
+    ) -> KeyframeSelection:
         """
-        Runs the differential keyframe selection of one video.
+        The second stage of `__call__`: the differential keyframe selection of one video against its question. The
+        CLIP frames are embedded `keyframe_selector.frame_batch_size` at a time on the keyframe selector's device.
 
         Args:
-            clip_frames (`torch.ByteTensor` of shape `(num_frames, 3, 224, 224)`): the frames for CLIP.
-            query (`str`): the question.
-            videos_kwargs: `num_keyframes`, `keyframe_relevance_threshold`, `keyframe_similarity_threshold`; default
-                to the video processor's settings.
+            clip_frames (`torch.ByteTensor` of shape `(num_frames, 3, 224, 224)`, *optional*): the frames for CLIP
+                (`LoadedVideo.clip_frames`).
+            query (`str`): the question the frames are ranked against.
+            frame_embeds (`torch.FloatTensor` of shape `(num_frames, embed_dim)`, *optional*): CLIP image embeddings
+                (`keyframe_selector.encode_frames(clip_frames)`) to select from instead of `clip_frames`, for frames
+                whose embeddings are already known. Pass exactly one of `clip_frames` and `frame_embeds`.
+            progress (`Callable[[int], None]`, *optional*): called with the size of each batch of frames CLIP embedded.
+            videos_kwargs: `num_keyframes`, `keyframe_relevance_threshold`, `keyframe_similarity_threshold` (default to
+                the video processor's settings) and `device`, where the keyframe selector runs (it is moved there).
 
         Returns:
-            `tuple(torch.BoolTensor, torch.FloatTensor)`: the `keyframe_mask` of shape `(num_frames,)` and the
-            unnormalised CLIP `query_embeds` of shape `(embed_dim,)`, both on the CPU.
+            [`KeyframeSelection`] (on the CPU): `keyframe_mask`, `ranked_keyframe_mask` and `relevance_scores` of shape
+            `(num_frames,)`, and `query_embeds` of shape `(embed_dim,)`.
         """
+        if (clip_frames is None) == (frame_embeds is None):
+            raise ValueError("You must specify exactly one of `clip_frames` or `frame_embeds`.")
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"`query` must be the question to rank the frames against, got {query!r}.")
+        selector = self._require_keyframe_selector()
+        if videos_kwargs.get("device") is not None:
+            selector.to(resolve_device(videos_kwargs["device"]))
+        if frame_embeds is None:
+            frame_embeds = []
+            for batch in clip_frames.split(selector.frame_batch_size):
+                frame_embeds.append(selector.encode_frames(batch))
+                if progress is not None:
+                    progress(len(batch))
+            frame_embeds = torch.cat(frame_embeds)
+        query_embeds = selector.encode_query(query).to(frame_embeds.device)
         settings = self._keyframe_settings(videos_kwargs)
-        frame_embeds = self.keyframe_selector.encode_frames(clip_frames)
-        query_embeds = self.keyframe_selector.encode_query(query)
-        keyframe_mask = select_keyframes(
+        num_keyframes = settings["num_keyframes"]
+        ranked_keyframe_mask = greedy_keyframe_selection(
             frame_embeds,
             query_embeds,
-            num_keyframes=settings["num_keyframes"],
+            num_keyframes=num_keyframes,
             relevance_threshold=settings["keyframe_relevance_threshold"],
             similarity_threshold=settings["keyframe_similarity_threshold"],
         )
-        return keyframe_mask, query_embeds.cpu()
+        return KeyframeSelection(
+            keyframe_mask=fill_keyframe_slots(ranked_keyframe_mask, num_keyframes),
+            ranked_keyframe_mask=ranked_keyframe_mask,
+            relevance_scores=frame_relevance_scores(frame_embeds, query_embeds).cpu(),
+            query_embeds=query_embeds.cpu(),
+        )
 
     def _keyframe_settings(self, videos_kwargs: dict) -> dict:
         """The keyframe settings of a call: the given ones, else the video processor's."""
@@ -419,32 +548,62 @@ class ViLaMPProcessor(ProcessorMixin):
             for name in names
         }
 
-    def _process_videos(self, videos: list, queries: list[str], videos_kwargs: dict) -> dict[str, torch.Tensor]:
-        """Loads every video, selects its keyframes and gathers the video inputs of the model."""
-        if self.keyframe_selector is None:
+    def build_inputs(
+        self,
+        text: str | list[str],
+        video_frames: list[torch.Tensor] | None = None,
+        keyframe_selections: list[KeyframeSelection] | None = None,
+        **text_kwargs,
+    ) -> BatchFeature:
+        """
+        The last stage of `__call__`: expands each `<video>` placeholder to the number of tokens its video takes and
+        tokenizes the prompts.
+
+        Args:
+            text (`str` or `list[str]`): the prompts, chat template applied (`question_prompt` for a bare question),
+                with one `<video>` placeholder per video.
+            video_frames (`list[torch.Tensor]`, *optional*): per video in placeholder order, its frames of shape
+                `(num_frames, 3, frame_size, frame_size)` (`LoadedVideo.siglip_frames`).
+            keyframe_selections (`list[KeyframeSelection]`, *optional*): per video, what `select_keyframes` returned.
+            text_kwargs: for the tokenizer (`padding`, `padding_side`, `truncation`, `max_length`, ...; `__call__`
+                passes `padding=True, padding_side="left"` unless told otherwise), and `return_mm_token_type_ids`,
+                `return_text_replacement_offsets`.
+
+        Returns:
+            [`BatchFeature`] as `__call__` returns it.
+        """
+        texts = self._check_text(text)
+        video_frames, keyframe_selections = list(video_frames or []), list(keyframe_selections or [])
+        if len(video_frames) != len(keyframe_selections):
             raise ValueError(
-                "This processor has no `keyframe_selector`; load it with `ViLaMPProcessor.from_pretrained` from a "
-                "directory holding keyframe_selector.safetensors, or pass `keyframe_selector=`."
+                f"`video_frames` holds {len(video_frames)} videos but `keyframe_selections` "
+                f"{len(keyframe_selections)}; pass one keyframe selection per video."
             )
-        if videos_kwargs.get("device") is not None:
-            self.keyframe_selector.to(videos_kwargs["device"])
-        pixel_values_videos, keyframe_masks, query_embeds = [], [], []
-        for video_index, (video, query) in enumerate(zip(videos, queries)):
-            try:
-                decoded_video = self.load_video(video, **videos_kwargs)
-            except ValueError as error:
-                raise ValueError(f"`videos[{video_index}]`: {error}") from error
-            siglip_frames, clip_frames = zip(*decoded_video.frames)
-            keyframe_mask, video_query_embeds = self.select_keyframes(torch.stack(clip_frames), query, **videos_kwargs)
-            pixel_values_videos.append(self.video_processor.finish_frames(torch.stack(siglip_frames), **videos_kwargs))
-            keyframe_masks.append(keyframe_mask)
-            query_embeds.append(video_query_embeds)
-        return {
-            "pixel_values_videos": torch.cat(pixel_values_videos),
-            "video_frame_counts": torch.tensor([len(frames) for frames in pixel_values_videos], dtype=torch.int64),
-            "keyframe_mask": torch.cat(keyframe_masks),
-            "query_embeds": torch.stack(query_embeds),
-        }
+        self._check_video_placeholders(texts, video_frames)
+        for video_index, (frames, selection) in enumerate(zip(video_frames, keyframe_selections)):
+            if len(frames) != len(selection.keyframe_mask):
+                raise ValueError(
+                    f"`video_frames[{video_index}]` has {len(frames)} frames but its keyframe selection "
+                    f"{len(selection.keyframe_mask)}; select the keyframes of these frames."
+                )
+        video_inputs = {}
+        if video_frames:
+            video_inputs = {
+                "pixel_values_videos": torch.cat(video_frames),
+                "video_frame_counts": torch.tensor([len(frames) for frames in video_frames], dtype=torch.int64),
+                "keyframe_mask": torch.cat([selection.keyframe_mask for selection in keyframe_selections]),
+                "query_embeds": torch.stack([selection.query_embeds for selection in keyframe_selections]),
+            }
+        prompts, replacement_offsets = self._expand_video_placeholders(texts, video_inputs)
+        return_mm_token_type_ids = text_kwargs.pop("return_mm_token_type_ids", False)
+        return_text_replacement_offsets = text_kwargs.pop("return_text_replacement_offsets", False)
+        text_inputs = self.tokenizer(prompts, **text_kwargs)
+        if return_mm_token_type_ids:
+            text_inputs["mm_token_type_ids"] = self.create_mm_token_type_ids(text_inputs["input_ids"])
+        data = {**text_inputs, **video_inputs}
+        if return_text_replacement_offsets:
+            data["text_replacement_offsets"] = replacement_offsets
+        return BatchFeature(data=data, tensor_type="pt", skip_tensor_conversion=self.skip_tensor_conversion)
 
     def replace_video_token(self, video_inputs: dict, video_idx: int) -> str:
         """The expanded placeholder of video `video_idx`: `num_video_tokens` copies of the video token."""
@@ -695,22 +854,32 @@ class ViLaMPProcessor(ProcessorMixin):
         return [tokenizer, video_processor]
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, device="cpu", **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, device="auto", **kwargs):
         """
         Loads the processor and its keyframe selector from a directory or a Hub repository.
 
         Args:
             pretrained_model_name_or_path (`str` or `os.PathLike`): the directory or repository.
-            device (`str` or `torch.device`, *optional*, defaults to `"cpu"`): where the keyframe selector runs.
+            device (`str` or `torch.device`, *optional*, defaults to `"auto"`): where the keyframe selector runs;
+                `"auto"` is the CUDA GPU when torch sees one (where the model runs), else the CPU.
             kwargs: passed to `ProcessorMixin.from_pretrained`; video settings (`max_frames`, `num_keyframes`, ...)
                 override the saved ones.
         """
         processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         hub_kwargs = {name: kwargs[name] for name in HUB_KWARGS if name in kwargs}
         processor.keyframe_selector = KeyframeSelector.from_pretrained(
-            pretrained_model_name_or_path, device=device, **hub_kwargs
+            pretrained_model_name_or_path, device=resolve_device(device), **hub_kwargs
         )
         return processor
 
 
-__all__ = ["IGNORE_INDEX", "ViLaMPProcessor", "ViLaMPProcessorKwargs", "num_video_tokens"]
+__all__ = [
+    "IGNORE_INDEX",
+    "KeyframeSelection",
+    "LoadedVideo",
+    "ProgressCallback",
+    "ViLaMPProcessor",
+    "ViLaMPProcessorKwargs",
+    "num_video_tokens",
+    "resolve_device",
+]

@@ -5,9 +5,11 @@
     vilamp ask vilamp-7b talk.mp4 "What is the speaker holding?"
     vilamp keyframes vilamp-7b talk.mp4 "What is the speaker holding?" --out timeline.png
 
-Exit status: 0 on success, 2 for a usage error (unknown flag, a value of the wrong kind, a path that does not exist),
-1 when the work itself fails (an unreadable video, a directory that is not a converted checkpoint, a failed conversion
-check). Errors print one line naming the problem, not a traceback (`VILAMP_TRACEBACK=1` shows it). Heavy libraries (torch, transformers) are
+Exit status: 0 on success; 2 for a usage error (an unknown flag, a value of the wrong kind, a path that does not exist,
+an OUTPUT_DIR that `convert` will not write); 1 when the work itself fails (an unreadable video, a directory that is
+not a converted checkpoint or does not load, a checkpoint that does not convert, a failed conversion check or
+`--verify-reference`); 130 when interrupted (Ctrl-C), 143 on SIGTERM during `convert`. Errors print one line naming the
+problem and the fix, not a traceback (`VILAMP_TRACEBACK=1` shows it). Heavy libraries (torch, transformers) are
 imported only once the arguments are known to be good, so `--help` and usage errors answer at once.
 """
 
@@ -17,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -90,15 +93,26 @@ def build_parser() -> argparse.ArgumentParser:
         "convert",
         help="convert the original checkpoint (llava_qwen) into a directory AutoModel and AutoProcessor load",
         description="Converts the original ViLaMP checkpoint, checks every tensor and writes the output atomically "
-        "(conversion/convert_original_to_hf.py; `vilamp-convert --input ... --output ...` is the same command).",
+        "(conversion/convert_original_to_hf.py; `vilamp-convert --input ... --output ...` is the same command). "
+        "OUTPUT_DIR is never the input, inside it or holding it; --overwrite replaces only a directory that an earlier "
+        "conversion wrote (config.json of model_type vilamp, processor_config.json, and no file a conversion never "
+        "writes). Ctrl-C or SIGTERM leaves OUTPUT_DIR as it was. Exit status: 2 for a usage error (a path that does "
+        "not exist, an OUTPUT_DIR it will not write), 1 when the conversion, its check or --verify-reference fails, "
+        "130 on Ctrl-C, 143 on SIGTERM.",
     )
     convert.add_argument("input", metavar="ORIGINAL_DIR", type=existing_dir, help="the original checkpoint directory")
-    convert.add_argument("output", metavar="OUTPUT_DIR", type=Path, help="the directory to write (must not exist)")
+    convert.add_argument(
+        "output", metavar="OUTPUT_DIR", type=Path,
+        help="the directory to write: missing or empty, or an earlier conversion's output with --overwrite",
+    )  # fmt: skip
     convert.add_argument("--tokenizer", type=existing_dir, help="the Qwen2 tokenizer directory (default: ORIGINAL_DIR)")
     convert.add_argument("--vision-tower-config", type=Path, help="SigLIP config.json (default: `mm_vision_tower`)")
     convert.add_argument("--clip-config", type=Path, help="keyframe selector CLIP config.json (default: `clip_model_path`)")
-    convert.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR")
-    convert.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+    convert.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing OUTPUT_DIR written by an earlier conversion (never anything else)",
+    )  # fmt: skip
+    convert.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard, e.g. 5GB, 500MB (default 5GB)")
     convert.add_argument(
         "--verify-reference", type=existing_dir, metavar="DIR",
         help="after converting, compare every stage with this golden reference directory and print the report",
@@ -168,6 +182,38 @@ def check_model_dir(model_dir: Path):
         )
 
 
+@contextmanager
+def model_dir_errors(model_dir: Path):
+    """Turns what loading a damaged MODEL_DIR raises (a damaged weight file, invalid JSON, a config field of the wrong
+    type) into a `CommandError` naming the directory and the fix."""
+    from huggingface_hub.errors import StrictDataclassError
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, StrictDataclassError, OSError, ValueError, TypeError) as error:
+        damaged = damaged_safetensors_files(model_dir) if isinstance(error, SafetensorError) else []
+        reason = f"{', '.join(damaged)} damaged ({error})" if damaged else str(error).rstrip(".")
+        raise CommandError(
+            f"MODEL_DIR `{model_dir}` does not load: {reason}; repair it, or convert the original checkpoint again "
+            f"(`vilamp convert ORIGINAL_DIR {model_dir} --overwrite`)."
+        ) from error
+
+
+def damaged_safetensors_files(model_dir: Path) -> list[str]:
+    """The names of the safetensors files in `model_dir` whose header or size is wrong."""
+    from safetensors import SafetensorError, safe_open
+
+    damaged = []
+    for path in sorted(model_dir.glob("*.safetensors")):
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except (SafetensorError, OSError):
+            damaged.append(path.name)
+    return damaged
+
+
 def run_convert(args) -> int:
     from conversion.convert_original_to_hf import main as convert_main
 
@@ -182,22 +228,25 @@ def run_convert(args) -> int:
             argv += [flag, str(value)]
     if args.overwrite:
         argv.append("--overwrite")
-    return convert_main(argv)
+    return convert_main(argv, prog="vilamp convert")
 
 
 def ask_video(model_dir: Path, video: Path, question: str, args, *, write) -> dict:
     """Loads the model, answers the question about the video (streaming the text to `write`) and returns the record
     that `--json` prints."""
-    from .pipeline import generate_answer, load_model_and_processor, prepare_video, probe_video, resolve_device, resolve_dtype
+    from processing import resolve_device
+
+    from .pipeline import generate_answer, load_model_and_processor, prepare_video, probe_video, resolve_dtype
 
     check_model_dir(model_dir)
     probe_video(video)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     start = time.perf_counter()
-    model, processor = load_model_and_processor(
-        model_dir, device=device, dtype=dtype, max_frames=args.max_frames, num_keyframes=args.keyframes
-    )
+    with model_dir_errors(model_dir):
+        model, processor = load_model_and_processor(
+            model_dir, device=device, dtype=dtype, max_frames=args.max_frames, num_keyframes=args.keyframes
+        )
     loaded_at = time.perf_counter()
     prepared = prepare_video(processor, video, question, show_progress=not args.no_progress)
     answer = generate_answer(
@@ -252,36 +301,36 @@ def run_ask(args) -> int:
 def draw_keyframes(model_dir: Path, video: Path, question: str, out: Path, args) -> dict:
     """Runs the keyframe selection of the video against the question, draws the timeline into `out` and returns the
     record that `--json` prints."""
-    from .pipeline import load_processor, prepare_video, probe_video, resolve_device
+    from processing import resolve_device
+
+    from .pipeline import load_processor, prepare_video, probe_video
     from .timeline import draw_keyframe_timeline
 
     check_model_dir(model_dir)
     probe_video(video)
-    processor = load_processor(
-        model_dir, device=resolve_device(args.device), max_frames=args.max_frames, num_keyframes=args.keyframes
-    )
+    device = resolve_device(args.device)
+    with model_dir_errors(model_dir):
+        processor = load_processor(model_dir, device=device, max_frames=args.max_frames, num_keyframes=args.keyframes)
     prepared = prepare_video(processor, video, question, show_progress=not args.no_progress)
+    keyframes = prepared.keyframes
     draw_keyframe_timeline(
         out,
         timestamps_seconds=prepared.timestamps_seconds,
-        relevance_scores=prepared.relevance_scores,
-        keyframe_mask=prepared.keyframe_mask,
-        ranked_keyframe_mask=prepared.ranked_keyframe_mask,
-        siglip_frames=prepared.siglip_frames,
+        keyframes=keyframes,
+        siglip_frames=prepared.inputs["pixel_values_videos"],
         question=question,
         relevance_threshold=processor.keyframe_relevance_threshold,
         aspect_ratio=prepared.frame_aspect_ratio,
         dpi=args.dpi,
     )
-    keyframe_indices = prepared.keyframe_mask.nonzero().flatten().tolist()
+    keyframe_indices = keyframes.keyframe_mask.nonzero().flatten().tolist()
+    ranked_indices = keyframes.ranked_keyframe_mask.nonzero().flatten().tolist()
     return {
         "picture": str(out),
         "num_frames": len(prepared.timestamps_seconds),
         "keyframe_timestamps_seconds": [round(prepared.timestamps_seconds[index], 3) for index in keyframe_indices],
-        "ranked_keyframe_timestamps_seconds": [
-            round(prepared.timestamps_seconds[index], 3) for index in prepared.ranked_keyframe_mask.nonzero().flatten().tolist()
-        ],
-        "keyframe_relevance_scores": [round(float(prepared.relevance_scores[index]), 4) for index in keyframe_indices],
+        "ranked_keyframe_timestamps_seconds": [round(prepared.timestamps_seconds[index], 3) for index in ranked_indices],
+        "keyframe_relevance_scores": [round(float(keyframes.relevance_scores[index]), 4) for index in keyframe_indices],
         "timings_seconds": {stage: round(seconds, 4) for stage, seconds in prepared.timings_seconds.items()},
     }
 
@@ -348,11 +397,22 @@ def main(argv: list[str] | None = None) -> int:
     except (CommandError, ValueError, OSError, ImportError) as error:
         if os.environ.get("VILAMP_TRACEBACK"):
             raise
-        print(f"vilamp {args.command}: error: {error}", file=sys.stderr)
+        print(f"vilamp {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
 
 
-__all__ = ["build_parser", "main"]
+def convert_command(argv: list[str] | None = None) -> int:
+    """`vilamp-convert`: the converter's own command line, with a Ctrl-C while torch and transformers are still
+    importing reported in one line as well."""
+    try:
+        from conversion.convert_original_to_hf import main as convert_main
+    except KeyboardInterrupt:
+        print("vilamp-convert: interrupted", file=sys.stderr)
+        return 130
+    return convert_main(argv)
+
+
+__all__ = ["build_parser", "convert_command", "main"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,9 +1,8 @@
-"""The stages of answering a question about a video, one function each, with progress and timings.
+"""The stages of answering a question about a video, with progress bars and timings.
 
-`ViLaMPProcessor.__call__` runs decoding, keyframe selection and prompt expansion in one call. The command line runs
-the same stages one by one, through the processor's own pieces, so it can show a progress bar per stage, time each
-one, and keep what the keyframe picture needs (every frame's relevance to the question, which keyframes the ranking
-chose). `build_model_inputs` gives exactly what `processor(text=question, videos=path)` gives (tested).
+`ViLaMPProcessor.__call__` is three public stages: `load_video`, `select_keyframes` and `build_inputs`. The command
+line calls them one by one, so it can show a progress bar for each, time each, and keep what the keyframe picture needs
+(the processor's `KeyframeSelection`: every frame's relevance to the question, which keyframes the ranking chose).
 """
 
 import os
@@ -11,11 +10,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from transformers import TextStreamer
 from transformers.feature_extraction_utils import BatchFeature
+
+from processing import KeyframeSelection
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -25,7 +25,8 @@ class VideoError(ValueError):
 
 
 def progress_bar(total: int | None, description: str, enabled: bool = True):
-    """A tqdm progress bar on stderr, in frames; a silent stand-in when `enabled` is False or tqdm is missing."""
+    """A tqdm progress bar on stderr, in frames; a silent stand-in when `enabled` is False or tqdm is missing. Both are
+    context managers, and their `update` is a processor stage's progress callback."""
     if enabled:
         try:
             from tqdm.auto import tqdm
@@ -39,24 +40,17 @@ def progress_bar(total: int | None, description: str, enabled: bool = True):
 class _SilentBar:
     """The subset of tqdm's interface used here, doing nothing."""
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
     def update(self, count: int = 1):
         pass
 
     def close(self):
         pass
-
-
-def resolve_device(device: str) -> torch.device:
-    """`"auto"` is the first CUDA GPU when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise ValueError(f"`--device` {device!r} is not a torch device; pass auto, cpu, cuda or cuda:N.") from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"`--device` {device!r} asks for a GPU, but torch sees none; pass --device cpu.")
-    return resolved
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -130,149 +124,50 @@ def num_sampled_frames(path, processor) -> int | None:
 @dataclass
 class PreparedVideo:
     """
-    One video and question, ready for the model, with what each stage decided.
+    One video and question through the processor's stages, ready for the model, with what the stages decided.
 
     Args:
         inputs (`BatchFeature`): the model inputs, as `processor(text=question, videos=video)` returns them.
         timestamps_seconds (`list[float]`): the time of each sampled frame.
-        relevance_scores (`torch.FloatTensor` of shape `(num_frames,)`): cosine of each frame's CLIP embedding with the
-            question's (`f2t_scores` in the original).
-        ranked_keyframe_mask (`torch.BoolTensor` of shape `(num_frames,)`): the keyframes the relevance ranking chose;
-            the others in `keyframe_mask` fill the remaining slots evenly.
-        keyframe_mask (`torch.BoolTensor` of shape `(num_frames,)`): all keyframes.
-        siglip_frames (`torch.ByteTensor` of shape `(num_frames, 3, frame_size, frame_size)`): the frames for SigLIP.
+        keyframes (`KeyframeSelection`): the processor's keyframe selection: `keyframe_mask`, `ranked_keyframe_mask`,
+            `relevance_scores` (each of shape `(num_frames,)`) and `query_embeds`.
         frame_aspect_ratio (`float`): width / height of the original frames (for thumbnails).
         timings_seconds (`dict[str, float]`): time per stage (`decoding`, `keyframe_selection`).
     """
 
     inputs: BatchFeature
     timestamps_seconds: list[float]
-    relevance_scores: torch.Tensor
-    ranked_keyframe_mask: torch.Tensor
-    keyframe_mask: torch.Tensor
-    siglip_frames: torch.Tensor
+    keyframes: KeyframeSelection
     frame_aspect_ratio: float
     timings_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def keyframe_timestamps_seconds(self) -> list[float]:
         """The time of each keyframe, in temporal order."""
-        return [self.timestamps_seconds[index] for index in self.keyframe_mask.nonzero().flatten().tolist()]
-
-
-def decode_frames(processor, video, *, show_progress: bool = True):
-    """
-    Decodes (or takes) the sampled frames of one video with the processor's settings and resizes each for SigLIP and
-    for CLIP as soon as it is read, with a progress bar over the sampled frames.
-
-    Args:
-        processor (`ViLaMPProcessor`): gives `fps`, `max_frames` and the frame resizing.
-        video: a file path or a uint8 array of shape `(num_frames, height, width, 3)`.
-
-    Returns:
-        `DecodedVideo` whose `frames` are `(siglip_frame, clip_frame)` pairs, and the aspect ratio of the frames.
-    """
-    from processing import decode_video
-
-    if not isinstance(video, (str, os.PathLike)):
-        decoded = processor.load_video(video)
-        return decoded, video.shape[2] / video.shape[1]
-    bar = progress_bar(num_sampled_frames(video, processor), "decoding", show_progress)
-
-    def resize_frame(image):
-        bar.update(1)
-        # the processor's own resizing, so the frames equal what `processor(videos=path)` gives
-        return processor.resize_frame(image)
-
-    try:
-        decoded = decode_video(video, fps=processor.fps, max_frames=processor.max_frames, frame_transform=resize_frame)
-    finally:
-        bar.close()
-    return decoded, (decoded.metadata.width or 1) / (decoded.metadata.height or 1)
-
-
-def embed_frames(processor, clip_frames: torch.Tensor, *, show_progress: bool = True) -> torch.Tensor:
-    """
-    CLIP image embeddings of the frames, `frame_batch_size` at a time, with a progress bar.
-
-    Args:
-        clip_frames (`torch.ByteTensor` of shape `(num_frames, 3, 224, 224)`).
-
-    Returns:
-        `torch.FloatTensor` of shape `(num_frames, embed_dim)` on the CPU.
-    """
-    selector = processor.keyframe_selector
-    bar = progress_bar(len(clip_frames), "keyframe selection", show_progress)
-    frame_embeds = []
-    try:
-        for batch in clip_frames.split(selector.frame_batch_size):
-            frame_embeds.append(selector.encode_frames(batch).cpu())
-            bar.update(len(batch))
-    finally:
-        bar.close()
-    return torch.cat(frame_embeds)
-
-
-def choose_keyframes(processor, frame_embeds: torch.Tensor, query_embeds: torch.Tensor):
-    """
-    The processor's keyframe selection on precomputed embeddings.
-
-    Returns:
-        `tuple(torch.BoolTensor, torch.BoolTensor, torch.FloatTensor)`: the `keyframe_mask`, the keyframes the
-        relevance ranking chose (before the even fill) and each frame's relevance score, all of shape `(num_frames,)`.
-    """
-    from processing import fill_keyframe_slots, frame_relevance_scores, greedy_keyframe_selection
-
-    ranked_keyframe_mask = greedy_keyframe_selection(
-        frame_embeds,
-        query_embeds,
-        num_keyframes=processor.num_keyframes,
-        relevance_threshold=processor.keyframe_relevance_threshold,
-        similarity_threshold=processor.keyframe_similarity_threshold,
-    )
-    keyframe_mask = fill_keyframe_slots(ranked_keyframe_mask, processor.num_keyframes)
-    return keyframe_mask, ranked_keyframe_mask, frame_relevance_scores(frame_embeds, query_embeds).cpu()
-
-
-def build_model_inputs(
-    processor, question: str, siglip_frames: torch.Tensor, keyframe_mask: torch.Tensor, query_embeds: torch.Tensor
-) -> BatchFeature:
-    """
-    The model inputs of one video and a bare question: the chat-template prompt with its `<video>` placeholder
-    expanded, and the video entries, as `processor(text=question, videos=...)` builds them.
-    """
-    video_inputs = {
-        "pixel_values_videos": siglip_frames,
-        "video_frame_counts": torch.tensor([len(siglip_frames)], dtype=torch.int64),
-        "keyframe_mask": keyframe_mask,
-        "query_embeds": query_embeds.reshape(1, -1).cpu(),
-    }
-    prompt = processor.question_prompt(question)
-    prompt = prompt.replace(processor.video_token, processor.replace_video_token(video_inputs, 0))
-    text_inputs = processor.tokenizer([prompt], return_tensors="pt", padding=True)
-    return BatchFeature(data={**text_inputs, **video_inputs}, tensor_type="pt")
+        return [self.timestamps_seconds[index] for index in self.keyframes.keyframe_mask.nonzero().flatten().tolist()]
 
 
 def prepare_video(processor, video, question: str, *, show_progress: bool = True) -> PreparedVideo:
-    """Decodes the video, selects its keyframes against the question and builds the model inputs, timing each stage."""
+    """
+    Runs the processor's stages on a video file and a bare question, a progress bar and a timing for each of
+    `load_video` (`decoding`) and `select_keyframes` (`keyframe_selection`), then `build_inputs`.
+    """
     if not question.strip():
         raise ValueError("The question is empty; the keyframe selection ranks frames against it. Pass a question.")
     start = time.perf_counter()
-    decoded, aspect_ratio = decode_frames(processor, video, show_progress=show_progress)
-    siglip_frames, clip_frames = (torch.stack(frames) for frames in zip(*decoded.frames))
+    with progress_bar(num_sampled_frames(video, processor), "decoding", show_progress) as bar:
+        loaded_video = processor.load_video(video, progress=bar.update)
     decoded_at = time.perf_counter()
-    frame_embeds = embed_frames(processor, clip_frames, show_progress=show_progress)
-    query_embeds = processor.keyframe_selector.encode_query(question).cpu()
-    keyframe_mask, ranked_keyframe_mask, relevance_scores = choose_keyframes(processor, frame_embeds, query_embeds)
+    with progress_bar(len(loaded_video.clip_frames), "keyframe selection", show_progress) as bar:
+        keyframes = processor.select_keyframes(loaded_video.clip_frames, question, progress=bar.update)
     selected_at = time.perf_counter()
+    prompt = processor.question_prompt(question)
+    metadata = loaded_video.metadata
     return PreparedVideo(
-        inputs=build_model_inputs(processor, question, siglip_frames, keyframe_mask, query_embeds),
-        timestamps_seconds=list(decoded.timestamps_seconds),
-        relevance_scores=relevance_scores,
-        ranked_keyframe_mask=ranked_keyframe_mask,
-        keyframe_mask=keyframe_mask,
-        siglip_frames=siglip_frames,
-        frame_aspect_ratio=aspect_ratio,
+        inputs=processor.build_inputs(prompt, [loaded_video.siglip_frames], [keyframes]),
+        timestamps_seconds=list(loaded_video.timestamps_seconds),
+        keyframes=keyframes,
+        frame_aspect_ratio=(metadata.width or 1) / (metadata.height or 1),
         timings_seconds={"decoding": decoded_at - start, "keyframe_selection": selected_at - decoded_at},
     )
 
@@ -362,7 +257,8 @@ def generate_answer(
     }
     streamer = AnswerStreamer(processor.tokenizer, write)
     start = time.perf_counter()
-    with encoding_progress(model, len(prepared.keyframe_mask), show_progress) as marks, torch.inference_mode():
+    num_frames = len(prepared.keyframes.keyframe_mask)
+    with encoding_progress(model, num_frames, show_progress) as marks, torch.inference_mode():
         output_ids = model.generate(
             **model_inputs,
             max_new_tokens=max_new_tokens,
@@ -384,25 +280,17 @@ def generate_answer(
     return processor.tokenizer.decode(new_ids, skip_special_tokens=True)
 
 
-def is_image_file(path) -> bool:
-    """Whether a path names a still image (used as a one-frame clip)."""
-    return Path(path).suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
-
-
 __all__ = [
     "AnswerStreamer",
     "PreparedVideo",
     "VideoError",
-    "build_model_inputs",
-    "choose_keyframes",
-    "decode_frames",
-    "embed_frames",
     "encoding_progress",
     "generate_answer",
     "load_model_and_processor",
     "load_processor",
+    "num_sampled_frames",
     "prepare_video",
     "probe_video",
-    "resolve_device",
+    "progress_bar",
     "resolve_dtype",
 ]

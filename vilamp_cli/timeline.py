@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from processing import KeyframeSelection
+
 # Figure size in inches at `dpi`: the PNG is exactly (width * dpi) x (height * dpi) pixels.
 FIGURE_SIZE_INCHES = (12.0, 6.0)
 DEFAULT_DPI = 100
@@ -55,9 +57,7 @@ def draw_keyframe_timeline(
     path,
     *,
     timestamps_seconds: list[float],
-    relevance_scores: torch.Tensor,
-    keyframe_mask: torch.Tensor,
-    ranked_keyframe_mask: torch.Tensor,
+    keyframes: KeyframeSelection,
     siglip_frames: torch.Tensor,
     question: str,
     relevance_threshold: float,
@@ -75,9 +75,9 @@ def draw_keyframe_timeline(
     Args:
         path: the PNG to write.
         timestamps_seconds (`list[float]`): the time of each sampled frame.
-        relevance_scores (`torch.FloatTensor` of shape `(num_frames,)`): cosine of each frame with the question.
-        keyframe_mask (`torch.BoolTensor` of shape `(num_frames,)`): all keyframes.
-        ranked_keyframe_mask (`torch.BoolTensor` of shape `(num_frames,)`): the keyframes chosen by relevance.
+        keyframes (`KeyframeSelection`): what the processor's `select_keyframes` returned: `relevance_scores` (cosine
+            of each frame with the question), `keyframe_mask` (all keyframes) and `ranked_keyframe_mask` (the keyframes
+            chosen by relevance), each of shape `(num_frames,)`.
         siglip_frames (`torch.ByteTensor` of shape `(num_frames, 3, size, size)`): the frames, for the thumbnails.
         question (`str`): the question, for the title.
         relevance_threshold (`float`): the relevance floor of the ranking.
@@ -86,10 +86,10 @@ def draw_keyframe_timeline(
     """
     Figure, FigureCanvasAgg = _import_matplotlib()
     times = np.asarray(timestamps_seconds, dtype=float)
-    scores = relevance_scores.float().cpu().numpy()
-    keyframe_indices = keyframe_mask.nonzero().flatten().tolist()
-    ranked = ranked_keyframe_mask.cpu().numpy().astype(bool)
-    filled = keyframe_mask.cpu().numpy().astype(bool) & ~ranked
+    scores = keyframes.relevance_scores.float().cpu().numpy()
+    keyframe_indices = keyframes.keyframe_mask.nonzero().flatten().tolist()
+    ranked = keyframes.ranked_keyframe_mask.cpu().numpy().astype(bool)
+    filled = keyframes.keyframe_mask.cpu().numpy().astype(bool) & ~ranked
 
     figure = Figure(figsize=FIGURE_SIZE_INCHES, dpi=dpi)
     FigureCanvasAgg(figure)

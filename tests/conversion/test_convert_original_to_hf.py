@@ -205,20 +205,19 @@ def test_unimplemented_original_setting_is_refused(checkpoint_copy, tokenizer_di
         convert_checkpoint(checkpoint_copy, tmp_path / "out", tokenizer_dir=tokenizer_dir)
 
 
-def test_existing_output_is_kept_unless_overwrite_is_passed(reference_dir, tokenizer_dir, tmp_path, capsys):
+def test_earlier_conversion_is_replaced_only_with_overwrite(converted_dir, reference_dir, tokenizer_dir, tmp_path, capsys):
     output_dir = tmp_path / "out"
-    output_dir.mkdir()
-    (output_dir / "keep.txt").write_text("mine")
+    shutil.copytree(converted_dir, output_dir)
+    config = json.loads((output_dir / "config.json").read_text())
+    (output_dir / "config.json").write_text(json.dumps({**config, "written_by": "the earlier conversion"}))
     arguments = ["--input", str(reference_dir / "original_tiny"), "--output", str(output_dir), "--tokenizer", str(tokenizer_dir)]
-    with pytest.raises(SystemExit) as exit_info:
-        main(arguments)
-    assert exit_info.value.code == 2
-    assert "exists; pass --overwrite" in capsys.readouterr().err
-    assert (output_dir / "keep.txt").read_text() == "mine"
+    assert main(arguments) == 2
+    assert "holds an earlier conversion; pass --overwrite to replace it" in capsys.readouterr().err
+    assert json.loads((output_dir / "config.json").read_text())["written_by"] == "the earlier conversion"
 
     assert main([*arguments, "--overwrite"]) == 0
-    assert not (output_dir / "keep.txt").exists()
-    assert (output_dir / "config.json").is_file()
+    assert "written_by" not in json.loads((output_dir / "config.json").read_text())
+    assert (output_dir / "model.safetensors").is_file()
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".out.")]
 
 

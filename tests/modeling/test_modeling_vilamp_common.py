@@ -10,6 +10,7 @@ import unittest
 from unittest.mock import patch
 
 import torch
+from parameterized import parameterized
 
 from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration, ViLaMPModel
 from processing import num_video_tokens
@@ -23,10 +24,12 @@ VIDEO_TOKEN_ID = 1
 
 class ViLaMPVisionText2TextModelTester:
     """A tiny ViLaMP (SigLIP 56x56 in 4x4 patches pooled to 2x2, Qwen2 of hidden size 32, 2 layers) and a batch of two
-    prompts, each with one video of `frames_per_video` frames whose first and last frames are keyframes."""
+    prompts, each with one video of `frames_per_video` frames whose first and last frames are keyframes. With
+    `text_only`, the prompts alone, with a config whose video token is none of their ids."""
 
-    def __init__(self, parent, batch_size=2, frames_per_video=4, text_length=5, is_training=True):
+    def __init__(self, parent, batch_size=2, frames_per_video=4, text_length=5, is_training=True, text_only=False):
         self.parent = parent
+        self.text_only = text_only
         self.batch_size = batch_size
         self.frames_per_video = frames_per_video
         self.is_training = is_training
@@ -62,6 +65,9 @@ class ViLaMPVisionText2TextModelTester:
             "query_embeds": torch.randn(self.batch_size, config.query_embed_dim),
             "video_frame_counts": torch.full((self.batch_size,), self.frames_per_video),
         }
+        if self.text_only:
+            config.video_token_index = config.text_config.vocab_size - 1
+            inputs_dict = {"input_ids": input_ids, "attention_mask": inputs_dict["attention_mask"]}
         return config, inputs_dict
 
 
@@ -97,6 +103,17 @@ class ViLaMPModelTest(common.ModelTesterMixin, GenerationTesterMixin, unittest.T
     def check_training_gradient_checkpointing(self, *args, **kwargs):
         with patch.object(self, "all_model_classes", (ViLaMPForConditionalGeneration,)):
             super().check_training_gradient_checkpointing(*args, **kwargs)
+
+    # the mixin runs the model on `input_ids` alone, and placeholders without their video are an error: these prompts
+    # are text only
+    @parameterized.expand(common.TEST_EAGER_MATCHES_SDPA_INFERENCE_PARAMETERIZATION)
+    def test_eager_matches_sdpa_inference(
+        self, name, dtype, padding_side, use_attention_mask, output_attentions, enable_kernels
+    ):
+        with patch.object(self, "model_tester", ViLaMPVisionText2TextModelTester(self, text_only=True)):
+            common._test_eager_matches_sdpa_inference(
+                self, name, dtype, padding_side, use_attention_mask, output_attentions, enable_kernels
+            )
 
     @unittest.skip("ViLaMP takes no images: the test checks `image_outputs` only (its own FIXME: videos not yet covered)")
     def test_multimodal_outputs_are_returned(self):

@@ -8,7 +8,14 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conversion.convert_original_to_hf import convert_clip_to_open_clip
-from processing import KeyframeSelector, ViLaMPProcessor, ViLaMPVideoProcessor, num_video_tokens
+from processing import (
+    KeyframeSelector,
+    ViLaMPProcessor,
+    ViLaMPVideoProcessor,
+    frame_relevance_scores,
+    num_video_tokens,
+    resolve_device,
+)
 
 VIDEO_TOKEN_ID = 508
 QWEN_1_5_PROMPT = (
@@ -363,3 +370,110 @@ def test_processor_saved_with_flat_settings_still_loads(processor, tmp_path, mak
     assert (reloaded.num_keyframes, reloaded.max_frames, reloaded.frame_size, reloaded.keyframe_pooled_size) == (2, 5, 56, 3)
     overridden = ViLaMPProcessor.from_pretrained(tmp_path, max_frames=7)
     assert overridden.max_frames == 7
+
+
+def assert_same_inputs(actual, expected):
+    assert set(actual) == set(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(actual[name], tensor), name
+
+
+def test_call_equals_its_stages_one_by_one_on_a_batch_of_two_uneven_videos(processor, make_video_file):
+    videos = [make_video_file(num_frames=24), make_video_file(num_frames=80, width=96, height=48)]
+    prompts = ["<video>\nWhat moves?", "Compare <video> with the first one."]
+    queries = ["What moves?", "How bright is it?"]
+    expected = processor(text=prompts, videos=[str(video) for video in videos], query=queries)
+
+    loaded_videos = [processor.load_video(video) for video in videos]
+    selections = [
+        processor.select_keyframes(loaded_video.clip_frames, query)
+        for loaded_video, query in zip(loaded_videos, queries)
+    ]
+    frames = [loaded_video.siglip_frames for loaded_video in loaded_videos]
+    inputs = processor.build_inputs(prompts, frames, selections, padding=True, padding_side="left")
+
+    assert [len(loaded_video.siglip_frames) for loaded_video in loaded_videos] == [3, 10]
+    assert_same_inputs(inputs, expected)
+
+
+def test_bare_question_equals_its_stages_one_by_one(processor, make_video_file):
+    video = make_video_file(num_frames=40)
+    question = "Where does the bar go?"
+    loaded_video = processor.load_video(video)
+    selection = processor.select_keyframes(loaded_video.clip_frames, question)
+    inputs = processor.build_inputs(processor.question_prompt(question), [loaded_video.siglip_frames], [selection])
+    assert_same_inputs(inputs, processor(text=question, videos=str(video)))
+
+
+def test_load_video_gives_both_frame_sizes_times_and_metadata(processor, make_video_file):
+    loaded_video = processor.load_video(make_video_file(num_frames=40, fps=8, width=64, height=48))
+    assert loaded_video.siglip_frames.shape == (5, 3, 384, 384) and loaded_video.siglip_frames.dtype == torch.uint8
+    assert loaded_video.clip_frames.shape == (5, 3, 224, 224) and loaded_video.clip_frames.dtype == torch.uint8
+    assert loaded_video.timestamps_seconds == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert loaded_video.metadata.frames_indices == [0, 8, 16, 24, 32]
+    assert (loaded_video.metadata.width, loaded_video.metadata.height) == (64, 48)
+
+
+def test_load_video_progress_reports_every_frame_of_a_file_and_of_given_frames(processor, make_video_file):
+    reported = []
+    loaded_video = processor.load_video(make_video_file(num_frames=72, fps=8), progress=reported.append)
+    assert len(loaded_video.siglip_frames) == 9 and reported == [1] * 9
+    reported.clear()
+    frames = np.random.default_rng(0).integers(0, 256, (7, 20, 30, 3), dtype=np.uint8)
+    processor.load_video(frames, max_frames=4, progress=reported.append)
+    assert reported == [1] * 4
+
+
+def test_select_keyframes_progress_reports_every_frame_one_clip_batch_at_a_time(processor, make_video_file):
+    processor.keyframe_selector.frame_batch_size = 4
+    loaded_video = processor.load_video(make_video_file(num_frames=80))
+    reported = []
+    processor.select_keyframes(loaded_video.clip_frames, "What moves?", progress=reported.append)
+    assert reported == [4, 4, 2]
+
+
+def test_keyframe_selection_holds_the_ranked_keyframes_relevance_and_query(processor, make_video_file):
+    loaded_video = processor.load_video(make_video_file(num_frames=80))
+    question = "What moves?"
+    selection = processor.select_keyframes(loaded_video.clip_frames, question, num_keyframes=4)
+    selector = processor.keyframe_selector
+    frame_embeds, query_embeds = selector.encode_frames(loaded_video.clip_frames), selector.encode_query(question)
+    assert int(selection.keyframe_mask.sum()) == 4 and selection.keyframe_mask.shape == (10,)
+    assert not (selection.ranked_keyframe_mask & ~selection.keyframe_mask).any()
+    relevance_scores = frame_relevance_scores(frame_embeds, query_embeds)
+    torch.testing.assert_close(selection.relevance_scores, relevance_scores, rtol=0, atol=0)
+    torch.testing.assert_close(selection.query_embeds, query_embeds, rtol=0, atol=0)
+    from_embeds = processor.select_keyframes(query=question, frame_embeds=frame_embeds, num_keyframes=4)
+    for name in ("keyframe_mask", "ranked_keyframe_mask", "relevance_scores", "query_embeds"):
+        assert torch.equal(getattr(from_embeds, name), getattr(selection, name)), name
+
+
+def test_stage_inputs_are_checked(processor, make_video_file):
+    loaded_video = processor.load_video(make_video_file(num_frames=40))
+    with pytest.raises(ValueError, match="exactly one of `clip_frames` or `frame_embeds`"):
+        processor.select_keyframes(query="What moves?")
+    with pytest.raises(ValueError, match="`query` must be the question to rank the frames against, got ' '"):
+        processor.select_keyframes(loaded_video.clip_frames, " ")
+    selection = processor.select_keyframes(loaded_video.clip_frames, "What moves?")
+    with pytest.raises(ValueError, match=r"`video_frames\[0\]` has 4 frames but its keyframe selection 5"):
+        processor.build_inputs("<video>\nWhat moves?", [loaded_video.siglip_frames[:4]], [selection])
+    with pytest.raises(ValueError, match="`video_frames` holds 1 videos but `keyframe_selections` 0"):
+        processor.build_inputs("<video>\nWhat moves?", [loaded_video.siglip_frames], [])
+
+
+def test_keyframe_selector_runs_on_the_gpu_when_there_is_one_unless_told(processor, tmp_path):
+    processor.save_pretrained(tmp_path)
+    expected = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("auto") == expected
+    assert ViLaMPProcessor.from_pretrained(tmp_path).keyframe_selector.device.type == expected.type
+    assert ViLaMPProcessor.from_pretrained(tmp_path, device="meta").keyframe_selector.device == torch.device("meta")
+    assert ViLaMPProcessor.from_pretrained(tmp_path, device="cpu").keyframe_selector.device == torch.device("cpu")
+    with pytest.raises(ValueError, match="`device` 'gpu0' is not a torch device"):
+        ViLaMPProcessor.from_pretrained(tmp_path, device="gpu0")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when torch sees no GPU")
+def test_asking_for_a_gpu_that_torch_does_not_see_is_an_error(processor, tmp_path):
+    processor.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="`device` 'cuda' asks for a GPU, but torch sees none"):
+        ViLaMPProcessor.from_pretrained(tmp_path, device="cuda")

@@ -1,0 +1,337 @@
+"""
+From a video file to an answer: time and memory of every stage on real encoded videos, next to the original's frame
+loop on the same file.
+
+The bench writes camera-like H.264 videos (a moving texture with a scene cut every 20 s, x264 `veryfast`, crf 23,
+30 fps; the 1-hour one is the 10-minute one repeated, stream-copied) or takes any file through `--video`. It builds
+the full-size architecture (SigLIP so400m, Qwen2-7B, CLIP ViT-B/32 keyframe selector) with random weights, saves the
+processor and loads it with `AutoProcessor`, then answers a question the way the README tells a user:
+
+    inputs = processor(text=question, videos=path, return_tensors="pt").to(model.device)
+    model.generate(**inputs, max_new_tokens=64)
+
+That run gives the total wall time. The stages are then timed one by one on the same file through the processor's
+stages (`load_video`, `select_keyframes`, `build_inputs`) and `generate`:
+- probing: opening the file and reading its stream header;
+- decoding: decoding to the kept RGB frames, no resizing (`decode_video`, the processor's decoder and its settings);
+- conversion and resize: what `load_video` (decoding, then SigLIP and CLIP resizing on worker threads while decoding
+  goes on) takes beyond decoding alone;
+- CLIP: the keyframe selection (`select_keyframes`) on the processor's device (the GPU when there is one);
+- vision+DFM, prefill, answer: one `generate` of `--max-new-tokens` tokens, split as bench/long_video.py splits it.
+With OpenCV installed, the original's frame loop (`grab()` every frame, `retrieve()` every `int(fps)`-th, then
+`np.linspace(..., dtype=int)` to 600, as the original evaluation scripts do) runs on the same file, and the table says
+whether it kept the same frame numbers and pixels as this package.
+
+    python bench/end_to_end.py                                  # 720p and 1080p, 10 minutes, one GPU
+    python bench/end_to_end.py --resolutions 1080p --minutes 60
+    python bench/end_to_end.py --video talk.mp4
+    python bench/end_to_end.py --tiny --device cpu              # tiny model, seconds: proves that it runs
+"""
+
+import argparse
+import hashlib
+import multiprocessing
+import resource
+import shlex
+import sys
+import tempfile
+import time
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# the package of this checkout, not an installed copy; and the other benches
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from keyframe_selection import VIT_B_32_CONFIG  # noqa: E402
+from long_video import peak_memory_gib, reset_peak_memory, synchronize, timed_generate  # noqa: E402
+from transformers import AutoProcessor  # noqa: E402
+
+import modeling_vilamp  # noqa: E402, F401  (registers ViLaMP with the Auto classes)
+from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration  # noqa: E402
+from processing import KeyframeSelector, ViLaMPProcessor  # noqa: E402
+from processing.video_decoding import decode_video  # noqa: E402
+from training.tiny import build_tiny_processor, build_tiny_tokenizer, tiny_config  # noqa: E402
+
+RESOLUTIONS = {"720p": (1280, 720), "1080p": (1920, 1080), "tiny": (160, 120)}
+VIDEO_FPS = 30
+SCENE_SECONDS = 20
+QUESTION = "What happens after the second scene cut?"
+COLUMNS = [
+    "video",
+    "probing s",
+    "decoding s",
+    "conversion and resize s",
+    "CLIP s",
+    "vision+DFM s",
+    "prefill s",
+    "answer s",
+    "total s",
+    "video-min per wall-min",
+    "host peak RSS GiB",
+    "GPU peak GiB",
+    "original loop s",
+    "same frames as original",
+]
+
+
+def parse_args(argv=None) -> Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--video", type=Path, action="append", help="a video file to measure (repeatable); none: write them")
+    parser.add_argument("--resolutions", nargs="+", default=["720p", "1080p"], choices=["720p", "1080p"])
+    parser.add_argument("--minutes", nargs="+", type=float, default=[10.0], help="lengths of the written videos")
+    parser.add_argument("--video-dir", type=Path, help="where written videos are kept and reused (default: temporary)")
+    parser.add_argument("--max-frames", type=int, default=600)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, help="default: bfloat16 on a GPU, float32 on the CPU")
+    parser.add_argument("--attn-implementation", default="sdpa")
+    parser.add_argument("--tiny", action="store_true", help="tiny model, processor and a 20-second 160x120 video")
+    args = parser.parse_args(argv)
+    args.dtype = args.dtype or ("bfloat16" if torch.device(args.device).type == "cuda" else "float32")
+    # what bench/long_video.py's `timed_generate` reads
+    args.cache_implementation = "dynamic"
+    return args
+
+
+def camera_like_frames(num_frames: int, width: int, height: int, seed: int = 0):
+    """Yields `(height, width, 3)` uint8 frames of a smooth random texture panned like a hand-held camera, with a new
+    texture every `SCENE_SECONDS`."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    margin, cell = 200, 6
+    textures = []
+    for _ in range(4):
+        coarse = rng.integers(0, 256, ((height + margin) // cell, (width + margin) // cell, 3), dtype=np.uint8)
+        fine = Image.fromarray(coarse).resize((coarse.shape[1] * cell, coarse.shape[0] * cell), Image.BICUBIC)
+        textures.append(np.asarray(fine))
+    for index in range(num_frames):
+        texture = textures[index // (SCENE_SECONDS * VIDEO_FPS) % len(textures)]
+        left = int(margin / 2 + 0.3 * margin * np.sin(index / 40))
+        top = int(margin / 2 + 0.3 * margin * np.cos(index / 55))
+        yield np.ascontiguousarray(texture[top : top + height, left : left + width])
+
+
+def write_camera_like_video(path: Path, width: int, height: int, minutes: float) -> Path:
+    """Writes a camera-like H.264 video; videos over 10 minutes repeat the 10-minute one, stream-copied."""
+    import av
+
+    if path.is_file():
+        return path
+    if minutes > 10:
+        segment = write_camera_like_video(path.with_name(f"{path.stem}_segment.mp4"), width, height, 10)
+        return concatenate_copies(segment, path, repeats=round(minutes / 10))
+    temporary = path.with_name(f".{path.name}.tmp.mp4")
+    with av.open(str(temporary), "w") as container:
+        stream = container.add_stream("libx264", rate=VIDEO_FPS)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "veryfast", "crf": "23"}
+        for frame in camera_like_frames(int(minutes * 60 * VIDEO_FPS), width, height):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    temporary.replace(path)
+    return path
+
+
+def concatenate_copies(segment: Path, path: Path, repeats: int) -> Path:
+    """Writes `repeats` copies of `segment` one after the other into `path`, without re-encoding."""
+    import av
+
+    temporary = path.with_name(f".{path.name}.tmp.mp4")
+    with av.open(str(segment)) as source, av.open(str(temporary), "w") as container:
+        in_stream = source.streams.video[0]
+        out_stream = container.add_stream_from_template(in_stream)
+        frame_ticks = round(1 / (VIDEO_FPS * in_stream.time_base))
+        offset = 0
+        for _ in range(repeats):
+            source.seek(0)
+            last_pts = 0
+            for packet in source.demux(in_stream):
+                if packet.size == 0:
+                    continue
+                last_pts = max(last_pts, packet.pts)
+                packet.pts += offset
+                packet.dts += offset
+                packet.stream = out_stream
+                container.mux(packet)
+            offset += last_pts + frame_ticks
+    temporary.replace(path)
+    return path
+
+
+def build_model(args: Namespace) -> ViLaMPForConditionalGeneration:
+    """Random weights created on the device in the benchmark's dtype."""
+    config = tiny_config() if args.tiny else ViLaMPConfig()
+    with torch.device(args.device):
+        model = ViLaMPForConditionalGeneration._from_config(
+            config, dtype=getattr(torch, args.dtype), attn_implementation=args.attn_implementation
+        )
+    return model.eval()
+
+
+def load_processor(directory: Path, args: Namespace) -> ViLaMPProcessor:
+    """Saves a processor (the toy tokenizer, a random CLIP ViT-B/32 keyframe selector) and loads it with `AutoProcessor`."""
+    if args.tiny:
+        processor = build_tiny_processor()
+    else:
+        import open_clip
+
+        torch.manual_seed(0)
+        selector = KeyframeSelector(open_clip.model.CLIP(**VIT_B_32_CONFIG), VIT_B_32_CONFIG)
+        processor = ViLaMPProcessor(tokenizer=build_tiny_tokenizer(), keyframe_selector=selector)
+    processor.save_pretrained(directory)
+    # as the README loads it: the keyframe selector goes to the GPU when there is one
+    return AutoProcessor.from_pretrained(directory)
+
+
+def timed(device: torch.device, function, *function_args, **function_kwargs):
+    """Runs `function` and returns its result and the seconds it took, device work included."""
+    synchronize(device)
+    start = time.perf_counter()
+    result = function(*function_args, **function_kwargs)
+    synchronize(device)
+    return result, time.perf_counter() - start
+
+
+def probe(path: Path) -> tuple[float, float]:
+    """The video's duration in seconds from its header, and the seconds reading it took."""
+    import av
+
+    start = time.perf_counter()
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        duration_seconds = stream.frames / float(stream.average_rate)
+    return duration_seconds, time.perf_counter() - start
+
+
+def frame_digest(image) -> str:
+    """A digest of an RGB frame's pixels (a PIL image or a `(height, width, 3)` uint8 array)."""
+    return hashlib.sha1(np.ascontiguousarray(np.asarray(image, dtype=np.uint8)).tobytes()).hexdigest()
+
+
+def original_frame_loop(path: str, max_frames: int):
+    """
+    The original evaluation's OpenCV loop, run in its own process so that the frames it holds (every candidate, at
+    full resolution) do not count in this process's memory: its seconds, the frame numbers it keeps and their
+    digests; None without OpenCV.
+    """
+    try:
+        import cv2
+    except ImportError:
+        return None
+    start = time.perf_counter()
+    capture = cv2.VideoCapture(path)
+    frame_interval = int(capture.get(cv2.CAP_PROP_FPS))
+    total_num_frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    frames, frame_indices = [], []
+    for count in range(total_num_frames):
+        if not capture.grab():
+            break
+        if count % frame_interval == 0:
+            _, frame = capture.retrieve()
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+            frame_indices.append(count)
+    capture.release()
+    if len(frames) > max_frames:
+        keep = np.linspace(0, len(frames) - 1, max_frames, dtype=int)
+        frames, frame_indices = [frames[i] for i in keep], [frame_indices[i] for i in keep]
+    seconds = time.perf_counter() - start
+    return seconds, frame_indices, [frame_digest(frame) for frame in frames]
+
+
+def same_frames_as_original(path: Path, args: Namespace, processor: ViLaMPProcessor):
+    """Runs the original's loop; returns its seconds and whether its frame numbers and pixels equal this package's."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        result = pool.apply(original_frame_loop, (str(path), args.max_frames))
+    if result is None:
+        return None, "no OpenCV"
+    seconds, frame_indices, digests = result
+    ours = decode_video(path, fps=processor.fps, max_frames=args.max_frames, frame_transform=frame_digest)
+    same_indices = ours.metadata.frames_indices == frame_indices
+    same_pixels = ours.frames == digests
+    return seconds, f"numbers {'yes' if same_indices else 'NO'}, pixels {'yes' if same_pixels else 'NO'}"
+
+
+def measure(path: Path, model, processor: ViLaMPProcessor, args: Namespace) -> list:
+    """One table row: the public API's total, then each stage on its own."""
+    device = torch.device(args.device)
+    generate_args = dict(do_sample=False, max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens)
+    duration_seconds, probe_seconds = probe(path)
+
+    reset_peak_memory(device)
+    start = time.perf_counter()
+    inputs = processor(text=QUESTION, videos=str(path), return_tensors="pt").to(device)
+    model.generate(**inputs, **generate_args)
+    synchronize(device)
+    total_seconds = time.perf_counter() - start
+    gpu_peak = peak_memory_gib(device)
+    host_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+    decoded, decode_seconds = timed(device, decode_video, path, fps=processor.fps, max_frames=args.max_frames)
+    loaded, load_seconds = timed(device, processor.load_video, str(path))
+    assert loaded.metadata.frames_indices == decoded.metadata.frames_indices
+    selection, clip_seconds = timed(device, processor.select_keyframes, loaded.clip_frames, QUESTION)
+    inputs = processor.build_inputs(
+        [processor.question_prompt(QUESTION)], [loaded.siglip_frames], [selection], padding=True, return_tensors="pt"
+    ).to(device)
+    first = timed_generate(model, inputs, 1, args)
+    full = timed_generate(model, inputs, args.max_new_tokens, args)
+    original_seconds, same_frames = same_frames_as_original(path, args, processor)
+    return [
+        f"{path.name} ({duration_seconds / 60:.1f} min, {len(decoded.frames)} frames)",
+        f"{probe_seconds:.3f}",
+        f"{decode_seconds:.2f}",
+        f"{max(load_seconds - decode_seconds, 0.0):.2f}",
+        f"{clip_seconds:.2f}",
+        f"{full.vision_seconds:.2f}",
+        f"{first.language_model_seconds:.2f}",
+        f"{full.language_model_seconds - first.language_model_seconds:.2f}",
+        f"{total_seconds:.2f}",
+        f"{duration_seconds / total_seconds:.1f}",
+        f"{host_peak:.1f}",
+        "-" if gpu_peak is None else f"{gpu_peak:.1f}",
+        "-" if original_seconds is None else f"{original_seconds:.2f}",
+        same_frames,
+    ]
+
+
+def videos_to_measure(args: Namespace, directory: Path) -> list[Path]:
+    """The `--video` files, or camera-like videos written for each resolution and length."""
+    if args.video:
+        return args.video
+    if args.tiny:
+        return [write_camera_like_video(directory / "camera_tiny.mp4", *RESOLUTIONS["tiny"], 1 / 3)]
+    return [
+        write_camera_like_video(directory / f"camera_{resolution}_{minutes:g}min.mp4", *RESOLUTIONS[resolution], minutes)
+        for minutes in args.minutes
+        for resolution in args.resolutions
+    ]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory() as temporary:
+        video_dir = args.video_dir or Path(temporary)
+        video_dir.mkdir(parents=True, exist_ok=True)
+        processor = load_processor(Path(temporary) / "processor", args)
+        model = build_model(args)
+        rows = [measure(path, model, processor, args) for path in videos_to_measure(args, video_dir)]
+    device = torch.device(args.device)
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"ViLaMP {'tiny' if args.tiny else 'full size'} (random weights), {args.dtype}, on {card}; "
+          f"{args.max_frames} frames at most, {args.max_new_tokens} new tokens; keyframe selector on "
+          f"{processor.keyframe_selector.device}")
+    print(f"command: python {shlex.join(['bench/end_to_end.py', *(argv if argv is not None else sys.argv[1:])])}")
+    print()
+    print("| " + " | ".join(COLUMNS) + " |")
+    print("|" + "---|" * len(COLUMNS))
+    for row in rows:
+        print("| " + " | ".join(str(cell) for cell in row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
