@@ -139,7 +139,8 @@ class VideoQuestionAnswerer:
         if attn_implementation is not None:
             model_kwargs["attn_implementation"] = attn_implementation
         model = AutoModel.from_pretrained(pretrained_model_name_or_path, **model_kwargs)
-        processor = AutoProcessor.from_pretrained(pretrained_model_name_or_path)
+        # the keyframe selector is loaded on the host: the decoding workers each get a copy and move it to `device`
+        processor = AutoProcessor.from_pretrained(pretrained_model_name_or_path, device="cpu")
         if max_frames is not None:
             processor.max_frames = max_frames
         return cls(model.eval(), processor, device, **kwargs)

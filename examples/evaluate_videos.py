@@ -4,7 +4,8 @@ several on the CPU with the gloo backend), resumably.
 
 The dataset is a JSON list or a JSONL file of `{"video": path, "question": ..., "answer": ...}` rows (video paths
 relative to the dataset file). Process `rank` of `world_size` takes the rows `i` with `i % world_size == rank`, answers
-them one video at a time (greedy decoding) and appends `{"index", "video", "question", "answer", "prediction"}` to its
+them one video at a time (greedy decoding; worker processes decode the next videos meanwhile, `--decode-workers`),
+through the same wrapper as the lmms-eval model (`evaluation.video_qa`), and appends `{"index", "video", "question", "answer", "prediction"}` to its
 part file `OUTPUT.partRANK`, flushed after each row. Once every process is done, the main process merges the part files
 (and an earlier `OUTPUT`) into `OUTPUT`, one line per row ordered by index, and removes the part files. Run it again
 after an interruption: rows already in a part file or in `OUTPUT` are skipped, whatever the number of processes.
@@ -24,16 +25,14 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
-from transformers import AutoModel, AutoProcessor
 
-import modeling_vilamp  # noqa: F401  (registers ViLaMP with the Auto classes)
+from evaluation.video_qa import DTYPES, VideoQuestion, VideoQuestionAnswerer
 from processing import read_video_qa_file
 from training import build_tiny_model, build_tiny_processor, write_tiny_video_qa_dataset
 
 # the processes meet twice, at the start and when all are done: a process whose shard ends early waits at the second
 # meeting for the slowest one, far longer than the default collective timeout on long videos
 BARRIER_TIMEOUT = timedelta(hours=24)
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def parse_args() -> argparse.Namespace:
@@ -51,6 +50,9 @@ def parse_args() -> argparse.Namespace:
         help="generate's KV cache; static compiles the decoding step on a GPU (its first row pays the compilation)",
     )
     parser.add_argument("--max-frames", type=int, help="frames sampled per video (default: the processor's, 600)")
+    parser.add_argument(
+        "--decode-workers", type=int, default=2, help="processes that decode the next videos while the model runs; 0: none"
+    )
     parser.add_argument(
         "--device", default="auto", help="auto (default: this process's GPU, else the CPU), cpu, cuda (this process's GPU)"
     )
@@ -131,35 +133,22 @@ def open_part_file(path: Path):
     return path.open("a", encoding="utf-8")
 
 
-def load_model_and_processor(args, device: torch.device):
-    """The model on this process's device, and the processor with its keyframe selector there too."""
-    if args.tiny:
-        model, processor = build_tiny_model(), build_tiny_processor()
-        processor.keyframe_selector.to(device)
-    else:
-        dtype = DTYPES.get(args.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        model = AutoModel.from_pretrained(args.model, dtype=dtype)
-        processor = AutoProcessor.from_pretrained(args.model, device=device)
+def load_answerer(args, device: torch.device) -> VideoQuestionAnswerer:
+    """The model and its processor on this process's device (the lmms-eval model's wrapper, `evaluation.video_qa`)."""
+    settings = {"decode_workers": args.decode_workers, "cache_implementation": args.cache_implementation}
+    if not args.tiny:
+        return VideoQuestionAnswerer.from_pretrained(
+            args.model, device=device, dtype=args.dtype, max_frames=args.max_frames, **settings
+        )
+    processor = build_tiny_processor()
     if args.max_frames is not None:
         processor.max_frames = args.max_frames
-    return model.to(device).eval(), processor
+    return VideoQuestionAnswerer(build_tiny_model().to(device).eval(), processor, device, **settings)
 
 
-def predict(
-    model, processor, row: dict, device: torch.device, max_new_tokens: int, cache_implementation: str = "dynamic"
-) -> str:
-    """Answers one row's question about its video, greedily."""
-    # the frames stay on the CPU as uint8 and the model moves each chunk of them to its device when it encodes it
-    inputs = processor(videos=row["video"], text=row["question"], return_tensors="pt")
-    inputs = {
-        name: tensor.to(device) if name in ("input_ids", "attention_mask", "query_embeds") else tensor
-        for name, tensor in inputs.items()
-    }
-    with torch.inference_mode():
-        output_ids = model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False, cache_implementation=cache_implementation
-        )
-    return processor.tokenizer.decode(output_ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+def question_of(row: dict) -> VideoQuestion:
+    """A row's question about its video; the keyframe selector ranks the frames against the question."""
+    return VideoQuestion(video=row["video"], prompt=row["question"], query=row["question"])
 
 
 def main():
@@ -185,11 +174,13 @@ def main():
 
     evaluated = 0
     if todo:
-        model, processor = load_model_and_processor(args, device)
+        answerer = load_answerer(args, device)
+        # the next rows' videos are decoded in worker processes while the model answers this one
+        prepared = answerer.prepare([[question_of(rows[index])] for index in todo])
         with open_part_file(part_path(output, state.process_index)) as part:
-            for index in todo:
+            for index, inputs in zip(todo, prepared):
                 row = rows[index]
-                prediction = predict(model, processor, row, device, args.max_new_tokens, args.cache_implementation)
+                (prediction,) = answerer.generate(inputs, args.max_new_tokens)
                 record = {"index": index, "video": row["video"], "question": row["question"], "answer": row["answer"]}
                 part.write(json.dumps({**record, "prediction": prediction}, ensure_ascii=False) + "\n")
                 part.flush()
