@@ -164,18 +164,24 @@ class ViLaMP(lmms):
         start_time = time.perf_counter()
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc="ViLaMP answering")
         prepared = self.answerer.prepare([[questions[index] for index in batch] for batch in batches])
+        first_batch_seconds = None
         for batch, inputs in zip(batches, prepared):
+            first_batch_seconds = first_batch_seconds or time.perf_counter() - start_time
             for index, answer in zip(batch, self.answerer.generate(inputs, token_limits[batch[0]])):
                 answers[index] = answer
             progress.update(len(batch))
         progress.close()
-        self._log_time("generate_until", len(requests), start_time)
+        self._log_time("generate_until", len(requests), start_time, first_batch_seconds)
         return answers
 
-    def _log_time(self, request_type: str, num_requests: int, start_time: float):
-        """Logs how long this process took for its requests (bench/evaluation_throughput.py reads the line)."""
+    def _log_time(self, request_type: str, num_requests: int, start_time: float, first_batch_seconds: float | None):
+        """Logs how long this process took for its requests and until its first batch was decoded (the decoding
+        workers' start and one video); bench/evaluation_throughput.py reads the line."""
         seconds = time.perf_counter() - start_time
-        logger.info(f"ViLaMP process {self.rank}: {request_type} of {num_requests} requests in {seconds:.3f} s")
+        logger.info(
+            f"ViLaMP process {self.rank}: {request_type} of {num_requests} requests in {seconds:.3f} s, the first batch "
+            f"ready after {first_batch_seconds or 0:.3f} s"
+        )
 
     def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:
         """
@@ -200,13 +206,15 @@ class ViLaMP(lmms):
         results = [None] * len(requests)
         start_time = time.perf_counter()
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc="ViLaMP scoring")
+        first_batch_seconds = None
         for indices, inputs in zip(groups.values(), self.answerer.prepare([[question] for question in questions])):
+            first_batch_seconds = first_batch_seconds or time.perf_counter() - start_time
             continuations = [self._continuation(requests[index]) for index in indices]
             for index, result in zip(indices, self.answerer.continuation_losses(inputs, continuations)):
                 results[index] = GenerationResult(text=result)
             progress.update(len(indices))
         progress.close()
-        self._log_time("loglikelihood", len(requests), start_time)
+        self._log_time("loglikelihood", len(requests), start_time, first_batch_seconds)
         return results
 
     def _continuation(self, request: Instance) -> str:

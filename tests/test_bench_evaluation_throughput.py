@@ -16,5 +16,5 @@ def test_tiny_cpu_run_prints_a_row_per_process_count(tmp_path):
                "--samples", "2", "--videos", "1", "--work-dir", str(tmp_path)]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert "| processes | samples | answering s | samples/s |" in result.stdout
+    assert "| processes | samples | answering s | first batch s | samples/s | speed-up |" in result.stdout
     assert "\n| 1 | 2 | " in result.stdout and result.stdout.rstrip().endswith("| yes |")
