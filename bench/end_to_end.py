@@ -31,12 +31,14 @@ whether it kept the same frame numbers and pixels as this package.
 import argparse
 import hashlib
 import multiprocessing
+import os
 import resource
 import shlex
 import sys
 import tempfile
 import time
 from argparse import Namespace
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -298,38 +300,40 @@ def measure(path: Path, model, processor: ViLaMPProcessor, args: Namespace) -> l
     ]
 
 
-def videos_to_measure(args: Namespace, directory: Path) -> list[Path]:
-    """The `--video` files, or camera-like videos written for each resolution and length."""
+def videos_to_measure(args: Namespace, directory: Path) -> Iterator[Path]:
+    """The `--video` files, or camera-like videos for each resolution and length, each written when its turn comes."""
     if args.video:
-        return args.video
-    if args.tiny:
-        return [write_camera_like_video(directory / "camera_tiny.mp4", *RESOLUTIONS["tiny"], 1 / 3)]
-    return [
-        write_camera_like_video(directory / f"camera_{resolution}_{minutes:g}min.mp4", *RESOLUTIONS[resolution], minutes)
-        for minutes in args.minutes
-        for resolution in args.resolutions
-    ]
+        yield from args.video
+    elif args.tiny:
+        yield write_camera_like_video(directory / "camera_tiny.mp4", *RESOLUTIONS["tiny"], 1 / 3)
+    else:
+        for minutes in args.minutes:
+            for resolution in args.resolutions:
+                name = f"camera_{resolution}_{minutes:g}min.mp4"
+                yield write_camera_like_video(directory / name, *RESOLUTIONS[resolution], minutes)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as temporary:
         video_dir = args.video_dir or Path(temporary)
         video_dir.mkdir(parents=True, exist_ok=True)
         processor = load_processor(Path(temporary) / "processor", args)
         model = build_model(args)
-        rows = [measure(path, model, processor, args) for path in videos_to_measure(args, video_dir)]
-    device = torch.device(args.device)
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"ViLaMP {'tiny' if args.tiny else 'full size'} (random weights), {args.dtype}, on {card}; "
-          f"{args.max_frames} frames at most, {args.max_new_tokens} new tokens; keyframe selector on "
-          f"{processor.keyframe_selector.device}")
-    print(f"command: python {shlex.join(['bench/end_to_end.py', *(argv if argv is not None else sys.argv[1:])])}")
-    print()
-    print("| " + " | ".join(COLUMNS) + " |")
-    print("|" + "---|" * len(COLUMNS))
-    for row in rows:
-        print("| " + " | ".join(str(cell) for cell in row) + " |")
+        card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+        print(
+            f"ViLaMP {'tiny' if args.tiny else 'full size'} (random weights), {args.dtype}, on {card}; "
+            f"{args.max_frames} frames at most, {args.max_new_tokens} new tokens; keyframe selector on "
+            f"{processor.keyframe_selector.device}; {os.cpu_count()} CPU cores"
+        )
+        print(f"command: python {shlex.join(['bench/end_to_end.py', *(argv if argv is not None else sys.argv[1:])])}")
+        print()
+        print("| " + " | ".join(COLUMNS) + " |")
+        print("|" + "---|" * len(COLUMNS), flush=True)
+        for path in videos_to_measure(args, video_dir):
+            row = measure(path, model, processor, args)
+            print("| " + " | ".join(str(cell) for cell in row) + " |", flush=True)
     return 0
 
 
