@@ -164,9 +164,9 @@ def concatenate_copies(segment: Path, path: Path, repeats: int) -> Path:
     return path
 
 
-def build_model(args: Namespace) -> ViLaMPForConditionalGeneration:
-    """Random weights created on the device in the benchmark's dtype."""
-    config = tiny_config() if args.tiny else ViLaMPConfig()
+def build_model(args: Namespace, video_token_id: int) -> ViLaMPForConditionalGeneration:
+    """Random weights created on the device in the benchmark's dtype; its video token is the processor's."""
+    config = tiny_config() if args.tiny else ViLaMPConfig(video_token_index=video_token_id)
     with torch.device(args.device):
         model = ViLaMPForConditionalGeneration._from_config(
             config, dtype=getattr(torch, args.dtype), attn_implementation=args.attn_implementation
@@ -320,7 +320,7 @@ def main(argv=None) -> int:
         video_dir = args.video_dir or Path(temporary)
         video_dir.mkdir(parents=True, exist_ok=True)
         processor = load_processor(Path(temporary) / "processor", args)
-        model = build_model(args)
+        model = build_model(args, processor.video_token_id)
         card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
         print(
             f"ViLaMP {'tiny' if args.tiny else 'full size'} (random weights), {args.dtype}, on {card}; "
