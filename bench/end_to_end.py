@@ -90,8 +90,19 @@ def parse_args(argv=None) -> Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on a GPU, float32 on the CPU")
     parser.add_argument("--attn-implementation", default="sdpa")
+    parser.add_argument(
+        "--decoders",
+        nargs="*",
+        default=[],
+        metavar="DEVICE:COUNT",
+        help="also time decoding and resizing alone with these settings, e.g. cpu:1 cpu:4 cuda:1 (cuda is NVDEC)",
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny model, processor and a 20-second 160x120 video")
     args = parser.parse_args(argv)
+    try:
+        args.decoders = [(device, int(count)) for device, count in (setting.split(":") for setting in args.decoders)]
+    except ValueError:
+        parser.error(f"`--decoders` takes DEVICE:COUNT settings such as cpu:4 or cuda:1, got {args.decoders}.")
     args.dtype = args.dtype or ("bfloat16" if torch.device(args.device).type == "cuda" else "float32")
     # what bench/long_video.py's `timed_generate` reads
     args.cache_implementation = "dynamic"
@@ -308,6 +319,31 @@ def measure(path: Path, model, processor: ViLaMPProcessor, args: Namespace) -> l
     ]
 
 
+def decoder_rows(path: Path, processor: ViLaMPProcessor, args: Namespace) -> list[list[str]]:
+    """Seconds of `load_video` (decoding, conversion and resizing) on `path` with each `--decoders` setting, and
+    whether its frames equal those of one CPU decoder."""
+    reference = processor.load_video(str(path), decode_device="cpu", num_decoders=1)
+    rows = []
+    for device, count in args.decoders:
+        loaded, seconds = timed(torch.device("cpu"), processor.load_video, str(path), decode_device=device, num_decoders=count)
+        same = torch.equal(loaded.siglip_frames, reference.siglip_frames) and torch.equal(
+            loaded.clip_frames, reference.clip_frames
+        )
+        rows.append([path.name, "NVDEC" if device == "cuda" else "CPU", str(count), f"{seconds:.2f}", "yes" if same else "NO"])
+    return rows
+
+
+def print_row(cells: list):
+    """Prints one markdown table row."""
+    print("| " + " | ".join(str(cell) for cell in cells) + " |", flush=True)
+
+
+def print_table_start(columns: list[str]):
+    """Prints a markdown table's header."""
+    print_row(columns)
+    print("|" + "---|" * len(columns), flush=True)
+
+
 def videos_to_measure(args: Namespace, directory: Path) -> Iterator[Path]:
     """The `--video` files, or camera-like videos for each resolution and length, each written when its turn comes."""
     if args.video:
@@ -338,11 +374,17 @@ def main(argv=None) -> int:
         )
         print(f"command: python {shlex.join(['bench/end_to_end.py', *(argv if argv is not None else sys.argv[1:])])}")
         print()
-        print("| " + " | ".join(COLUMNS) + " |")
-        print("|" + "---|" * len(COLUMNS), flush=True)
+        print_table_start(COLUMNS)
+        paths = []
         for path in videos_to_measure(args, video_dir):
-            row = measure(path, model, processor, args)
-            print("| " + " | ".join(str(cell) for cell in row) + " |", flush=True)
+            paths.append(path)
+            print_row(measure(path, model, processor, args))
+        if args.decoders:
+            print()
+            print_table_start(["video", "decoder", "decoders at once", "load_video s", "same frames as one CPU decoder"])
+            for path in paths:
+                for row in decoder_rows(path, processor, args):
+                    print_row(row)
     return 0
 
 
