@@ -201,10 +201,13 @@ def load_processor(directory: Path, args: Namespace) -> ViLaMPProcessor:
     return AutoProcessor.from_pretrained(directory)
 
 
-def warm_up(model, processor: ViLaMPProcessor, directory: Path, args: Namespace):
-    """Answers once about a short tiny video, untimed, so that the first measured row holds no CUDA or kernel start-up."""
-    path = write_camera_like_video(directory / "warm_up.mp4", *RESOLUTIONS["tiny"], 1 / 6)
-    inputs = processor(text=QUESTION, videos=str(path), return_tensors="pt").to(args.device)
+def warm_up(model, processor: ViLaMPProcessor, args: Namespace):
+    """
+    Answers once, untimed, about `--max-frames` random 64x64 frames given as an array, so that CUDA start-up and the
+    first use of each kernel (vision chunks, CLIP batches, prefill) fall outside the measured rows.
+    """
+    frames = np.random.default_rng(0).integers(0, 256, (args.max_frames, 64, 64, 3), dtype=np.uint8)
+    inputs = processor(text=QUESTION, videos=frames, return_tensors="pt").to(args.device)
     model.generate(**inputs, do_sample=False, max_new_tokens=2)
 
 
@@ -365,7 +368,7 @@ def main(argv=None) -> int:
         video_dir.mkdir(parents=True, exist_ok=True)
         processor = load_processor(Path(temporary) / "processor", args)
         model = build_model(args, processor.video_token_id)
-        warm_up(model, processor, Path(temporary), args)
+        warm_up(model, processor, args)
         card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
         print(
             f"ViLaMP {'tiny' if args.tiny else 'full size'} (random weights), {args.dtype}, on {card}; "
