@@ -3,7 +3,7 @@ From a video file to an answer: time and memory of every stage on real encoded v
 loop on the same file.
 
 The bench writes camera-like H.264 videos (a moving texture with a scene cut every 20 s, x264 `veryfast`, crf 23,
-30 fps; the 1-hour one is the 10-minute one repeated, stream-copied) or takes any file through `--video`. It builds
+30 fps; videos over 10 minutes repeat a 2-minute one, stream-copied) or takes any file through `--video`. It builds
 the full-size architecture (SigLIP so400m, Qwen2-7B, CLIP ViT-B/32 keyframe selector) with random weights, saves the
 processor and loads it with `AutoProcessor`, then answers a question the way the README tells a user:
 
@@ -31,12 +31,14 @@ whether it kept the same frame numbers and pixels as this package.
 import argparse
 import hashlib
 import multiprocessing
+import os
 import resource
 import shlex
 import sys
 import tempfile
 import time
 from argparse import Namespace
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -88,8 +90,19 @@ def parse_args(argv=None) -> Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on a GPU, float32 on the CPU")
     parser.add_argument("--attn-implementation", default="sdpa")
+    parser.add_argument(
+        "--decoders",
+        nargs="*",
+        default=[],
+        metavar="DEVICE:COUNT",
+        help="also time decoding and resizing alone with these settings, e.g. cpu:1 cpu:4 cuda:1 (cuda is NVDEC)",
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny model, processor and a 20-second 160x120 video")
     args = parser.parse_args(argv)
+    try:
+        args.decoders = [(device, int(count)) for device, count in (setting.split(":") for setting in args.decoders)]
+    except ValueError:
+        parser.error(f"`--decoders` takes DEVICE:COUNT settings such as cpu:4 or cuda:1, got {args.decoders}.")
     args.dtype = args.dtype or ("bfloat16" if torch.device(args.device).type == "cuda" else "float32")
     # what bench/long_video.py's `timed_generate` reads
     args.cache_implementation = "dynamic"
@@ -116,14 +129,15 @@ def camera_like_frames(num_frames: int, width: int, height: int, seed: int = 0):
 
 
 def write_camera_like_video(path: Path, width: int, height: int, minutes: float) -> Path:
-    """Writes a camera-like H.264 video; videos over 10 minutes repeat the 10-minute one, stream-copied."""
+    """Writes a camera-like H.264 video; videos over 10 minutes repeat a 2-minute one, stream-copied (decoding costs
+    the same, writing far less)."""
     import av
 
     if path.is_file():
         return path
     if minutes > 10:
-        segment = write_camera_like_video(path.with_name(f"{path.stem}_segment.mp4"), width, height, 10)
-        return concatenate_copies(segment, path, repeats=round(minutes / 10))
+        segment = write_camera_like_video(path.with_name(f"{path.stem}_segment.mp4"), width, height, 2)
+        return concatenate_copies(segment, path, repeats=round(minutes / 2))
     temporary = path.with_name(f".{path.name}.tmp.mp4")
     with av.open(str(temporary), "w") as container:
         stream = container.add_stream("libx264", rate=VIDEO_FPS)
@@ -162,9 +176,9 @@ def concatenate_copies(segment: Path, path: Path, repeats: int) -> Path:
     return path
 
 
-def build_model(args: Namespace) -> ViLaMPForConditionalGeneration:
-    """Random weights created on the device in the benchmark's dtype."""
-    config = tiny_config() if args.tiny else ViLaMPConfig()
+def build_model(args: Namespace, video_token_id: int) -> ViLaMPForConditionalGeneration:
+    """Random weights created on the device in the benchmark's dtype; its video token is the processor's."""
+    config = tiny_config() if args.tiny else ViLaMPConfig(video_token_index=video_token_id)
     with torch.device(args.device):
         model = ViLaMPForConditionalGeneration._from_config(
             config, dtype=getattr(torch, args.dtype), attn_implementation=args.attn_implementation
@@ -185,6 +199,16 @@ def load_processor(directory: Path, args: Namespace) -> ViLaMPProcessor:
     processor.save_pretrained(directory)
     # as the README loads it: the keyframe selector goes to the GPU when there is one
     return AutoProcessor.from_pretrained(directory)
+
+
+def warm_up(model, processor: ViLaMPProcessor, args: Namespace):
+    """
+    Answers once, untimed, about `--max-frames` random 64x64 frames given as an array, so that CUDA start-up and the
+    first use of each kernel (vision chunks, CLIP batches, prefill) fall outside the measured rows.
+    """
+    frames = np.random.default_rng(0).integers(0, 256, (args.max_frames, 64, 64, 3), dtype=np.uint8)
+    inputs = processor(text=QUESTION, videos=frames, return_tensors="pt").to(args.device)
+    model.generate(**inputs, do_sample=False, max_new_tokens=2)
 
 
 def timed(device: torch.device, function, *function_args, **function_kwargs):
@@ -298,38 +322,72 @@ def measure(path: Path, model, processor: ViLaMPProcessor, args: Namespace) -> l
     ]
 
 
-def videos_to_measure(args: Namespace, directory: Path) -> list[Path]:
-    """The `--video` files, or camera-like videos written for each resolution and length."""
+def decoder_rows(path: Path, processor: ViLaMPProcessor, args: Namespace) -> list[list[str]]:
+    """Seconds of `load_video` (decoding, conversion and resizing) on `path` with each `--decoders` setting, and
+    whether its frames equal those of one CPU decoder."""
+    reference = processor.load_video(str(path), decode_device="cpu", num_decoders=1)
+    rows = []
+    for device, count in args.decoders:
+        loaded, seconds = timed(torch.device("cpu"), processor.load_video, str(path), decode_device=device, num_decoders=count)
+        same = torch.equal(loaded.siglip_frames, reference.siglip_frames) and torch.equal(
+            loaded.clip_frames, reference.clip_frames
+        )
+        rows.append([path.name, "NVDEC" if device == "cuda" else "CPU", str(count), f"{seconds:.2f}", "yes" if same else "NO"])
+    return rows
+
+
+def print_row(cells: list):
+    """Prints one markdown table row."""
+    print("| " + " | ".join(str(cell) for cell in cells) + " |", flush=True)
+
+
+def print_table_start(columns: list[str]):
+    """Prints a markdown table's header."""
+    print_row(columns)
+    print("|" + "---|" * len(columns), flush=True)
+
+
+def videos_to_measure(args: Namespace, directory: Path) -> Iterator[Path]:
+    """The `--video` files, or camera-like videos for each resolution and length, each written when its turn comes."""
     if args.video:
-        return args.video
-    if args.tiny:
-        return [write_camera_like_video(directory / "camera_tiny.mp4", *RESOLUTIONS["tiny"], 1 / 3)]
-    return [
-        write_camera_like_video(directory / f"camera_{resolution}_{minutes:g}min.mp4", *RESOLUTIONS[resolution], minutes)
-        for minutes in args.minutes
-        for resolution in args.resolutions
-    ]
+        yield from args.video
+    elif args.tiny:
+        yield write_camera_like_video(directory / "camera_tiny.mp4", *RESOLUTIONS["tiny"], 1 / 3)
+    else:
+        for minutes in args.minutes:
+            for resolution in args.resolutions:
+                name = f"camera_{resolution}_{minutes:g}min.mp4"
+                yield write_camera_like_video(directory / name, *RESOLUTIONS[resolution], minutes)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as temporary:
         video_dir = args.video_dir or Path(temporary)
         video_dir.mkdir(parents=True, exist_ok=True)
         processor = load_processor(Path(temporary) / "processor", args)
-        model = build_model(args)
-        rows = [measure(path, model, processor, args) for path in videos_to_measure(args, video_dir)]
-    device = torch.device(args.device)
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"ViLaMP {'tiny' if args.tiny else 'full size'} (random weights), {args.dtype}, on {card}; "
-          f"{args.max_frames} frames at most, {args.max_new_tokens} new tokens; keyframe selector on "
-          f"{processor.keyframe_selector.device}")
-    print(f"command: python {shlex.join(['bench/end_to_end.py', *(argv if argv is not None else sys.argv[1:])])}")
-    print()
-    print("| " + " | ".join(COLUMNS) + " |")
-    print("|" + "---|" * len(COLUMNS))
-    for row in rows:
-        print("| " + " | ".join(str(cell) for cell in row) + " |")
+        model = build_model(args, processor.video_token_id)
+        warm_up(model, processor, args)
+        card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+        print(
+            f"ViLaMP {'tiny' if args.tiny else 'full size'} (random weights), {args.dtype}, on {card}; "
+            f"{args.max_frames} frames at most, {args.max_new_tokens} new tokens; keyframe selector on "
+            f"{processor.keyframe_selector.device}; {os.cpu_count()} CPU cores"
+        )
+        print(f"command: python {shlex.join(['bench/end_to_end.py', *(argv if argv is not None else sys.argv[1:])])}")
+        print()
+        print_table_start(COLUMNS)
+        paths = []
+        for path in videos_to_measure(args, video_dir):
+            paths.append(path)
+            print_row(measure(path, model, processor, args))
+        if args.decoders:
+            print()
+            print_table_start(["video", "decoder", "decoders at once", "load_video s", "same frames as one CPU decoder"])
+            for path in paths:
+                for row in decoder_rows(path, processor, args):
+                    print_row(row)
     return 0
 
 

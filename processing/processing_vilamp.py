@@ -471,6 +471,8 @@ class ViLaMPProcessor(ProcessorMixin):
             max_frames=videos_kwargs.get("max_frames"),
             num_frames=videos_kwargs.get("num_frames"),
             do_sample_frames=videos_kwargs.get("do_sample_frames"),
+            decode_device=videos_kwargs.get("decode_device"),
+            num_decoders=videos_kwargs.get("num_decoders"),
             frame_transform=resize_frame,
         )
         siglip_frames, clip_frames = (torch.stack(frames) for frames in zip(*decoded_video.frames))

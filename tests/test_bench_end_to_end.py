@@ -8,20 +8,35 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_tiny_cpu_run_prints_one_row_with_every_stage(tmp_path):
+def markdown_tables(lines: list[str]) -> list[list[dict[str, str]]]:
+    """The markdown tables of the output, each as a list of rows mapping column to cell."""
+    tables, index = [], 0
+    while index < len(lines):
+        if not lines[index].startswith("|"):
+            index += 1
+            continue
+        columns = [cell.strip() for cell in lines[index].strip("|").split("|")]
+        index += 2
+        rows = []
+        while index < len(lines) and lines[index].startswith("|"):
+            rows.append(dict(zip(columns, (cell.strip() for cell in lines[index].strip("|").split("|")))))
+            index += 1
+        tables.append(rows)
+    return tables
+
+
+def test_tiny_cpu_run_prints_every_stage_and_each_decoder_setting(tmp_path):
     command = [sys.executable, "bench/end_to_end.py", "--tiny", "--device", "cpu", "--max-new-tokens", "3"]
-    command += ["--video-dir", str(tmp_path)]
+    command += ["--video-dir", str(tmp_path), "--decoders", "cpu:1", "cpu:3"]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    header = next(index for index, line in enumerate(lines) if line.startswith("| video |"))
-    columns = [cell.strip() for cell in lines[header].strip("|").split("|")]
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[header + 2 :] if line.startswith("|")]
-    assert len(rows) == 1
-    row = dict(zip(columns, rows[0]))
+    stages, decoders = markdown_tables(result.stdout.splitlines())
+    assert len(stages) == 1
+    row = stages[0]
     assert row["video"].startswith("camera_tiny.mp4 (0.3 min, 20 frames)")
     for column in ("probing s", "decoding s", "CLIP s", "vision+DFM s", "prefill s", "answer s", "total s"):
         assert float(row[column]) >= 0
     # the original evaluation's OpenCV loop keeps the same frame numbers and pixels as this package
     assert row["same frames as original"] == "numbers yes, pixels yes"
+    assert [(row["decoders at once"], row["same frames as one CPU decoder"]) for row in decoders] == [("1", "yes"), ("3", "yes")]
     assert (tmp_path / "camera_tiny.mp4").is_file()

@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -389,8 +390,15 @@ def run_demo(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+
+    def print_warning(message, category, filename, lineno, file=None, line=None):
+        # a damaged video (`VideoDecodingWarning`) is worth one line, not a source location and a code line
+        print(f"vilamp {args.command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = print_warning
+            return args.handler(args)
     except KeyboardInterrupt:
         print(f"vilamp {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -77,3 +77,25 @@ def test_ask_with_mistyped_config_field_exits_1(damaged_dir, make_video_file):
     assert result.returncode == 1
     error = error_line(result)
     assert f"MODEL_DIR `{damaged_dir}` does not load" in error and "num_hidden_layers" in error and "'two'" in error
+
+
+def test_ask_on_a_truncated_video_warns_in_one_line_and_answers(converted_dir, tmp_path):
+    """`vilamp ask` on an MP4 cut short after a front index: one warning line with how many frames decoded, then the
+    answer, exit 0."""
+    from training.tiny import synthetic_frames, write_video
+
+    intact = write_video(
+        tmp_path / "intact.mp4", synthetic_frames(48, width=64, height=48), fps=8, codec="libx264",
+        options={"preset": "ultrafast"}, container_options={"movflags": "faststart"},
+    )
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(intact.read_bytes()[: intact.stat().st_size // 2])
+    result = run_vilamp(
+        "ask", converted_dir, truncated, "What is shown?", "--device", "cpu", "--max-new-tokens", "2", "--no-progress",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    warning = error_line(result)
+    assert warning.startswith(f"vilamp ask: warning: `{truncated}` is damaged or truncated: only ")
+    assert "of the 48 frames its header promises could be decoded" in warning
+    assert 0 < json.loads(result.stdout)["num_frames"] < 48

@@ -1,6 +1,7 @@
 import av
 import numpy as np
 import pytest
+import torch
 
 from processing.video_decoding import decode_video, sample_frame_indices
 from training.tiny import synthetic_frames, write_video
@@ -94,3 +95,20 @@ def test_spans_decoded_at_once_equal_one_decoder_in_order(tmp_path, x264_params,
     assert in_spans.timestamps_seconds == in_order.timestamps_seconds
     for span_frame, order_frame in zip(in_spans.frames, in_order.frames):
         np.testing.assert_array_equal(np.asarray(span_frame), np.asarray(order_frame))
+
+
+def test_processor_takes_the_decoding_settings_per_call_and_checks_them(make_video_file):
+    """`num_decoders` and `decode_device` are video kwargs of the processor: same inputs with any number of decoders,
+    a clear error for a device that cannot decode."""
+    from training.tiny import build_tiny_processor
+
+    processor = build_tiny_processor()
+    path = str(make_video_file(num_frames=80, fps=8))
+    one = processor(text="What moves?", videos=path, num_decoders=1, return_tensors="pt")
+    three = processor(text="What moves?", videos=path, num_decoders=3, return_tensors="pt")
+    for key in one:
+        assert torch.equal(one[key], three[key]), key
+    with pytest.raises(ValueError, match="`decode_device` must be 'cpu' or 'cuda'"):
+        processor(text="What moves?", videos=path, decode_device="gpu")
+    with pytest.raises(ValueError, match="`num_decoders` must be an integer of at least 1, got 0"):
+        processor(text="What moves?", videos=path, num_decoders=0)
