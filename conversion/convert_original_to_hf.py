@@ -158,7 +158,7 @@ KNOWN_CLIP_MODELS = {
 # Other spellings of the known names (the sentence-transformers copy of CLIP is `clip-ViT-B-32/0_CLIPModel`).
 KNOWN_NAME_ALIASES = {"clip-vit-base-patch32": "clip-vit-b-32"}
 
-MODEL_CODE_FILES = ("configuration_vilamp.py", "modeling_vilamp.py", "feature_merger.py")
+MODEL_CODE_FILES = ("configuration_vilamp.py", "modeling_vilamp.py", "feature_merger.py", "frame_parallel.py")
 PROCESSOR_CODE_FILES = ("processing_vilamp.py", "video_processing_vilamp.py", "keyframe_selection.py", "video_decoding.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_vilamp.ViLaMPConfig",

@@ -20,6 +20,7 @@ from transformers.utils.generic import can_return_tuple
 
 from .configuration_vilamp import ViLaMPConfig
 from .feature_merger import ViLaMPDifferentialFeatureMerger, reference_frame_indices
+from .frame_parallel import encode_frames_across_ranks, resolve_process_group
 
 # Inputs that only the prefill step reads; `prepare_inputs_for_generation` drops them once the cache holds the video.
 VIDEO_INPUT_NAMES = ("pixel_values_videos", "keyframe_mask", "query_embeds", "video_frame_counts")
@@ -272,11 +273,26 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         self.language_model = AutoModel.from_config(config.text_config)
         # set by `gradient_checkpointing_enable`: each vision chunk is then recomputed in the backward pass
         self.gradient_checkpointing = False
+        # set by `enable_frame_parallel`: the ranks of this group then share the encoding of the frames
+        self.frame_parallel_group = None
         self.post_init()
 
     def compile_vision_tower(self):
         """Compiles the SigLIP encoder with `torch.compile`: it is most of the video encoding time."""
         self.vision_tower.encoder.compile()
+
+    def enable_frame_parallel(self, process_group=None):
+        """
+        Splits the video encoding of every later call over the ranks of a `torch.distributed` process group: each rank
+        encodes a contiguous span of the batch's frames and all ranks receive all video tokens, so that each runs the
+        language model as before. Every rank must call the model with the same inputs. Inference only: the tokens of
+        the other ranks carry no gradient.
+
+        Args:
+            process_group (`torch.distributed.ProcessGroup`, *optional*): the ranks to split over; defaults to the
+                default group of `torch.distributed.init_process_group`.
+        """
+        self.frame_parallel_group = resolve_process_group(process_group)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -423,29 +439,74 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         frame_counts = self._check_video_inputs(pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts)
         keyframe_mask = keyframe_mask.bool().cpu()
         num_frames = keyframe_mask.shape[0]
-        num_keyframe_tokens = self.config.keyframe_pooled_size**2
-        layout = plan_video_tokens(keyframe_mask, frame_counts, num_keyframe_tokens, self.config.dfm_reference_rule)
+        layout = plan_video_tokens(
+            keyframe_mask, frame_counts, self.config.keyframe_pooled_size**2, self.config.dfm_reference_rule
+        )
         device = self.multi_modal_projector.linear_2.weight.device
         projected_query = self.feature_merger.project_query(query_embeds.to(device))
+        if self.frame_parallel_group is None:
+            video_tokens = self.encode_frames(pixel_values_videos, keyframe_mask, layout, projected_query, 0, num_frames)
+        else:
+            video_tokens = encode_frames_across_ranks(
+                self, pixel_values_videos, keyframe_mask, layout, projected_query, self.frame_parallel_group
+            )
+        return BaseModelOutputWithPooling(pooler_output=video_tokens.split(layout.video_token_counts))
 
-        video_tokens = self.image_newline.new_empty(layout.num_tokens, self.config.text_config.hidden_size)
-        video_tokens[layout.newline_positions.to(device)] = self.image_newline.to(video_tokens.dtype)
+    def encode_frames(
+        self,
+        pixel_values_videos: torch.Tensor,
+        keyframe_mask: torch.Tensor,
+        layout: VideoTokenLayout,
+        projected_query: torch.Tensor,
+        start: int,
+        end: int,
+        kept_features: dict[int, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """
+        Encodes the frames `start` to `end` of a batch into their tokens, in temporal chunks: the stage that
+        [`get_video_features`] runs over all frames and each rank of a frame-parallel group over its span.
+
+        Args:
+            pixel_values_videos (`torch.ByteTensor` of shape `(num_frames, 3, image_size, image_size)`): every frame.
+            keyframe_mask (`torch.BoolTensor` of shape `(num_frames,)`): which frames are keyframes, on the CPU.
+            layout (`VideoTokenLayout`): the batch's token layout, from `plan_video_tokens`.
+            projected_query (`torch.Tensor` of shape `(num_videos, hidden_size)`): each video's projected query.
+            start, end (`int`): the global indices of the first frame and one past the last frame to encode.
+            kept_features (`dict[int, torch.Tensor]`, *optional*): patches `(num_patches, hidden_size)` of the frames
+                before `start` that the non-keyframes of the span compare with.
+
+        Returns:
+            `torch.Tensor` of shape `(num_span_tokens, hidden_size)`: the video tokens from the first token of frame
+            `start` up to the first token of frame `end`, the `image_newline` of each video ending in the span included.
+        """
+        num_keyframe_tokens = self.config.keyframe_pooled_size**2
+        device = self.multi_modal_projector.linear_2.weight.device
+        token_bounds = torch.cat([layout.token_starts, torch.tensor([layout.num_tokens])])
+        token_offset = int(token_bounds[start])
+        video_tokens = self.image_newline.new_empty(
+            int(token_bounds[end]) - token_offset, self.config.text_config.hidden_size
+        )
+        newline_positions = layout.newline_positions
+        newline_positions = newline_positions[(newline_positions >= token_offset) & (newline_positions < token_bounds[end])]
+        video_tokens[(newline_positions - token_offset).to(device)] = self.image_newline.to(video_tokens.dtype)
         pooled_offsets = torch.arange(num_keyframe_tokens)
         # patches of earlier frames that later non-keyframes still compare with, by global frame index
-        kept_features: dict[int, torch.Tensor] = {}
-        chunk_size = self.get_vision_chunk_size(num_frames)
-        for start in range(0, num_frames, chunk_size):
-            end = min(start + chunk_size, num_frames)
-            chunk_keyframes = keyframe_mask[start:end]
-            chunk_token_starts = layout.token_starts[start:end]
+        kept_features = dict(kept_features or {})
+        chunk_size = self.get_vision_chunk_size(max(end - start, 1))
+        for chunk_start in range(start, end, chunk_size):
+            chunk_end = min(chunk_start + chunk_size, end)
+            chunk_keyframes = keyframe_mask[chunk_start:chunk_end]
+            chunk_token_starts = layout.token_starts[chunk_start:chunk_end] - token_offset
             references = [
-                -1 if keyframe_mask[frame] else layout.reference_frames[frame] for frame in range(start, end)
+                -1 if keyframe_mask[frame] else layout.reference_frames[frame] for frame in range(chunk_start, chunk_end)
             ]
-            earlier_references = sorted({reference for reference in references if 0 <= reference < start})
-            frames_to_keep = [frame for frame in range(start, end) if layout.last_reference_use[frame] >= end]
-            chunk_query = projected_query[layout.frame_video_indices[start:end][~chunk_keyframes].to(device)]
+            earlier_references = sorted({reference for reference in references if 0 <= reference < chunk_start})
+            frames_to_keep = [
+                frame for frame in range(chunk_start, chunk_end) if layout.last_reference_use[frame] >= chunk_end
+            ]
+            chunk_query = projected_query[layout.frame_video_indices[chunk_start:chunk_end][~chunk_keyframes].to(device)]
             encode_chunk_args = (
-                pixel_values_videos[start:end], start, chunk_keyframes, references, frames_to_keep, chunk_query
+                pixel_values_videos[chunk_start:chunk_end], chunk_start, chunk_keyframes, references, frames_to_keep, chunk_query
             )
             earlier_features = [kept_features[frame] for frame in earlier_references]
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -464,10 +525,12 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
             if not chunk_keyframes.all():
                 video_tokens[chunk_token_starts[~chunk_keyframes].to(device)] = non_keyframe_tokens
             kept_features = {
-                frame: features for frame, features in kept_features.items() if layout.last_reference_use[frame] >= end
+                frame: features
+                for frame, features in kept_features.items()
+                if layout.last_reference_use[frame] >= chunk_end
             }
             kept_features.update(zip(frames_to_keep, new_kept))
-        return BaseModelOutputWithPooling(pooler_output=video_tokens.split(layout.video_token_counts))
+        return video_tokens
 
     def encode_chunk(
         self,
@@ -756,6 +819,11 @@ class ViLaMPForConditionalGeneration(ViLaMPPreTrainedModel, GenerationMixin):
     def compile_vision_tower(self):
         """Compiles the SigLIP encoder with `torch.compile`; see [`ViLaMPModel.compile_vision_tower`]."""
         self.model.compile_vision_tower()
+
+    def enable_frame_parallel(self, process_group=None):
+        """Splits the video encoding over the ranks of a `torch.distributed` process group; see
+        [`ViLaMPModel.enable_frame_parallel`]."""
+        self.model.enable_frame_parallel(process_group)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
