@@ -1,0 +1,150 @@
+"""
+Frame-parallel benchmark: one long video encoded across the ranks of `torchrun`, against one rank, as a markdown table.
+
+Every rank builds the same random model (full size, or `--tiny`) and the same synthetic video with evenly spread
+keyframes. For each frame count, rank 0 first encodes the video alone (a process group of rank 0 only: the one-GPU
+baseline), then all ranks encode it together (`model.enable_frame_parallel()`, each rank a contiguous span of frames)
+and run `generate` for one token. The table gives both times, the time to the first token, the largest difference
+between the two encodings' tokens, and the peak memory of the most loaded rank.
+
+    torchrun --nproc_per_node 4 bench/frame_parallel.py                       # full size, 4 GPUs (NCCL)
+    torchrun --nproc_per_node 2 bench/frame_parallel.py --tiny --device cpu   # tiny config on CPU gloo processes
+"""
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+# NVLink multicast stays off on the lent multi-GPU machines; set before NCCL creates its communicators
+os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
+os.environ.setdefault("NVSHMEM_DISABLE_NVLS", "1")
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from torch import distributed as dist  # noqa: E402
+from transformers.utils import is_flash_attn_2_available  # noqa: E402
+
+# the package of this checkout, not an installed copy
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.long_video import (  # noqa: E402
+    FULL_NUM_KEYFRAMES,
+    build_config,
+    build_model,
+    frame_counts,
+    markdown_row,
+    peak_memory_gib,
+    print_table_start,
+    repeated_frames,
+    reset_peak_memory,
+    synchronize,
+    video_inputs,
+)
+from training.tiny import TINY_NUM_KEYFRAMES  # noqa: E402
+
+FULL_FRAMES = "600,10000,100000"
+TINY_FRAMES = "5,16,64"
+COLUMNS = [
+    "frames",
+    "ranks",
+    "1-rank vision+DFM s",
+    "vision+DFM s",
+    "speed-up",
+    "first token s",
+    "max abs token diff",
+    "peak GPU GiB (max rank)",
+]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=frame_counts, help=f"frame counts to measure (default {FULL_FRAMES})")
+    parser.add_argument("--num-keyframes", type=int, help=f"keyframes per video K (default {FULL_NUM_KEYFRAMES})")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cuda: one GPU per rank, NCCL")
+    parser.add_argument("--vision-chunk-size", type=int, help="frames per vision chunk (default: from free memory)")
+    parser.add_argument("--tiny", action="store_true", help=f"tiny config, K = 2, frames {TINY_FRAMES}: runs on a CPU")
+    args = parser.parse_args()
+    args.frames = args.frames or frame_counts(TINY_FRAMES if args.tiny else FULL_FRAMES)
+    args.num_keyframes = args.num_keyframes or (TINY_NUM_KEYFRAMES if args.tiny else FULL_NUM_KEYFRAMES)
+    if not args.frames or min(args.frames) < 1:
+        parser.error(f"`--frames` needs at least one frame count and every count must be positive, got {args.frames}.")
+    # `bench.long_video.build_model` reads these
+    args.compile = False
+    use_flash = args.device == "cuda" and is_flash_attn_2_available()
+    args.attn_implementation = "flash_attention_2" if use_flash else "sdpa"
+    return args
+
+
+def timed(function, device: torch.device, group) -> tuple[float, object]:
+    """Runs `function` on every rank of `group` and returns the seconds from the first rank's start to the last
+    rank's end, and what `function` returned."""
+    synchronize(device)
+    dist.barrier(group)
+    start_time = time.perf_counter()
+    result = function()
+    synchronize(device)
+    dist.barrier(group)
+    return time.perf_counter() - start_time, result
+
+
+def main():
+    args = parse_args()
+    dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    if args.device == "cuda":
+        local_rank = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(local_rank)
+        args.device = f"cuda:{local_rank}"
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = build_model(build_config(args), args)
+    config = model.config
+    frames = repeated_frames(max(args.frames), config.vision_config.image_size)
+    # every rank takes part in creating a group, rank 0 alone encodes in it
+    rank_zero_group = dist.new_group([0])
+
+    if rank == 0:
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+        print("# ViLaMP frame-parallel benchmark\n")
+        print(f"- command: `torchrun --nproc_per_node {world_size} {shlex.join(sys.argv)}`")
+        print(f"- device: {world_size} x {device_name}; backend: {dist.get_backend()}; dtype: {args.dtype}")
+        print(f"- torch {torch.__version__}, transformers {transformers.__version__}")
+        print(f"- model: {'tiny' if args.tiny else 'full size'}, random weights; K = {args.num_keyframes}")
+        print_table_start(COLUMNS)
+
+    with torch.inference_mode():
+        # warm-up: the first call of each kernel and of each collective is not timed
+        inputs = video_inputs(config, frames, min(args.frames), args.num_keyframes, device)
+        model.enable_frame_parallel()
+        model.generate(**inputs, max_new_tokens=1, do_sample=False)
+        for num_frames in args.frames:
+            inputs = video_inputs(config, frames, num_frames, args.num_keyframes, device)
+            video_args = {name: inputs[name] for name in ("pixel_values_videos", "keyframe_mask", "query_embeds")}
+            single_seconds = single_tokens = None
+            if rank == 0:
+                model.enable_frame_parallel(rank_zero_group)
+                single_seconds, single_tokens = timed(
+                    lambda: model.get_video_features(**video_args).pooler_output[0], device, rank_zero_group
+                )
+            model.enable_frame_parallel()
+            reset_peak_memory(device)
+            parallel_seconds, tokens = timed(lambda: model.get_video_features(**video_args).pooler_output[0], device, None)
+            first_token_seconds, _ = timed(lambda: model.generate(**inputs, max_new_tokens=1, do_sample=False), device, None)
+            peak = torch.tensor([peak_memory_gib(device) or 0.0], device=device)
+            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+            if rank == 0:
+                token_diff = (tokens.float() - single_tokens.float()).abs().max().item()
+                peak_cell = f"{peak.item():.1f}" if device.type == "cuda" else "n/a"
+                row = [num_frames, world_size, f"{single_seconds:.2f}", f"{parallel_seconds:.2f}"]
+                row += [f"{single_seconds / parallel_seconds:.2f}", f"{first_token_seconds:.2f}", f"{token_diff:.1e}"]
+                print(markdown_row(row + [peak_cell]), flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

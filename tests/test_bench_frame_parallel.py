@@ -1,0 +1,31 @@
+"""The frame-parallel benchmark runs under `torchrun` in its tiny CPU (gloo) mode; its timings are printed, never
+asserted (rule 19)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FRAME_COUNTS = [2, 16]
+
+
+def test_tiny_gloo_run_gives_one_rank_tokens_for_each_frame_count():
+    frame_counts = ",".join(str(count) for count in FRAME_COUNTS)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3"]
+        + ["bench/frame_parallel.py", "--tiny", "--device", "cpu", "--dtype", "float32", "--frames", frame_counts],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("- torch ") and "transformers" in line for line in lines)
+    header = next(index for index, line in enumerate(lines) if line.startswith("| frames | ranks |"))
+    columns = [cell.strip() for cell in lines[header].strip("|").split("|")]
+    rows = [dict(zip(columns, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[header + 2 :]]
+    assert [int(row["frames"]) for row in rows] == FRAME_COUNTS
+    for row in rows:
+        assert row["ranks"] == "3"
+        assert float(row["max abs token diff"]) <= 1e-5
