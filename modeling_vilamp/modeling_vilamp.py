@@ -417,6 +417,8 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         Encodes a batch of videos into their tokens, streaming the frames through SigLIP, the projector, keyframe
         pooling and the DFM in temporal chunks, so that memory holds only one chunk's patches, the reference frames
         still needed, and the output tokens.
+        After [`enable_frame_parallel`], each rank of the group encodes a contiguous span of the frames and every rank
+        returns the tokens of all of them.
 
         Args:
             pixel_values_videos (`torch.ByteTensor` of shape `(num_frames, 3, image_size, image_size)`):

@@ -78,6 +78,7 @@ def single_process_results(inputs_by_case):
 def frames_compared_across_spans(keyframe_masks, rule, world_size) -> list[int]:
     """The non-keyframes whose reference frame lies in an earlier rank's span."""
     keyframe_mask = torch.tensor([flag for mask in keyframe_masks for flag in mask], dtype=torch.bool)
+    # the tokens per keyframe (4) change token positions only, not reference frames
     layout = plan_video_tokens(keyframe_mask, [len(mask) for mask in keyframe_masks], 4, rule)
     bounds = frame_span_bounds(len(keyframe_mask), world_size)
     span_starts = [bounds[rank] for rank in range(world_size) for _ in range(bounds[rank], bounds[rank + 1])]
