@@ -1,12 +1,15 @@
-"""Shared fixtures: the golden reference directory, a tiny byte-level tokenizer and a tiny keyframe selector."""
+"""Shared fixtures: the golden reference directory, its checkpoint copied or converted, a tiny byte-level tokenizer and
+a tiny keyframe selector."""
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from conversion.convert_original_to_hf import convert_checkpoint
 from training.tiny import TINY_KEYFRAME_SELECTOR_CONFIG, build_tiny_tokenizer, write_synthetic_video
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +26,30 @@ def reference_dir() -> Path:
             "to the shared reference directory."
         )
     return path
+
+
+@pytest.fixture
+def checkpoint_copy(reference_dir, tmp_path) -> Path:
+    """A writable copy of the reference checkpoint (original layout), its two tower directories beside it."""
+    for name in ("original_tiny", "siglip-tiny-patch14-384", "clip-tiny-patch32"):
+        shutil.copytree(reference_dir / name, tmp_path / name)
+    return tmp_path / "original_tiny"
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """The tiny tokenizer saved to a directory (the reference checkpoint ships none)."""
+    directory = tmp_path_factory.mktemp("tokenizer")
+    build_tiny_tokenizer().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def converted_dir(reference_dir, tokenizer_dir, tmp_path_factory) -> Path:
+    """The reference checkpoint converted once per session; tests copy it before changing it."""
+    return convert_checkpoint(
+        reference_dir / "original_tiny", tmp_path_factory.mktemp("converted") / "vilamp-tiny", tokenizer_dir=tokenizer_dir
+    )
 
 
 @pytest.fixture

@@ -55,14 +55,6 @@ def hidden_siblings(output_dir: Path) -> list[str]:
 
 
 @pytest.fixture
-def checkpoint_copy(reference_dir, tmp_path) -> Path:
-    """A writable copy of the reference checkpoint, its two tower directories beside it."""
-    for name in ("original_tiny", "siglip-tiny-patch14-384", "clip-tiny-patch32"):
-        shutil.copytree(reference_dir / name, tmp_path / name)
-    return tmp_path / "original_tiny"
-
-
-@pytest.fixture
 def unreadable_checkpoint(checkpoint_copy) -> Path:
     """The checkpoint copy with weights that cannot be read: an error about anything else proves they were not read."""
     (checkpoint_copy / "model.safetensors").write_bytes(b"not safetensors")

@@ -15,30 +15,8 @@ from conversion.convert_original_to_hf import ConversionError, convert_checkpoin
 from conversion.verify_reference import EXACT_STAGES, FLOAT_TOLERANCE, format_report, verify_converted
 from modeling_vilamp import ViLaMPForConditionalGeneration
 from processing import ViLaMPProcessor
-from training.tiny import build_tiny_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("tokenizer")
-    build_tiny_tokenizer().save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def converted_dir(reference_dir, tokenizer_dir, tmp_path_factory) -> Path:
-    output_dir = tmp_path_factory.mktemp("converted") / "vilamp-tiny"
-    return convert_checkpoint(reference_dir / "original_tiny", output_dir, tokenizer_dir=tokenizer_dir)
-
-
-@pytest.fixture
-def checkpoint_copy(reference_dir, tmp_path) -> Path:
-    """A writable copy of the reference checkpoint with its two tower directories beside it."""
-    for name in ("original_tiny", "siglip-tiny-patch14-384", "clip-tiny-patch32"):
-        shutil.copytree(reference_dir / name, tmp_path / name)
-    return tmp_path / "original_tiny"
 
 
 def assert_nothing_written(output_dir: Path):
