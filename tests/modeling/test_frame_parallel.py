@@ -38,6 +38,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+VIDEO_INPUT_NAMES = ("pixel_values_videos", "keyframe_mask", "query_embeds", "video_frame_counts")
+
+
+def encoding_results(model, inputs_by_case, rule) -> dict:
+    """The video tokens and logits of every case, and the greedy ids of `GENERATE_CASE`, keyed by (rule, case, what)."""
+    results = {}
+    for name, inputs in inputs_by_case.items():
+        video_inputs = {key: inputs[key] for key in VIDEO_INPUT_NAMES}
+        with torch.no_grad():
+            results[rule, name, "video_tokens"] = torch.cat(model.get_video_features(**video_inputs).pooler_output)
+            results[rule, name, "logits"] = model(**inputs).logits
+        if name == GENERATE_CASE:
+            results[rule, name, "generated_ids"] = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    return results
+
+
 def encode_on_rank(rank, world_size, port, inputs_by_case, output_dir):
     """One rank: encodes every case with frame-parallel encoding and saves the tokens, logits and greedy ids."""
     torch.set_num_threads(1)
@@ -47,15 +63,10 @@ def encode_on_rank(rank, world_size, port, inputs_by_case, output_dir):
         for rule in RULES:
             model = build_tiny_model(seed=0, dfm_reference_rule=rule).eval()
             model.enable_frame_parallel()
-            for name, inputs in inputs_by_case.items():
-                video_inputs = {key: inputs[key] for key in ("pixel_values_videos", "keyframe_mask", "query_embeds", "video_frame_counts")}
-                with torch.no_grad():
-                    results[rule, name, "video_tokens"] = torch.cat(model.get_video_features(**video_inputs).pooler_output)
-                    results[rule, name, "logits"] = model(**inputs).logits
-                if name == GENERATE_CASE:
-                    results[rule, name, "generated_ids"] = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+            results.update(encoding_results(model, inputs_by_case, rule))
+            inputs = next(iter(inputs_by_case.values()))
             with pytest.raises(ValueError, match="without their gradient"):
-                model.get_video_features(**video_inputs)
+                model.get_video_features(**{key: inputs[key] for key in VIDEO_INPUT_NAMES})
         torch.save(results, os.path.join(output_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -64,14 +75,7 @@ def encode_on_rank(rank, world_size, port, inputs_by_case, output_dir):
 def single_process_results(inputs_by_case):
     results = {}
     for rule in RULES:
-        model = build_tiny_model(seed=0, dfm_reference_rule=rule).eval()
-        for name, inputs in inputs_by_case.items():
-            video_inputs = {key: inputs[key] for key in ("pixel_values_videos", "keyframe_mask", "query_embeds", "video_frame_counts")}
-            with torch.no_grad():
-                results[rule, name, "video_tokens"] = torch.cat(model.get_video_features(**video_inputs).pooler_output)
-                results[rule, name, "logits"] = model(**inputs).logits
-            if name == GENERATE_CASE:
-                results[rule, name, "generated_ids"] = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        results.update(encoding_results(build_tiny_model(seed=0, dfm_reference_rule=rule).eval(), inputs_by_case, rule))
     return results
 
 
