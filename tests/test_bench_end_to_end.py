@@ -5,24 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.bench_output import markdown_tables
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def markdown_tables(lines: list[str]) -> list[list[dict[str, str]]]:
-    """The markdown tables of the output, each as a list of rows mapping column to cell."""
-    tables, index = [], 0
-    while index < len(lines):
-        if not lines[index].startswith("|"):
-            index += 1
-            continue
-        columns = [cell.strip() for cell in lines[index].strip("|").split("|")]
-        index += 2
-        rows = []
-        while index < len(lines) and lines[index].startswith("|"):
-            rows.append(dict(zip(columns, (cell.strip() for cell in lines[index].strip("|").split("|")))))
-            index += 1
-        tables.append(rows)
-    return tables
 
 
 def test_tiny_cpu_run_prints_every_stage_and_each_decoder_setting(tmp_path):

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.bench_output import markdown_tables
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FRAME_COUNTS = [2, 16]
 
@@ -22,9 +24,7 @@ def test_tiny_gloo_run_gives_one_rank_tokens_for_each_frame_count():
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert any(line.startswith("- torch ") and "transformers" in line for line in lines)
-    header = next(index for index, line in enumerate(lines) if line.startswith("| frames | ranks |"))
-    columns = [cell.strip() for cell in lines[header].strip("|").split("|")]
-    rows = [dict(zip(columns, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[header + 2 :]]
+    rows = next(table for table in markdown_tables(lines) if table and "ranks" in table[0])
     assert [int(row["frames"]) for row in rows] == FRAME_COUNTS
     for row in rows:
         assert row["ranks"] == "3"
