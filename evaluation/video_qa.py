@@ -5,13 +5,15 @@ current ones; answers are greedy, and given answer continuations can be scored f
 """
 
 import inspect
+import multiprocessing
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 from transformers import AutoModel, AutoProcessor, DynamicCache
 from transformers.feature_extraction_utils import BatchFeature
 
@@ -53,24 +55,81 @@ def process_questions(processor, questions: list[VideoQuestion], device: str | t
     )
 
 
-class ProcessedBatches(Dataset):
-    """The processor's inputs of each batch of questions, computed where the `DataLoader` asks for them."""
-
-    def __init__(self, processor, batches: list[list[VideoQuestion]], device: str | torch.device):
-        self.processor = processor
-        self.batches = batches
-        self.device = device
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, index: int) -> BatchFeature:
-        return process_questions(self.processor, self.batches[index], self.device)
+# The processor and device of a decoding worker process, set when it starts.
+WORKER_STATE = {}
 
 
-def keep_as_is(inputs: BatchFeature) -> BatchFeature:
-    """The `DataLoader`'s collate function: each item already is a batch."""
-    return inputs
+def start_decoding_worker(processor, device: str):
+    """Runs once in each decoding worker: keeps the processor and moves its keyframe selector to `device`. One thread
+    for torch's CPU operations per worker, as a `DataLoader`'s workers have: the workers run side by side."""
+    torch.set_num_threads(1)
+    processor.keyframe_selector.to(device)
+    WORKER_STATE.update(processor=processor, device=device)
+
+
+def worker_ready() -> bool:
+    return True
+
+
+def process_questions_in_worker(questions: list[VideoQuestion]) -> BatchFeature:
+    return process_questions(WORKER_STATE["processor"], questions, WORKER_STATE["device"])
+
+
+class DecodingWorkers:
+    """
+    Worker processes that run the processor on batches of questions ahead of the model. They start when this object is
+    made and stay until `close`: their start (importing torch and the package, receiving the processor, moving its
+    keyframe selector to the device) overlaps whatever the caller does next, such as loading the model, and each later
+    `prepare` finds them ready.
+
+    Args:
+        processor ([`ViLaMPProcessor`]): the processor; each worker gets a copy.
+        device (`torch.device`): where the workers run the keyframe selector.
+        num_workers (`int`): worker processes; each holds one batch at a time, so `num_workers` batches wait at most.
+    """
+
+    def __init__(self, processor, device: torch.device, num_workers: int):
+        if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 1:
+            raise ValueError(f"`num_workers` must be an integer of at least 1, got {num_workers!r}.")
+        self.num_workers = num_workers
+        # spawned, not forked: the parent may hold a CUDA context, which a forked child cannot use
+        self.executor = ProcessPoolExecutor(
+            num_workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=start_decoding_worker,
+            initargs=(processor, str(device)),
+        )
+        # a spawning pool starts a process per task submitted while none is idle: one task each starts them all now
+        for _ in range(num_workers):
+            self.executor.submit(worker_ready)
+
+    def map(self, batches: list[list[VideoQuestion]]) -> Iterator[BatchFeature]:
+        """The processor's inputs of each batch, in order, with at most `num_workers` batches in the workers at once."""
+        batches = iter(batches)
+        pending = deque(self.executor.submit(process_questions_in_worker, batch) for batch in _take(batches, self.num_workers))
+        try:
+            while pending:
+                inputs = pending.popleft().result()
+                pending.extend(self.executor.submit(process_questions_in_worker, batch) for batch in _take(batches, 1))
+                yield inputs
+        finally:
+            # a caller that stops early (an error, a `break`) leaves no batch queued behind it
+            for future in pending:
+                future.cancel()
+
+    def close(self):
+        """Stops the workers once they finish the batches they hold."""
+        self.executor.shutdown(cancel_futures=True)
+
+    def __enter__(self) -> "DecodingWorkers":
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def _take(iterator: Iterator, count: int) -> list:
+    return [item for _, item in zip(range(count), iterator)]
 
 
 def process_device(device: str | torch.device) -> torch.device:
@@ -90,21 +149,26 @@ class VideoQuestionAnswerer:
         model ([`ViLaMPForConditionalGeneration`]): the model, on `device`, in eval mode.
         processor ([`ViLaMPProcessor`]): its processor; the only road from a video to the model's inputs.
         device (`torch.device`): where the model and the keyframe selector run.
-        decode_workers (`int`, *optional*, defaults to 2): worker processes that run the processor ahead of the model
-            (each loads the keyframe selector on `device`); 0 runs it in this process, between the model's calls.
+        decoding_workers ([`DecodingWorkers`], *optional*): worker processes that run the processor ahead of the model;
+            without them the processor runs in this process, between the model's calls. `close` stops them.
         cache_implementation (`str`, *optional*, defaults to `"dynamic"`): `generate`'s key/value cache; `"static"`
             compiles the decoding step on a GPU.
     """
 
-    def __init__(self, model, processor, device: torch.device, decode_workers: int = 2, cache_implementation: str = "dynamic"):
-        if not isinstance(decode_workers, int) or isinstance(decode_workers, bool) or decode_workers < 0:
-            raise ValueError(f"`decode_workers` must be an integer of at least 0, got {decode_workers!r}.")
+    def __init__(
+        self,
+        model,
+        processor,
+        device: torch.device,
+        decoding_workers: DecodingWorkers | None = None,
+        cache_implementation: str = "dynamic",
+    ):
         if cache_implementation not in ("dynamic", "static"):
             raise ValueError(f"`cache_implementation` must be 'dynamic' or 'static', got {cache_implementation!r}.")
         self.model = model
         self.processor = processor
         self.device = device
-        self.decode_workers = decode_workers
+        self.decoding_workers = decoding_workers
         self.cache_implementation = cache_implementation
 
     @classmethod
@@ -115,10 +179,12 @@ class VideoQuestionAnswerer:
         dtype: str = "auto",
         attn_implementation: str | None = None,
         max_frames: int | None = None,
-        **kwargs,
+        decode_workers: int = 2,
+        cache_implementation: str = "dynamic",
     ) -> "VideoQuestionAnswerer":
         """
-        Loads a converted ViLaMP (model and processor) onto one device.
+        Loads a converted ViLaMP (model and processor) onto one device. The decoding workers start before the model
+        loads, so that their start overlaps the loading.
 
         Args:
             pretrained_model_name_or_path (`str` or `os.PathLike`): the converted checkpoint's directory or repository.
@@ -128,42 +194,53 @@ class VideoQuestionAnswerer:
                 bfloat16 on a GPU and float32 on the CPU.
             attn_implementation (`str`, *optional*): the language model's attention (`"sdpa"`, `"flash_attention_2"`, ...).
             max_frames (`int`, *optional*): frames sampled per video; defaults to the processor's (600).
-            kwargs: `decode_workers` and `cache_implementation`, see the class.
+            decode_workers (`int`, *optional*, defaults to 2): worker processes that run the processor ahead of the
+                model (each moves its keyframe selector to `device`); 0 runs it in this process, between the model's
+                calls.
+            cache_implementation (`str`, *optional*, defaults to `"dynamic"`): see the class.
         """
         device = process_device(device)
         if dtype != "auto" and dtype not in DTYPES:
             raise ValueError(f"`dtype` must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}.")
+        if not isinstance(decode_workers, int) or isinstance(decode_workers, bool) or decode_workers < 0:
+            raise ValueError(f"`decode_workers` must be an integer of at least 0, got {decode_workers!r}.")
         torch_dtype = DTYPES.get(dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        # loaded straight onto the device: no copy of the weights in host memory per process
-        model_kwargs = {"dtype": torch_dtype, "device_map": str(device)}
-        if attn_implementation is not None:
-            model_kwargs["attn_implementation"] = attn_implementation
-        model = AutoModel.from_pretrained(pretrained_model_name_or_path, **model_kwargs)
         # the keyframe selector is loaded on the host: the decoding workers each get a copy and move it to `device`
         processor = AutoProcessor.from_pretrained(pretrained_model_name_or_path, device="cpu")
         if max_frames is not None:
             processor.max_frames = max_frames
-        return cls(model.eval(), processor, device, **kwargs)
+        decoding_workers = DecodingWorkers(processor, device, decode_workers) if decode_workers else None
+        # loaded straight onto the device: no copy of the weights in host memory per process
+        model_kwargs = {"dtype": torch_dtype, "device_map": str(device)}
+        if attn_implementation is not None:
+            model_kwargs["attn_implementation"] = attn_implementation
+        try:
+            model = AutoModel.from_pretrained(pretrained_model_name_or_path, **model_kwargs)
+            return cls(model.eval(), processor, device, decoding_workers, cache_implementation)
+        except BaseException:
+            if decoding_workers is not None:
+                decoding_workers.close()
+            raise
 
     def prepare(self, batches: Iterable[list[VideoQuestion]]) -> Iterator[BatchFeature]:
         """
-        The model inputs of each batch of questions, in order. With `decode_workers`, worker processes run the processor
-        on the next batches while the caller runs the model on the current one.
+        The model inputs of each batch of questions, in order. With decoding workers, they run the processor on the
+        next batches while the caller runs the model on the current one.
         """
-        batches = list(batches)
-        if self.decode_workers == 0 or not batches:
+        if self.decoding_workers is None:
             return (process_questions(self.processor, batch, self.device) for batch in batches)
-        # spawned, not forked: the parent may hold a CUDA context, which a forked child cannot use; one batch ahead per
-        # worker bounds the frames waiting in shared memory
-        loader = DataLoader(
-            ProcessedBatches(self.processor, batches, self.device),
-            batch_size=None,
-            num_workers=min(self.decode_workers, len(batches)),
-            collate_fn=keep_as_is,
-            multiprocessing_context="spawn",
-            prefetch_factor=1,
-        )
-        return iter(loader)
+        return self.decoding_workers.map(batches)
+
+    def close(self):
+        """Stops the decoding workers, if any."""
+        if self.decoding_workers is not None:
+            self.decoding_workers.close()
+
+    def __enter__(self) -> "VideoQuestionAnswerer":
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
 
     def _on_device(self, inputs: BatchFeature) -> dict[str, torch.Tensor]:
         """The inputs with `DEVICE_INPUT_NAMES` moved to the model's device."""
@@ -245,4 +322,4 @@ class VideoQuestionAnswerer:
         return "cache" if "cache" in parameters else "past_key_values"
 
 
-__all__ = ["DTYPES", "ProcessedBatches", "VideoQuestion", "VideoQuestionAnswerer", "process_device", "process_questions"]
+__all__ = ["DTYPES", "DecodingWorkers", "VideoQuestion", "VideoQuestionAnswerer", "process_device", "process_questions"]

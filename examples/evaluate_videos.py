@@ -26,7 +26,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 
-from evaluation.video_qa import DTYPES, VideoQuestion, VideoQuestionAnswerer
+from evaluation.video_qa import DTYPES, DecodingWorkers, VideoQuestion, VideoQuestionAnswerer
 from processing import read_video_qa_file
 from training import build_tiny_model, build_tiny_processor, write_tiny_video_qa_dataset
 
@@ -64,6 +64,8 @@ def parse_args() -> argparse.Namespace:
         parser.error("`--model`, `--data` and `--output` are required unless `--tiny` is given.")
     if args.device not in ("auto", "cpu", "cuda") and not args.device.startswith("cuda:"):
         parser.error(f"`--device` must be auto, cpu, cuda or cuda:N, got {args.device!r}.")
+    if args.decode_workers < 0:
+        parser.error(f"`--decode-workers` must be at least 0, got {args.decode_workers}.")
     return args
 
 
@@ -135,15 +137,20 @@ def open_part_file(path: Path):
 
 def load_answerer(args, device: torch.device) -> VideoQuestionAnswerer:
     """The model and its processor on this process's device (the lmms-eval model's wrapper, `evaluation.video_qa`)."""
-    settings = {"decode_workers": args.decode_workers, "cache_implementation": args.cache_implementation}
     if not args.tiny:
         return VideoQuestionAnswerer.from_pretrained(
-            args.model, device=device, dtype=args.dtype, max_frames=args.max_frames, **settings
+            args.model,
+            device=device,
+            dtype=args.dtype,
+            max_frames=args.max_frames,
+            decode_workers=args.decode_workers,
+            cache_implementation=args.cache_implementation,
         )
     processor = build_tiny_processor()
     if args.max_frames is not None:
         processor.max_frames = args.max_frames
-    return VideoQuestionAnswerer(build_tiny_model().to(device).eval(), processor, device, **settings)
+    workers = DecodingWorkers(processor, device, args.decode_workers) if args.decode_workers else None
+    return VideoQuestionAnswerer(build_tiny_model().to(device).eval(), processor, device, workers, args.cache_implementation)
 
 
 def question_of(row: dict) -> VideoQuestion:
@@ -174,10 +181,9 @@ def main():
 
     evaluated = 0
     if todo:
-        answerer = load_answerer(args, device)
         # the next rows' videos are decoded in worker processes while the model answers this one
-        prepared = answerer.prepare([[question_of(rows[index])] for index in todo])
-        with open_part_file(part_path(output, state.process_index)) as part:
+        with load_answerer(args, device) as answerer, open_part_file(part_path(output, state.process_index)) as part:
+            prepared = answerer.prepare([[question_of(rows[index])] for index in todo])
             for index, inputs in zip(todo, prepared):
                 row = rows[index]
                 (prediction,) = answerer.generate(inputs, args.max_new_tokens)

@@ -1,16 +1,19 @@
 """The evaluation's question answerer: decoding in worker processes gives the processor's inputs, answers are greedy,
 and scored continuations equal a full forward of the prompt and the continuation."""
 
+import multiprocessing
+
 import pytest
 import torch
 from transformers import AutoModel, AutoProcessor
 
-from evaluation.video_qa import VideoQuestion, VideoQuestionAnswerer, process_questions
+from evaluation.video_qa import DecodingWorkers, VideoQuestion, VideoQuestionAnswerer, process_questions
 
 
 @pytest.fixture(scope="module")
 def answerer(converted_dir):
-    return VideoQuestionAnswerer.from_pretrained(converted_dir, device="cpu", decode_workers=1)
+    with VideoQuestionAnswerer.from_pretrained(converted_dir, device="cpu", decode_workers=1) as answerer:
+        yield answerer
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +30,34 @@ def test_worker_processes_give_the_processor_inputs_of_each_batch_in_order(answe
         assert set(inputs) == set(expected)
         for name, tensor in expected.items():
             assert torch.equal(inputs[name], tensor), name
+
+
+def test_decoding_workers_start_when_made_and_serve_every_later_prepare(answerer, questions):
+    children = set(multiprocessing.active_children())
+    with DecodingWorkers(answerer.processor, torch.device("cpu"), num_workers=2) as workers:
+        # started before any batch is asked for: their start overlaps what the caller does next (loading the model)
+        assert len(set(multiprocessing.active_children()) - children) == 2
+        for batches in ([questions[:1], questions[1:2], questions[2:]], [questions[2:], questions[:1]]):
+            for inputs, batch in zip(workers.map(batches), batches, strict=True):
+                assert torch.equal(inputs["input_ids"], process_questions(answerer.processor, batch, "cpu")["input_ids"])
+    assert set(multiprocessing.active_children()) <= children
+
+
+def test_a_video_that_fails_to_decode_in_a_worker_raises_its_error_and_the_workers_go_on(answerer, questions, tmp_path):
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(b"not a video" * 100)
+    batches = [questions[:1], [VideoQuestion(video=str(damaged), prompt="What moves?", query="What moves?")]]
+    prepared = answerer.prepare(batches)
+    next(prepared)
+    with pytest.raises(ValueError, match="damaged.mp4` could not be decoded"):
+        next(prepared)
+    (inputs,) = answerer.prepare([questions[1:2]])
+    assert torch.equal(inputs["input_ids"], process_questions(answerer.processor, questions[1:2], "cpu")["input_ids"])
+
+
+def test_decoding_workers_take_a_positive_count(answerer):
+    with pytest.raises(ValueError, match="`num_workers` must be an integer of at least 1, got 0"):
+        DecodingWorkers(answerer.processor, torch.device("cpu"), num_workers=0)
 
 
 def test_answers_equal_generate_on_the_processor_call_with_the_question_as_keyframe_query(converted_dir, answerer, questions):
