@@ -7,6 +7,7 @@ current ones; answers are greedy, and given answer continuations can be scored f
 import inspect
 import multiprocessing
 import os
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -99,12 +100,19 @@ class DecodingWorkers:
             initializer=start_decoding_worker,
             initargs=(processor, str(device)),
         )
-        # a spawning pool starts a process per task submitted while none is idle: one task each starts them all now
-        for _ in range(num_workers):
+        # A spawning pool starts a process per task submitted while none is idle: one task each starts them all. Each
+        # start holds the submitting thread until the new process has imported torch and the package and taken its
+        # copy of the processor (seconds each), so a thread of its own starts them while the caller goes on.
+        self.starter = threading.Thread(target=self._start_workers, name="decoding-workers-start", daemon=True)
+        self.starter.start()
+
+    def _start_workers(self):
+        for _ in range(self.num_workers):
             self.executor.submit(worker_ready)
 
     def map(self, batches: list[list[VideoQuestion]]) -> Iterator[BatchFeature]:
         """The processor's inputs of each batch, in order, with at most `num_workers` batches in the workers at once."""
+        self.starter.join()
         batches = iter(batches)
         pending = deque(self.executor.submit(process_questions_in_worker, batch) for batch in _take(batches, self.num_workers))
         try:
@@ -119,6 +127,7 @@ class DecodingWorkers:
 
     def close(self):
         """Stops the workers once they finish the batches they hold."""
+        self.starter.join()
         self.executor.shutdown(cancel_futures=True)
 
     def __enter__(self) -> "DecodingWorkers":

@@ -2,6 +2,7 @@
 and scored continuations equal a full forward of the prompt and the continuation."""
 
 import multiprocessing
+import time
 
 import pytest
 import torch
@@ -35,7 +36,10 @@ def test_worker_processes_give_the_processor_inputs_of_each_batch_in_order(answe
 def test_decoding_workers_start_when_made_and_serve_every_later_prepare(answerer, questions):
     children = set(multiprocessing.active_children())
     with DecodingWorkers(answerer.processor, torch.device("cpu"), num_workers=2) as workers:
-        # started before any batch is asked for: their start overlaps what the caller does next (loading the model)
+        # they start before any batch is asked for, while the caller goes on (loading the model)
+        deadline = time.monotonic() + 120
+        while len(set(multiprocessing.active_children()) - children) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert len(set(multiprocessing.active_children()) - children) == 2
         for batches in ([questions[:1], questions[1:2], questions[2:]], [questions[2:], questions[:1]]):
             for inputs, batch in zip(workers.map(batches), batches, strict=True):
