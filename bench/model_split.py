@@ -14,7 +14,7 @@ call by call in the order they run: the query projection, SigLIP's embeddings an
 cos/sin, each decoder layer, the final norm and the logits. A split's diagnosis names the first of these whose bits
 differ from one GPU's (with the largest difference over 4096 evenly spread values of it); before it runs, every weight
 and buffer the split loaded is checked bitwise against one GPU's. The records cost a few percent of the time and add
-up to about 0.3 GiB to a GPU's peak at 100K frames. Two control rows use the one-GPU model at the first frame count:
+up to about 0.3 GiB to a GPU's peak at 100K frames. Two control rows use the one-GPU model at the smallest count:
 `generate` again (is one GPU deterministic?) and with half the vision chunk (does the chunk size alone change the ids?).
 
 A split is a transformers strategy, `auto`, `balanced`, `balanced_low_0` or `sequential`, with an optional
@@ -26,10 +26,10 @@ before it (SigLIP on 0, projector on 1, DFM on 0, `image_newline` and the langua
 prints its error and the next one runs. NVLink multicast is off (NCCL_NVLS_ENABLE=0,
 TORCH_SYMM_MEM_DISABLE_MULTICAST=1, NVSHMEM_DISABLE_NVLS=1), as the lent multi-GPU machines need.
 
-    python bench/model_split.py                                # full size, 2 GPUs: default splits, 600 and 5000 frames
-    python bench/model_split.py --frames 100000 --split auto   # 100K frames, one split
+    python bench/model_split.py                                          # full size, 2 GPUs: 600 and 5000 frames
+    python bench/model_split.py --frames 100000 --split auto --no-controls   # 100K frames, one split
     python bench/model_split.py --split "sequential@0=4GiB,1=70GiB" --split "vision=1,language=0,head=1"
-    python bench/model_split.py --tiny --device cpu            # tiny config on the CPU: proves that it runs
+    python bench/model_split.py --tiny --device cpu                      # tiny config on the CPU: proves that it runs
 
 With `--device cpu` every split maps the model onto the CPU (`auto` then places all of it there): the rows only prove
 that the flow runs and that loading through a device map gives the same ids.
@@ -180,6 +180,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--attn-implementation", help="attention of both towers (default flash_attention_2 if installed, else sdpa)"
     )
     parser.add_argument("--vision-chunk-size", type=int, help="frames per vision chunk (default: from free memory)")
+    parser.add_argument(
+        "--no-controls",
+        dest="controls",
+        action="store_false",
+        help="skip the two control rows (one device again, and with half the vision chunk)",
+    )
     parser.add_argument("--work-dir", type=Path, default=Path("bench-model-split"), help="the saved model (reused)")
     parser.add_argument("--tiny", action="store_true", help=f"tiny config, K = 2, frames {TINY_FRAMES}: runs on a CPU")
     args = parser.parse_args(argv)
@@ -516,7 +522,9 @@ def warm_up(model: ViLaMPForConditionalGeneration, frames: torch.Tensor, args: a
 def row_cells(label: str, num_frames: int, run: Run | None, comparison: dict | None) -> list:
     if run is None:
         return [label, num_frames, "-", "-", "-", "-", "OOM", "-", "-"]
-    comparison = comparison or {"same ids": "reference", "logits": "-", "first difference": "-"}
+    if comparison is None:
+        same_ids = "reference" if label == REFERENCE else "no reference (one device ran out of memory)"
+        comparison = {"same ids": same_ids, "logits": "-", "first difference": "-"}
     peak = " / ".join(f"{gib:.1f}" for gib in run.peak_gib) or "n/a"
     return [
         label,
@@ -561,7 +569,7 @@ def try_run(model: ViLaMPForConditionalGeneration, frames: torch.Tensor, num_fra
 
 
 def measure_reference(checkpoint: Path, frames: torch.Tensor, args: argparse.Namespace, rows: list):
-    """Runs every frame count on one device, and the two control rows at the first count."""
+    """Runs every frame count on one device, and the two control rows at the smallest count."""
     device = "cuda:0" if args.device == "cuda" else "cpu"
     model, load_seconds = load(checkpoint, device, None, args)
     print(f"\n### {REFERENCE}: `device_map={device!r}`\n")
@@ -572,9 +580,9 @@ def measure_reference(checkpoint: Path, frames: torch.Tensor, args: argparse.Nam
         warm_up(model, frames, args)
         for num_frames in args.frames:
             runs[num_frames] = report(REFERENCE, num_frames, try_run(model, frames, num_frames, args), None, rows)
-        num_frames = args.frames[0]
+        num_frames = min(args.frames)
         reference = runs[num_frames]
-        if reference is not None:
+        if args.controls and reference is not None:
             print("- control, the same model and inputs again:", flush=True)
             report("one device again", num_frames, try_run(model, frames, num_frames, args), reference, rows)
             chunk_size = max(1, reference.chunk_size // 2)
