@@ -358,7 +358,8 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         return pooled.permute(0, 2, 3, 1).reshape(num_keyframes, pooled_size * pooled_size, hidden_size)
 
     def get_vision_chunk_size(self, num_frames: int) -> int:
-        """Frames per vision chunk: `config.vision_chunk_size`, or as many as half the free device memory holds."""
+        """Frames per vision chunk: `config.vision_chunk_size`, or as many as half the free memory of each device of
+        the vision stage holds."""
         if self.config.vision_chunk_size is not None:
             return min(self.config.vision_chunk_size, num_frames)
         vision_config, text_config = self.config.vision_config, self.config.text_config
@@ -369,7 +370,13 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
             (4 * vision_config.hidden_size + vision_config.intermediate_size) * element_size
             + text_config.hidden_size * (4 * element_size + 6 * 4)
         )
-        free_bytes = free_memory_bytes(self.multi_modal_projector.linear_2.weight.device)
+        # a device map may put SigLIP, the projector and the DFM on different GPUs: the chunk must fit on each
+        vision_devices = {
+            parameter.device
+            for module in (self.vision_tower, self.multi_modal_projector, self.feature_merger)
+            for parameter in module.parameters()
+        }
+        free_bytes = min(free_memory_bytes(device) for device in vision_devices)
         return max(1, min(num_frames, MAX_AUTO_VISION_CHUNK_SIZE, free_bytes // (2 * bytes_per_frame)))
 
     def merge_non_keyframes(
@@ -396,13 +403,14 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         tokens = frame_features.new_empty(len(reference_features), frame_features.shape[-1])
         if has_reference.any():
             references = torch.stack([reference for reference in reference_features if reference is not None])
+            # a device map may put the DFM on another device than the projector: its tokens come back to the projector's
             tokens[has_reference] = self.feature_merger(
                 frame_features[has_reference], references, projected_query[has_reference]
-            )
+            ).to(tokens.device)
         if not has_reference.all():
             tokens[~has_reference] = self.feature_merger(
                 frame_features[~has_reference], None, projected_query[~has_reference]
-            )
+            ).to(tokens.device)
         return tokens
 
     @can_return_tuple
@@ -445,7 +453,8 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
             keyframe_mask, frame_counts, self.config.keyframe_pooled_size**2, self.config.dfm_reference_rule
         )
         device = self.multi_modal_projector.linear_2.weight.device
-        projected_query = self.feature_merger.project_query(query_embeds.to(device))
+        # the chunks are assembled on the projector's device, wherever a device map put the DFM
+        projected_query = self.feature_merger.project_query(query_embeds.to(device)).to(device)
         if self.frame_parallel_group is None:
             video_tokens = self.encode_frames(pixel_values_videos, keyframe_mask, layout, projected_query, 0, num_frames)
         else:
@@ -485,12 +494,16 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         device = self.multi_modal_projector.linear_2.weight.device
         token_bounds = torch.cat([layout.token_starts, torch.tensor([layout.num_tokens])])
         token_offset = int(token_bounds[start])
-        video_tokens = self.image_newline.new_empty(
-            int(token_bounds[end]) - token_offset, self.config.text_config.hidden_size
+        # on the projector's device with the chunks' tokens, wherever a device map put `image_newline`
+        video_tokens = torch.empty(
+            int(token_bounds[end]) - token_offset,
+            self.config.text_config.hidden_size,
+            dtype=self.image_newline.dtype,
+            device=device,
         )
         newline_positions = layout.newline_positions
         newline_positions = newline_positions[(newline_positions >= token_offset) & (newline_positions < token_bounds[end])]
-        video_tokens[(newline_positions - token_offset).to(device)] = self.image_newline.to(video_tokens.dtype)
+        video_tokens[(newline_positions - token_offset).to(device)] = self.image_newline.to(device, video_tokens.dtype)
         pooled_offsets = torch.arange(num_keyframe_tokens)
         # patches of earlier frames that later non-keyframes still compare with, by global frame index
         kept_features = dict(kept_features or {})
