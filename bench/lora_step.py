@@ -22,6 +22,7 @@ import transformers
 from long_video import (
     FULL_NUM_KEYFRAMES,
     PROMPT_TEXT_IDS,
+    build_config,
     format_number,
     markdown_row,
     peak_memory_gib,
@@ -34,7 +35,7 @@ from long_video import (
 from transformers.utils import is_flash_attn_2_available
 
 from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
-from training import enable_gradient_checkpointing, lora_config, tiny_config
+from training import enable_gradient_checkpointing, lora_config
 from training.tiny import TINY_NUM_KEYFRAMES
 
 FULL_FRAMES = "600,2000"
@@ -67,6 +68,7 @@ def parse_args() -> argparse.Namespace:
         default=True,
         help="activation checkpointing in both towers (default: on)",
     )
+    parser.add_argument("--vision-chunk-size", type=int, help="frames per vision chunk (default: from free memory)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per row, after one warm-up step")
     parser.add_argument("--num-keyframes", type=int, help=f"keyframes per video K (default {FULL_NUM_KEYFRAMES})")
     parser.add_argument("--tiny", action="store_true", help=f"tiny config, K = {TINY_NUM_KEYFRAMES}: runs on a CPU")
@@ -88,7 +90,7 @@ def parse_args() -> argparse.Namespace:
 
 def build_model(args: argparse.Namespace) -> ViLaMPForConditionalGeneration:
     """Random weights created on the device in the benchmark's dtype, in training mode."""
-    config = tiny_config() if args.tiny else ViLaMPConfig()
+    config = build_config(args)
     with torch.device(args.device):
         model = ViLaMPForConditionalGeneration._from_config(
             config, dtype=getattr(torch, args.dtype), attn_implementation=args.attn_implementation

@@ -4,10 +4,12 @@ Fine-tune ViLaMP with LoRA on video question-answer pairs, with `transformers.Tr
 The dataset is a JSON list or a JSONL file of `{"video": path, "question": ..., "answer": ...}` rows (video paths
 relative to the dataset file). Adapters go on the language model's projections only; `--modules-to-save` also trains
 the projector and/or the DFM in full; the SigLIP tower stays frozen. The adapter and the processor are saved to
-`--output-dir`.
+`--output-dir`. Several processes train data-parallel, each with the whole model; with `--fsdp` they shard it instead
+(FSDP2, GPUs only; see `training.shard_model`).
 
     python examples/finetune_lora.py --model vilamp-7b --data train.jsonl --output-dir vilamp-7b-lora
     accelerate launch examples/finetune_lora.py --model vilamp-7b --data train.jsonl --output-dir vilamp-7b-lora
+    accelerate launch --multi_gpu --num_processes 2 examples/finetune_lora.py --fsdp --model vilamp-7b --data train.jsonl --output-dir vilamp-7b-lora
     python examples/finetune_lora.py --tiny --output-dir vilamp-tiny-lora   # tiny random model, about a minute
 """
 
@@ -26,6 +28,8 @@ from training import (
     build_tiny_processor,
     enable_gradient_checkpointing,
     lora_config,
+    save_adapter,
+    shard_model,
     write_tiny_video_qa_dataset,
 )
 
@@ -53,9 +57,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
     parser.add_argument("--attn-implementation", default="sdpa", help='"sdpa" (default) or "flash_attention_2"')
     parser.add_argument("--max-frames", type=int, help="frames sampled per video (default: the processor's, 600)")
+    parser.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="shard the model over the processes (FSDP2) instead of giving each a whole copy; needs GPUs and "
+        "`accelerate launch` or `torchrun` with several processes",
+    )
     args = parser.parse_args()
     if not args.tiny and (args.model is None or args.data is None):
         parser.error("`--model` and `--data` are required unless `--tiny` is given.")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    # accelerate runs FSDP on GPUs only: on CPUs it would wrap the sharded model in DistributedDataParallel
+    if args.fsdp and (world_size < 2 or not torch.cuda.is_available()):
+        parser.error(
+            f"`--fsdp` shards the model over several GPU processes, found {world_size} process(es) and "
+            f"{torch.cuda.device_count()} GPU(s); launch with `accelerate launch --num_processes N` or "
+            "`torchrun --nproc_per_node N` on a machine with N GPUs, or leave out `--fsdp`."
+        )
     return args
 
 
@@ -76,6 +94,9 @@ def main():
         bf16=not args.tiny and torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         # the collator reads the `video`, `question` and `answer` fields, which Trainer would otherwise drop
         remove_unused_columns=False,
+        # the model comes sharded (`shard_model`): accelerate keeps it out of DistributedDataParallel, wraps nothing
+        fsdp=True if args.fsdp else None,
+        fsdp_config={"auto_wrap_policy": "NO_WRAP"} if args.fsdp else None,
         # several processes without GPUs (torchrun on CPUs) talk through gloo
         ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() else None,
         report_to=[],
@@ -100,6 +121,8 @@ def main():
         model, lora_config(r=args.lora_rank, lora_alpha=args.lora_alpha, modules_to_save=args.modules_to_save)
     )
     model.print_trainable_parameters()
+    if args.fsdp:
+        model = shard_model(model, training_args.device)
 
     trainer = Trainer(
         model=model,
@@ -108,7 +131,10 @@ def main():
         data_collator=ViLaMPDataCollator(processor),
     )
     result = trainer.train()
-    trainer.save_model(str(args.output_dir))
+    if args.fsdp:
+        save_adapter(model, args.output_dir)  # gathers the trained weights only, not the whole model
+    else:
+        trainer.save_model(str(args.output_dir))
     if trainer.is_world_process_zero():
         processor.save_pretrained(args.output_dir)
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

@@ -1,5 +1,6 @@
 """Fine-tuning helpers: LoRA on the language model with PEFT, and a tiny random model for runs anywhere."""
 
+from .fsdp import save_adapter, shard_model
 from .lora import (
     enable_gradient_checkpointing,
     is_vision_tower_parameter,
@@ -28,6 +29,8 @@ __all__ = [
     "is_vision_tower_parameter",
     "language_model_target_pattern",
     "lora_config",
+    "save_adapter",
+    "shard_model",
     "synthetic_frames",
     "tiny_config",
     "trainable_parameter_names",

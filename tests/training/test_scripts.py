@@ -1,4 +1,4 @@
-"""The LoRA example and the LoRA step benchmark run in their tiny CPU modes (timings are printed, never asserted)."""
+"""The LoRA example and the LoRA benchmarks run in their tiny CPU modes (timings are printed, never asserted)."""
 
 import os
 import subprocess
@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tests.bench_output import markdown_tables
 
 pytest.importorskip("peft", reason="LoRA fine-tuning needs peft (the `peft` extra)")
 
@@ -51,3 +53,19 @@ def test_lora_step_bench_tiny_mode_prints_one_row_per_frame_count_and_configurat
         ("4", "lora"), ("4", "lora+projector+dfm"), ("8", "lora"), ("8", "lora+projector+dfm")
     ]  # fmt: skip
     assert all(row[4] == "n/a" and float(row[5]) > 0 for row in rows)
+
+
+def test_lora_fsdp_bench_tiny_gloo_run_gives_one_process_losses_for_each_frame_count():
+    result = run_script(
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "bench/lora_fsdp.py", "--tiny", "--device", "cpu", "--dtype", "float32", "--frames", "4,8",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("- torch ") and "transformers" in line for line in lines)
+    rows = next(table for table in markdown_tables(lines) if table and "FSDP losses" in table[0])
+    assert [int(row["frames"]) for row in rows] == [4, 8]
+    for row in rows:
+        assert row["ranks"] == "2" and row["equal"] == "yes"
+        assert float(row["max abs loss diff"]) <= 1e-5
+        assert len(row["FSDP losses"].split(", ")) == 3
