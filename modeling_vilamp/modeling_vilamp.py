@@ -15,12 +15,14 @@ from transformers import AutoModel, GenerationMixin, PreTrainedConfig, PreTraine
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
-from transformers.utils import cached_file, is_torchdynamo_compiling
+from transformers.utils import cached_file, is_torchdynamo_compiling, logging
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_vilamp import ViLaMPConfig
 from .feature_merger import ViLaMPDifferentialFeatureMerger, reference_frame_indices
 from .frame_parallel import encode_frames_across_ranks, resolve_process_group
+
+logger = logging.get_logger(__name__)
 
 # Inputs that only the prefill step reads; `prepare_inputs_for_generation` drops them once the cache holds the video.
 VIDEO_INPUT_NAMES = ("pixel_values_videos", "keyframe_mask", "query_embeds", "video_frame_counts")
@@ -377,7 +379,16 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
             for parameter in module.parameters()
         }
         free_bytes = min(free_memory_bytes(device) for device in vision_devices)
-        return max(1, min(num_frames, MAX_AUTO_VISION_CHUNK_SIZE, free_bytes // (2 * bytes_per_frame)))
+        chunk_size = max(1, min(num_frames, MAX_AUTO_VISION_CHUNK_SIZE, free_bytes // (2 * bytes_per_frame)))
+        if chunk_size < min(num_frames, MAX_AUTO_VISION_CHUNK_SIZE):
+            # the chunk sets the shapes of the vision matmuls, hence their rounding: say so rather than differ in silence
+            logger.warning_once(
+                f"Vision chunks of {chunk_size} frames instead of {MAX_AUTO_VISION_CHUNK_SIZE}: the vision stage's "
+                f"devices have {free_bytes / 2**30:.1f} GiB free. The video tokens then differ in their last bits from "
+                "a run with more free memory, which can change a greedy answer. Set `model.config.vision_chunk_size` "
+                "to make the chunks, and the results, independent of free memory."
+            )
+        return chunk_size
 
     def merge_non_keyframes(
         self,

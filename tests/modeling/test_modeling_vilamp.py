@@ -5,6 +5,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+from transformers.testing_utils import CaptureLogger
+from transformers.utils import logging
 
 from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
 
@@ -317,6 +319,22 @@ def test_streamed_memory_grows_with_frames_only_by_the_output_tokens(tiny_model,
     assert peaks_beyond_output[1024] <= peaks_beyond_output[64] * 1.05, peaks_beyond_output
     # one chunk's activations dominate; 1024 frames encoded at once would need far more
     assert video_tokens.shape == (4 * 2 + 1022 + 1, hidden_size)
+
+
+def test_a_chunk_cut_short_by_free_memory_is_announced(tiny_model, video_inputs, monkeypatch):
+    model = tiny_model(vision_chunk_size=None)
+    inputs = video_inputs(model.config, [[frame in (3, 40) for frame in range(48)]])
+    video_args = (inputs["pixel_values_videos"], inputs["keyframe_mask"], inputs["query_embeds"])
+    logger = logging.get_logger("modeling_vilamp.modeling_vilamp")
+    with torch.no_grad(), CaptureLogger(logger) as captured:
+        model.get_video_features(*video_args)
+    assert "Vision chunks of" not in captured.out
+    # a device with room for the activations of a few of the tiny model's frames (26 KiB each, twice over)
+    monkeypatch.setattr("modeling_vilamp.modeling_vilamp.free_memory_bytes", lambda device: 300_000)
+    with torch.no_grad(), CaptureLogger(logger) as captured:
+        model.get_video_features(*video_args)
+    assert "Vision chunks of 5 frames instead of 32" in captured.out
+    assert "Set `model.config.vision_chunk_size`" in captured.out
 
 
 def test_generate_never_emits_the_video_placeholder(tiny_model, video_inputs):
