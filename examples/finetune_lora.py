@@ -79,6 +79,7 @@ def parse_args() -> argparse.Namespace:
 
 def main():
     args = parse_args()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     training_args = TrainingArguments(
         output_dir=str(args.output_dir),
         per_device_train_batch_size=args.batch_size,
@@ -97,8 +98,10 @@ def main():
         # the model comes sharded (`shard_model`): accelerate keeps it out of DistributedDataParallel, wraps nothing
         fsdp=True if args.fsdp else None,
         fsdp_config={"auto_wrap_policy": "NO_WRAP"} if args.fsdp else None,
-        # several processes without GPUs (torchrun on CPUs) talk through gloo
-        ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() else None,
+        # several processes without GPUs (torchrun on CPUs) talk through gloo; without `use_cpu` accelerate would not
+        # treat them as distributed, and each would train its own copy on its own rows
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend="gloo" if world_size > 1 and not torch.cuda.is_available() else None,
         report_to=[],
     )
     if args.tiny:

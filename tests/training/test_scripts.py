@@ -41,6 +41,18 @@ def test_finetune_lora_example_tiny_mode_trains_and_saves_an_adapter(tmp_path):
         assert not torch.allclose(model(**batch).logits, build_tiny_model().eval()(**batch).logits)
 
 
+def test_finetune_lora_example_under_torchrun_on_cpus_trains_one_data_parallel_job(tmp_path):
+    output_dir = tmp_path / "run"
+    result = run_script(
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "examples/finetune_lora.py", "--tiny", "--output-dir", str(output_dir), "--max-steps", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    # transformers says this when the processes would each train their own copy on their own rows
+    assert "parallel_mode != ParallelMode.DISTRIBUTED" not in result.stdout + result.stderr
+    assert (output_dir / "adapter_model.safetensors").is_file()
+
+
 def test_lora_step_bench_tiny_mode_prints_one_row_per_frame_count_and_configuration():
     result = run_script(
         "bench/lora_step.py", "--tiny", "--device", "cpu", "--dtype", "float32", "--frames", "4,8", "--steps", "1"
