@@ -37,11 +37,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "bench")]
 
 from keyframe_selection import VIT_B_32_CONFIG, write_synthetic_video  # noqa: E402
+from long_video import turn_off_nvlink_multicast  # noqa: E402
 
 TASK = "vilamp_throughput"
-# NVLink multicast stays off in every process: the lent machines do not support it
-MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-os.environ.update(MULTICAST_OFF)
 TIMING_LINE = re.compile(
     r"ViLaMP process (\d+): generate_until of (\d+) requests in ([0-9.]+) s, the first batch ready after ([0-9.]+) s"
 )
@@ -166,7 +164,6 @@ def run_lmms_eval(model_dir: Path, task_dir: Path, output_dir: Path, processes: 
                     "--main_process_port", str(free_port()), "-m", "lmms_eval"]
     env = {
         **os.environ,
-        **MULTICAST_OFF,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
         "HF_HOME": str((args.work_dir / "hf-home").resolve()),
         "HF_HUB_OFFLINE": "1",
@@ -224,6 +221,8 @@ def print_header(args: argparse.Namespace, model_dir: Path, build_seconds: float
 
 def main(argv=None):
     args = parse_args(argv)
+    # in this process and, through its environment, in every process lmms-eval starts
+    turn_off_nvlink_multicast()
     start_time = time.perf_counter()
     if args.tiny:
         from vilamp_cli.demo import build_demo_checkpoint

@@ -18,15 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-# NVLink multicast stays off on the lent multi-GPU machines; set before NCCL creates its communicators
-os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
-os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
-os.environ.setdefault("NVSHMEM_DISABLE_NVLS", "1")
-
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from torch import distributed as dist  # noqa: E402
-from transformers.utils import is_flash_attn_2_available  # noqa: E402
+import torch
+import transformers
+from torch import distributed as dist
+from transformers.utils import is_flash_attn_2_available
 
 # the package of this checkout, not an installed copy
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,6 +37,7 @@ from bench.long_video import (  # noqa: E402
     repeated_frames,
     reset_peak_memory,
     synchronize,
+    turn_off_nvlink_multicast,
     video_inputs,
 )
 from training.tiny import TINY_NUM_KEYFRAMES  # noqa: E402
@@ -94,6 +90,7 @@ def timed(function, device: torch.device, group) -> tuple[float, object]:
 
 def main():
     args = parse_args()
+    turn_off_nvlink_multicast()
     dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
     if args.device == "cuda":

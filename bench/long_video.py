@@ -20,6 +20,7 @@ first call is timed apart (the `decode warm-up s` column) from the steady-state 
 
 import argparse
 import gc
+import os
 import shlex
 import sys
 import time
@@ -36,6 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration  # noqa: E402
 from processing import num_video_tokens  # noqa: E402
 from training.tiny import TINY_NUM_KEYFRAMES, synthetic_frames, tiny_config  # noqa: E402
+
+# NVLink multicast stays off on the lent multi-GPU machines, which do not support it
+MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 FULL_FRAMES = "600,2000,10000,30000,100000"
 FULL_UNSTREAMED_FRAMES = "600,1000,1500,2000,3000"
@@ -63,6 +67,13 @@ STREAMED_COLUMNS = [
     "ratio",
 ]
 UNSTREAMED_COLUMNS = ["frames", "chunk", "peak GPU GiB", "vision+DFM s", "frames/s"]
+
+
+def turn_off_nvlink_multicast():
+    """Turns NVLink multicast off for this process and the processes it starts, where the environment does not say
+    otherwise; NCCL reads it when it creates its communicators, so call it before `init_process_group`."""
+    for name, value in MULTICAST_OFF.items():
+        os.environ.setdefault(name, value)
 
 
 def frame_counts(text: str) -> list[int]:

@@ -21,14 +21,9 @@ import shlex
 import sys
 import time
 
-# NVLink multicast stays off on the lent multi-GPU machines; set before NCCL creates its communicators
-os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
-os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
-os.environ.setdefault("NVSHMEM_DISABLE_NVLS", "1")
-
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from long_video import (  # noqa: E402
+import torch
+import transformers
+from long_video import (
     FULL_NUM_KEYFRAMES,
     format_number,
     frame_counts,
@@ -38,13 +33,14 @@ from long_video import (  # noqa: E402
     repeated_frames,
     reset_peak_memory,
     synchronize,
+    turn_off_nvlink_multicast,
 )
-from lora_step import ANSWER_LENGTH, TRAINABLE_CONFIGURATIONS, build_model, training_inputs  # noqa: E402
-from torch import distributed as dist  # noqa: E402
-from transformers.utils import is_flash_attn_2_available  # noqa: E402
+from lora_step import ANSWER_LENGTH, TRAINABLE_CONFIGURATIONS, build_model, training_inputs
+from torch import distributed as dist
+from transformers.utils import is_flash_attn_2_available
 
-from training import lora_config, shard_model  # noqa: E402
-from training.tiny import TINY_NUM_KEYFRAMES  # noqa: E402
+from training import lora_config, shard_model
+from training.tiny import TINY_NUM_KEYFRAMES
 
 FULL_FRAMES = "600,2000"
 TINY_FRAMES = "4,8"
@@ -243,6 +239,7 @@ def log_results(what: str, results: dict):
 
 def main():
     args = parse_args()
+    turn_off_nvlink_multicast()
     dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
     if args.device == "cuda":

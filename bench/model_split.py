@@ -47,14 +47,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# NVLink multicast stays off on the lent multi-GPU machines; set before any communicator is created
-os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
-os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
-os.environ.setdefault("NVSHMEM_DISABLE_NVLS", "1")
-
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from transformers.utils import is_flash_attn_2_available  # noqa: E402
+import torch
+import transformers
+from transformers.utils import is_flash_attn_2_available
 
 # the package of this checkout, not an installed copy
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -66,6 +61,7 @@ from bench.long_video import (  # noqa: E402
     markdown_row,
     print_table_start,
     repeated_frames,
+    turn_off_nvlink_multicast,
     video_inputs,
 )
 from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration  # noqa: E402
@@ -655,6 +651,7 @@ def print_header(args: argparse.Namespace, config: ViLaMPConfig, checkpoint_note
 
 def main(argv=None):
     args = parse_args(argv)
+    turn_off_nvlink_multicast()
     # loading bars would bury the tables in a log's tail
     transformers.utils.logging.disable_progress_bar()
     start_time = time.perf_counter()
