@@ -4,6 +4,7 @@ template) runs ahead of the model in worker processes, so that decoding the next
 current ones; answers are greedy, and given answer continuations can be scored for multiple-choice questions.
 """
 
+import functools
 import inspect
 import multiprocessing
 import os
@@ -12,6 +13,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import torch
@@ -110,15 +112,16 @@ class DecodingWorkers:
         for _ in range(self.num_workers):
             self.executor.submit(worker_ready)
 
-    def map(self, batches: list[list[VideoQuestion]]) -> Iterator[BatchFeature]:
+    def map(self, batches: Iterable[list[VideoQuestion]]) -> Iterator[BatchFeature]:
         """The processor's inputs of each batch, in order, with at most `num_workers` batches in the workers at once."""
         self.starter.join()
         batches = iter(batches)
-        pending = deque(self.executor.submit(process_questions_in_worker, batch) for batch in _take(batches, self.num_workers))
+        submit = functools.partial(self.executor.submit, process_questions_in_worker)
+        pending = deque(map(submit, islice(batches, self.num_workers)))
         try:
             while pending:
                 inputs = pending.popleft().result()
-                pending.extend(self.executor.submit(process_questions_in_worker, batch) for batch in _take(batches, 1))
+                pending.extend(map(submit, islice(batches, 1)))
                 yield inputs
         finally:
             # a caller that stops early (an error, a `break`) leaves no batch queued behind it
@@ -135,10 +138,6 @@ class DecodingWorkers:
 
     def __exit__(self, *exc_info):
         self.close()
-
-
-def _take(iterator: Iterator, count: int) -> list:
-    return [item for _, item in zip(range(count), iterator)]
 
 
 def process_device(device: str | torch.device) -> torch.device:
