@@ -12,7 +12,6 @@ between the two encodings' tokens, and the peak memory of the most loaded rank.
 """
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -36,8 +35,8 @@ from bench.long_video import (  # noqa: E402
     print_table_start,
     repeated_frames,
     reset_peak_memory,
+    start_process_group,
     synchronize,
-    turn_off_nvlink_multicast,
     video_inputs,
 )
 from training.tiny import TINY_NUM_KEYFRAMES  # noqa: E402
@@ -90,14 +89,10 @@ def timed(function, device: torch.device, group) -> tuple[float, object]:
 
 def main():
     args = parse_args()
-    turn_off_nvlink_multicast()
-    dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
+    device = start_process_group(args.device)
+    # `build_model` creates the weights on this rank's device
+    args.device = str(device)
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    if args.device == "cuda":
-        local_rank = int(os.environ["LOCAL_RANK"])
-        torch.cuda.set_device(local_rank)
-        args.device = f"cuda:{local_rank}"
-    device = torch.device(args.device)
     torch.manual_seed(0)
     model = build_model(build_config(args), args)
     config = model.config

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from torch import distributed as dist
 from transformers.utils import is_flash_attn_2_available
 
 # the package of this checkout, not an installed copy
@@ -74,6 +75,18 @@ def turn_off_nvlink_multicast():
     otherwise; NCCL reads it when it creates its communicators, so call it before `init_process_group`."""
     for name, value in MULTICAST_OFF.items():
         os.environ.setdefault(name, value)
+
+
+def start_process_group(device_type: str) -> torch.device:
+    """Starts the default process group of `torchrun`'s ranks with NVLink multicast off, NCCL on `"cuda"` (each rank
+    on the GPU of its `LOCAL_RANK`) and gloo on `"cpu"`; returns this rank's device."""
+    turn_off_nvlink_multicast()
+    dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    if device_type != "cuda":
+        return torch.device(device_type)
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    torch.cuda.set_device(device)
+    return device
 
 
 def frame_counts(text: str) -> list[int]:

@@ -16,7 +16,6 @@ gradients). Both start every frame count from the same initial adapter weights.
 
 import argparse
 import gc
-import os
 import shlex
 import sys
 import time
@@ -32,8 +31,8 @@ from long_video import (
     print_table_start,
     repeated_frames,
     reset_peak_memory,
+    start_process_group,
     synchronize,
-    turn_off_nvlink_multicast,
 )
 from lora_step import ANSWER_LENGTH, TRAINABLE_CONFIGURATIONS, build_model, training_inputs
 from torch import distributed as dist
@@ -239,14 +238,10 @@ def log_results(what: str, results: dict):
 
 def main():
     args = parse_args()
-    turn_off_nvlink_multicast()
-    dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
+    device = start_process_group(args.device)
+    # `build_model` creates the weights on this rank's device
+    args.device = str(device)
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    if args.device == "cuda":
-        local_rank = int(os.environ["LOCAL_RANK"])
-        torch.cuda.set_device(local_rank)
-        args.device = f"cuda:{local_rank}"
-    device = torch.device(args.device)
     # every rank takes part in creating a group, rank 0 alone trains in it
     rank_zero_group = dist.new_group([0])
     if rank == 0:
