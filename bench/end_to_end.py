@@ -51,11 +51,11 @@ from keyframe_selection import VIT_B_32_CONFIG  # noqa: E402
 from long_video import peak_memory_gib, reset_peak_memory, synchronize, timed_generate  # noqa: E402
 from transformers import AutoProcessor  # noqa: E402
 
-import modeling_vilamp  # noqa: E402, F401  (registers ViLaMP with the Auto classes)
-from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration  # noqa: E402
-from processing import KeyframeSelector, ViLaMPProcessor  # noqa: E402
-from processing.video_decoding import decode_video  # noqa: E402
-from training.tiny import build_tiny_processor, build_tiny_tokenizer, tiny_config  # noqa: E402
+import vilamp  # noqa: E402, F401  (registers ViLaMP with the Auto classes)
+from vilamp.modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration  # noqa: E402
+from vilamp.processing import KeyframeSelector, ViLaMPProcessor  # noqa: E402
+from vilamp.processing.video_decoding import decode_video  # noqa: E402
+from vilamp.testing import build_tiny_processor, build_tiny_tokenizer, tiny_config  # noqa: E402
 
 RESOLUTIONS = {"720p": (1280, 720), "1080p": (1920, 1080), "tiny": (160, 120)}
 VIDEO_FPS = 30

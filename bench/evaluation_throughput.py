@@ -79,9 +79,9 @@ def build_full_size_checkpoint(directory: Path, dtype: str) -> Path:
     """A full-size ViLaMP with random weights and its processor (toy tokenizer, random CLIP ViT-B/32), saved once."""
     import open_clip
 
-    from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
-    from processing import KeyframeSelector, ViLaMPProcessor
-    from training.tiny import TINY_SPECIAL_TOKEN_IDS, build_tiny_tokenizer
+    from vilamp.modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
+    from vilamp.processing import KeyframeSelector, ViLaMPProcessor
+    from vilamp.testing import TINY_SPECIAL_TOKEN_IDS, build_tiny_tokenizer
 
     if (directory / "config.json").is_file():
         return directory
@@ -104,7 +104,7 @@ def build_full_size_checkpoint(directory: Path, dtype: str) -> Path:
 
 def write_videos(directory: Path, args: argparse.Namespace) -> list[Path]:
     """The synthetic videos, written in parallel (each once)."""
-    from training.tiny import write_synthetic_video as write_tiny_video
+    from vilamp.testing import write_synthetic_video as write_tiny_video
 
     directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"video_{index}.mp4" for index in range(args.videos)]
@@ -225,7 +225,7 @@ def main(argv=None):
     turn_off_nvlink_multicast()
     start_time = time.perf_counter()
     if args.tiny:
-        from vilamp_cli.demo import build_demo_checkpoint
+        from vilamp.cli.demo import build_demo_checkpoint
 
         model_dir = args.work_dir / "tiny" / "vilamp-tiny"
         if not (model_dir / "config.json").is_file():

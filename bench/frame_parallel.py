@@ -39,7 +39,7 @@ from bench.long_video import (  # noqa: E402
     synchronize,
     video_inputs,
 )
-from training.tiny import TINY_NUM_KEYFRAMES  # noqa: E402
+from vilamp.testing import TINY_NUM_KEYFRAMES  # noqa: E402
 
 FULL_FRAMES = "600,10000,100000"
 TINY_FRAMES = "5,16,64"

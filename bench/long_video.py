@@ -35,9 +35,9 @@ from transformers.utils import is_flash_attn_2_available
 # the package of this checkout, not an installed copy
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration  # noqa: E402
-from processing import num_video_tokens  # noqa: E402
-from training.tiny import TINY_NUM_KEYFRAMES, synthetic_frames, tiny_config  # noqa: E402
+from vilamp.modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration  # noqa: E402
+from vilamp.processing import num_video_tokens  # noqa: E402
+from vilamp.testing import TINY_NUM_KEYFRAMES, synthetic_frames, tiny_config  # noqa: E402
 
 # NVLink multicast stays off on the lent multi-GPU machines, which do not support it
 MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -148,7 +148,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace) -> ViLaMPConfig:
-    """The full-size ViLaMP architecture, or the tiny one of `training.tiny` with `--tiny`."""
+    """The full-size ViLaMP architecture, or the tiny one of `vilamp.testing` with `--tiny`."""
     if args.tiny:
         return tiny_config(vision_chunk_size=args.vision_chunk_size)
     return ViLaMPConfig(vision_chunk_size=args.vision_chunk_size)

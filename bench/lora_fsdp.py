@@ -38,8 +38,8 @@ from lora_step import ANSWER_LENGTH, TRAINABLE_CONFIGURATIONS, build_model, trai
 from torch import distributed as dist
 from transformers.utils import is_flash_attn_2_available
 
-from training import lora_config, shard_model
-from training.tiny import TINY_NUM_KEYFRAMES
+from vilamp.training import lora_config, shard_model
+from vilamp.testing import TINY_NUM_KEYFRAMES
 
 FULL_FRAMES = "600,2000"
 TINY_FRAMES = "4,8"

@@ -34,9 +34,9 @@ from long_video import (
 )
 from transformers.utils import is_flash_attn_2_available
 
-from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
-from training import enable_gradient_checkpointing, lora_config
-from training.tiny import TINY_NUM_KEYFRAMES
+from vilamp.modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
+from vilamp.training import enable_gradient_checkpointing, lora_config
+from vilamp.testing import TINY_NUM_KEYFRAMES
 
 FULL_FRAMES = "600,2000"
 TINY_FRAMES = "16,64"

@@ -64,8 +64,8 @@ from bench.long_video import (  # noqa: E402
     turn_off_nvlink_multicast,
     video_inputs,
 )
-from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration  # noqa: E402
-from training.tiny import TINY_NUM_KEYFRAMES, tiny_config  # noqa: E402
+from vilamp.modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration  # noqa: E402
+from vilamp.testing import TINY_NUM_KEYFRAMES, tiny_config  # noqa: E402
 
 FULL_FRAMES = "600,5000"
 TINY_FRAMES = "16,64"

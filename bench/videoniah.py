@@ -44,8 +44,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modeling_vilamp import ViLaMPForConditionalGeneration  # noqa: E402  (also registers ViLaMP with the Auto classes)
-from processing import ViLaMPProcessor, resolve_device  # noqa: E402
+from vilamp.modeling_vilamp import ViLaMPForConditionalGeneration  # noqa: E402  (also registers ViLaMP with the Auto classes)
+from vilamp.processing import ViLaMPProcessor, resolve_device  # noqa: E402
 
 TINY_LENGTHS = (8, 32)
 TINY_DEPTHS = (0.0, 0.5, 1.0)
@@ -317,7 +317,7 @@ def parse_args(argv=None):
 
 def tiny_inputs(processor, max_length: int) -> tuple[list[Needle], list[Haystack]]:
     """Synthetic needles (frames with a red square) and one synthetic haystack (no square)."""
-    from training.tiny import synthetic_frames
+    from vilamp.testing import synthetic_frames
 
     haystack_frames = synthetic_frames(max_length, with_square=False, seed=1)
     needle_frames = synthetic_frames(3, seed=2)  # every frame of a 3-frame video is in the "middle third"
@@ -339,7 +339,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as temporary_dir:
         model_dir = args.model
         if args.tiny:
-            from training.tiny import build_tiny_model, build_tiny_processor
+            from vilamp.testing import build_tiny_model, build_tiny_processor
 
             model_dir = Path(temporary_dir)
             build_tiny_model().save_pretrained(model_dir)

@@ -5,7 +5,7 @@ several on the CPU with the gloo backend), resumably.
 The dataset is a JSON list or a JSONL file of `{"video": path, "question": ..., "answer": ...}` rows (video paths
 relative to the dataset file). Process `rank` of `world_size` takes the rows `i` with `i % world_size == rank`, answers
 them one video at a time (greedy decoding; worker processes decode the next videos meanwhile, `--decode-workers`),
-through the same wrapper as the lmms-eval model (`evaluation.video_qa`), and appends `{"index", "video", "question", "answer", "prediction"}` to its
+through the same wrapper as the lmms-eval model (`vilamp.evaluation.video_qa`), and appends `{"index", "video", "question", "answer", "prediction"}` to its
 part file `OUTPUT.partRANK`, flushed after each row. Once every process is done, the main process merges the part files
 (and an earlier `OUTPUT`) into `OUTPUT`, one line per row ordered by index, and removes the part files. Run it again
 after an interruption: rows already in a part file or in `OUTPUT` are skipped, whatever the number of processes.
@@ -26,9 +26,9 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 
-from evaluation.video_qa import DTYPES, DecodingWorkers, VideoQuestion, VideoQuestionAnswerer
-from processing import read_video_qa_file
-from training import build_tiny_model, build_tiny_processor, write_tiny_video_qa_dataset
+from vilamp.evaluation.video_qa import DTYPES, DecodingWorkers, VideoQuestion, VideoQuestionAnswerer
+from vilamp.processing import read_video_qa_file
+from vilamp.testing import build_tiny_model, build_tiny_processor, write_tiny_video_qa_dataset
 
 # the processes meet twice, at the start and when all are done: a process whose shard ends early waits at the second
 # meeting for the slowest one, far longer than the default collective timeout on long videos
@@ -136,7 +136,7 @@ def open_part_file(path: Path):
 
 
 def load_answerer(args, device: torch.device) -> VideoQuestionAnswerer:
-    """The model and its processor on this process's device (the lmms-eval model's wrapper, `evaluation.video_qa`)."""
+    """The model and its processor on this process's device (the lmms-eval model's wrapper, `vilamp.evaluation.video_qa`)."""
     if not args.tiny:
         return VideoQuestionAnswerer.from_pretrained(
             args.model,

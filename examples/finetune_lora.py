@@ -21,17 +21,10 @@ import torch
 from peft import get_peft_model
 from transformers import AutoModel, AutoProcessor, Trainer, TrainingArguments
 
-import modeling_vilamp  # noqa: F401  (registers ViLaMP with the Auto classes)
-from processing import ViLaMPDataCollator, read_video_qa_file
-from training import (
-    build_tiny_model,
-    build_tiny_processor,
-    enable_gradient_checkpointing,
-    lora_config,
-    save_adapter,
-    shard_model,
-    write_tiny_video_qa_dataset,
-)
+import vilamp  # noqa: F401  (registers ViLaMP with the Auto classes)
+from vilamp.processing import ViLaMPDataCollator, read_video_qa_file
+from vilamp.training import enable_gradient_checkpointing, lora_config, save_adapter, shard_model
+from vilamp.testing import build_tiny_model, build_tiny_processor, write_tiny_video_qa_dataset
 
 
 def parse_args() -> argparse.Namespace:

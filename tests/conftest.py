@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conversion.convert_original_to_hf import convert_checkpoint
-from training.tiny import TINY_KEYFRAME_SELECTOR_CONFIG, build_tiny_tokenizer, write_synthetic_video
+from vilamp.conversion.convert_original_to_hf import convert_checkpoint
+from vilamp.testing import TINY_KEYFRAME_SELECTOR_CONFIG, build_tiny_tokenizer, write_synthetic_video
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import AutoProcessor
 
-from processing import ViLaMPProcessor
-from training.tiny import TINY_SETTINGS, TINY_SPECIAL_TOKEN_IDS, build_tiny_model, build_tiny_processor
+from vilamp.processing import ViLaMPProcessor
+from vilamp.testing import TINY_SETTINGS, TINY_SPECIAL_TOKEN_IDS, build_tiny_model, build_tiny_processor
 
 VIDEO_TOKEN_ID = TINY_SPECIAL_TOKEN_IDS["<video>"]
 KEYFRAME_POOLED_SIZE = TINY_SETTINGS["keyframe_pooled_size"]

@@ -15,8 +15,8 @@ SUBPROCESS_TIMEOUT_SECONDS = 300
 
 
 def run_vilamp(*arguments) -> subprocess.CompletedProcess:
-    """Runs `python -m vilamp_cli ARGUMENTS...` (what the `vilamp` script runs) from the repository root."""
-    command = [sys.executable, "-m", "vilamp_cli", *map(str, arguments)]
+    """Runs `python -m vilamp.cli ARGUMENTS...` (what the `vilamp` script runs) from the repository root."""
+    command = [sys.executable, "-m", "vilamp.cli", *map(str, arguments)]
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_SECONDS)
 
 
@@ -82,7 +82,7 @@ def test_ask_with_mistyped_config_field_exits_1(damaged_dir, make_video_file):
 def test_ask_on_a_truncated_video_warns_in_one_line_and_answers(converted_dir, tmp_path):
     """`vilamp ask` on an MP4 cut short after a front index: one warning line with how many frames decoded, then the
     answer, exit 0."""
-    from training.tiny import synthetic_frames, write_video
+    from vilamp.testing import synthetic_frames, write_video
 
     intact = write_video(
         tmp_path / "intact.mp4", synthetic_frames(48, width=64, height=48), fps=8, codec="libx264",

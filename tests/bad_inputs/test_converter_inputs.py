@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conversion.convert_original_to_hf import ConversionError
-from vilamp_cli.main import convert_command as convert_main
-from vilamp_cli.main import main as vilamp_main
+from vilamp.conversion.convert_original_to_hf import ConversionError
+from vilamp.cli.main import convert_command as convert_main
+from vilamp.cli.main import main as vilamp_main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENTRY_POINTS = ("vilamp-convert", "vilamp convert")
@@ -249,11 +249,11 @@ def test_help_gives_the_exit_statuses(capsys):
 
 
 def start_conversion(entry_point: str, input_dir: Path, output_dir: Path, *flags) -> subprocess.Popen:
-    """Starts `python -m conversion.convert_original_to_hf` (what `vilamp-convert` runs) or `python -m vilamp_cli convert`."""
+    """Starts `python -m vilamp.conversion.convert_original_to_hf` (what `vilamp-convert` runs) or `python -m vilamp.cli convert`."""
     if entry_point == "vilamp-convert":
-        command = ["-m", "conversion.convert_original_to_hf", "--input", input_dir, "--output", output_dir, *flags]
+        command = ["-m", "vilamp.conversion.convert_original_to_hf", "--input", input_dir, "--output", output_dir, *flags]
     else:
-        command = ["-m", "vilamp_cli", "convert", input_dir, output_dir, *flags]
+        command = ["-m", "vilamp.cli", "convert", input_dir, output_dir, *flags]
     return subprocess.Popen(
         [sys.executable, *map(str, command)], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
-from modeling_vilamp import ViLaMPForConditionalGeneration
-from training.tiny import TINY_SPECIAL_TOKEN_IDS, build_tiny_model, build_tiny_processor
+from vilamp.modeling_vilamp import ViLaMPForConditionalGeneration
+from vilamp.testing import TINY_SPECIAL_TOKEN_IDS, build_tiny_model, build_tiny_processor
 
 VIDEO_TOKEN_ID = TINY_SPECIAL_TOKEN_IDS["<video>"]
 # 48 frames at 8 fps, sampled at 1 fps: 6 frames, 2 of them keyframes pooled to 2x2 -> 4*2 + 4 + 1 = 13 video tokens

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from processing.video_decoding import VideoDecodingWarning, decode_video, sample_frame_indices
-from training.tiny import build_tiny_model, build_tiny_processor, synthetic_frames, write_synthetic_video, write_video
+from vilamp.processing.video_decoding import VideoDecodingWarning, decode_video, sample_frame_indices
+from vilamp.testing import build_tiny_model, build_tiny_processor, synthetic_frames, write_synthetic_video, write_video
 
 NUM_FRAMES, FPS = 48, 8
 

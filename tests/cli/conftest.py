@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from training.tiny import synthetic_frames, write_video
-from vilamp_cli.demo import build_demo_checkpoint
+from vilamp.testing import synthetic_frames, write_video
+from vilamp.cli.demo import build_demo_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VIDEO_SECONDS = 12
@@ -37,10 +37,10 @@ def video_file(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def run_vilamp():
-    """Runs `python -m vilamp_cli ARGS...` (what the `vilamp` script runs) from the repository root."""
+    """Runs `python -m vilamp.cli ARGS...` (what the `vilamp` script runs) from the repository root."""
 
     def run(*args, timeout: int = 300) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "vilamp_cli", *map(str, args)]
+        command = [sys.executable, "-m", "vilamp.cli", *map(str, args)]
         return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
 
     return run

@@ -3,7 +3,7 @@ it, its hooks leaving the model as it was."""
 
 import torch
 
-from vilamp_cli.pipeline import generate_answer, load_model_and_processor, prepare_video
+from vilamp.cli.pipeline import generate_answer, load_model_and_processor, prepare_video
 
 
 def test_prepared_video_keeps_the_keyframe_selection_and_the_answer_streams_as_generate_gives_it(model_dir, video_file):

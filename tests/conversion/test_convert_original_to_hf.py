@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
 
-from conversion.convert_original_to_hf import ConversionError, convert_checkpoint, fit_embeddings_to_vocabulary, main
-from conversion.verify_reference import EXACT_STAGES, FLOAT_TOLERANCE, format_report, verify_converted
-from modeling_vilamp import ViLaMPForConditionalGeneration
-from processing import ViLaMPProcessor
+from vilamp.conversion.convert_original_to_hf import ConversionError, convert_checkpoint, fit_embeddings_to_vocabulary, main
+from vilamp.conversion.verify_reference import EXACT_STAGES, FLOAT_TOLERANCE, format_report, verify_converted
+from vilamp.modeling_vilamp import ViLaMPForConditionalGeneration
+from vilamp.processing import ViLaMPProcessor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +44,7 @@ def test_converted_checkpoint_loads_with_the_auto_classes(converted_dir):
 def test_command_line_converts_and_prints_the_verification_report(reference_dir, tokenizer_dir, tmp_path):
     output_dir = tmp_path / "vilamp-tiny"
     command = [
-        sys.executable, "-m", "conversion.convert_original_to_hf",
+        sys.executable, "-m", "vilamp.conversion.convert_original_to_hf",
         "--input", str(reference_dir / "original_tiny"),
         "--output", str(output_dir),
         "--tokenizer", str(tokenizer_dir),
@@ -70,8 +70,7 @@ def test_converted_directory_loads_with_remote_code_without_the_package(converte
         import numpy as np, torch
         from PIL import Image
         from safetensors.torch import load_file
-        for name in ("modeling_vilamp", "processing", "conversion"):
-            assert importlib.util.find_spec(name) is None, name + " is importable"
+        assert importlib.util.find_spec("vilamp") is None, "vilamp is importable"
         sys.modules["av"] = None  # no video decoder
         sys.modules["flash_attn"] = None
         from transformers import AutoModel, AutoProcessor

@@ -14,7 +14,7 @@ from transformers import AutoModel, AutoProcessor
 
 pytest.importorskip("lmms_eval", reason="lmms-eval is not installed: pip install -e '.[lmms-eval]' (the lmms-eval CI lane)")
 
-from evaluation.lmms_eval_vilamp import question_alone  # noqa: E402
+from vilamp.evaluation.lmms_eval_vilamp import question_alone  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GENERATION_TASK = "vilamp_tiny_generation"
@@ -127,7 +127,7 @@ def test_results_file_holds_both_tasks_for_the_vilamp_model(single_process_run, 
     results = single_process_run["results"]
     assert results["config"]["model"] == "vilamp"
     assert results["model_name"] == str(converted_dir)
-    assert results["config"]["model_backend"] == "evaluation.lmms_eval_vilamp.ViLaMP (simple)"
+    assert results["config"]["model_backend"] == "vilamp.evaluation.lmms_eval_vilamp.ViLaMP (simple)"
     assert results["n-samples"] == {task: {"original": 3, "effective": 3} for task in (GENERATION_TASK, CHOICE_TASK)}
     assert 0 <= results["results"][GENERATION_TASK]["exact_match,none"] <= 1
     assert 0 <= results["results"][CHOICE_TASK]["acc,none"] <= 1

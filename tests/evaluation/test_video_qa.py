@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoProcessor
 
-from evaluation.video_qa import DecodingWorkers, VideoQuestion, VideoQuestionAnswerer, process_questions
+from vilamp.evaluation.video_qa import DecodingWorkers, VideoQuestion, VideoQuestionAnswerer, process_questions
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from processing import num_video_tokens
-from training.tiny import TINY_SPECIAL_TOKEN_IDS
-from training.tiny import tiny_config as build_tiny_config
+from vilamp.processing import num_video_tokens
+from vilamp.testing import TINY_SPECIAL_TOKEN_IDS
+from vilamp.testing import tiny_config as build_tiny_config
 
 VIDEO_TOKEN_ID = TINY_SPECIAL_TOKEN_IDS["<video>"]
 PAD_TOKEN_ID = TINY_SPECIAL_TOKEN_IDS["<|endoftext|>"]
@@ -11,9 +11,9 @@ PAD_TOKEN_ID = TINY_SPECIAL_TOKEN_IDS["<|endoftext|>"]
 
 @pytest.fixture
 def tiny_config():
-    """The tiny ViLaMP config of `training.tiny` (4x4 SigLIP patches pooled to 2x2, Qwen2 of hidden size 32 and 2
+    """The tiny ViLaMP config of `vilamp.testing` (4x4 SigLIP patches pooled to 2x2, Qwen2 of hidden size 32 and 2
     layers), with overrides; weights drawn with transformers' default `initializer_range` of 0.02, as in transformers'
-    model tests (`training.tiny` widens it for fine-tuning)."""
+    model tests (`vilamp.testing` widens it for fine-tuning)."""
 
     def build(**overrides):
         return build_tiny_config(**{"initializer_range": 0.02, **overrides})
@@ -24,7 +24,7 @@ def tiny_config():
 @pytest.fixture
 def tiny_model(tiny_config):
     def build(compile_vision_tower=False, **overrides):
-        from modeling_vilamp import ViLaMPForConditionalGeneration
+        from vilamp.modeling_vilamp import ViLaMPForConditionalGeneration
 
         torch.manual_seed(0)
         return ViLaMPForConditionalGeneration(tiny_config(**overrides), compile_vision_tower=compile_vision_tower).eval()

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from modeling_vilamp import ViLaMPDifferentialFeatureMerger, reference_frame_indices
+from vilamp.modeling_vilamp import ViLaMPDifferentialFeatureMerger, reference_frame_indices
 
 # keyframes [5, 9, 14, 15] of 16 frames, the reference README's case
 REFERENCE_CASE_MASK = torch.tensor([frame in (5, 9, 14, 15) for frame in range(16)])

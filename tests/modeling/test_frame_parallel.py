@@ -8,9 +8,9 @@ import torch
 from torch import distributed as dist
 from torch import multiprocessing as mp
 
-from modeling_vilamp.frame_parallel import frame_span_bounds
-from modeling_vilamp.modeling_vilamp import plan_video_tokens
-from training.tiny import build_tiny_model
+from vilamp.modeling_vilamp.frame_parallel import frame_span_bounds
+from vilamp.modeling_vilamp.modeling_vilamp import plan_video_tokens
+from vilamp.testing import build_tiny_model
 
 RULES = ("original", "paper")
 # float32 on the CPU: the ranks encode their frames in other batches and run on one thread each, so matrix products

@@ -8,7 +8,7 @@ multi-frame videos (keyframes and non-keyframes) of different lengths in one bat
 import pytest
 import torch
 
-from training.tiny import build_tiny_model, build_tiny_processor, write_synthetic_video
+from vilamp.testing import build_tiny_model, build_tiny_processor, write_synthetic_video
 
 # float32 on the CPU: the first step of each copy must equal a plain forward of its prompt up to rounding
 FIRST_STEP_ATOL = 1e-5

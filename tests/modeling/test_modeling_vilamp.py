@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
-from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
+from vilamp.modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
 
 KEYFRAMES_TWO_OF_FIVE = [False, True, False, False, True]
 KEYFRAMES_TWO_OF_THREE = [True, False, True]

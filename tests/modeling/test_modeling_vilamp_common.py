@@ -12,10 +12,10 @@ from unittest.mock import patch
 import torch
 from parameterized import parameterized
 
-from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration, ViLaMPModel
-from processing import num_video_tokens
+from vilamp.modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration, ViLaMPModel
+from vilamp.processing import num_video_tokens
 from tests.transformers_suite import GenerationTesterMixin, import_transformers_test_module
-from training.tiny import tiny_config
+from vilamp.testing import tiny_config
 
 common = import_transformers_test_module("test_modeling_common")
 

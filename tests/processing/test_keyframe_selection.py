@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
-from conversion.convert_original_to_hf import convert_clip_to_open_clip
-from processing.keyframe_selection import (
+from vilamp.conversion.convert_original_to_hf import convert_clip_to_open_clip
+from vilamp.processing.keyframe_selection import (
     KeyframeSelector,
     clip_resize_and_crop,
     fill_keyframe_slots,

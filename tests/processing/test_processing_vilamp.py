@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conversion.convert_original_to_hf import convert_clip_to_open_clip
-from processing import (
+from vilamp.conversion.convert_original_to_hf import convert_clip_to_open_clip
+from vilamp.processing import (
     KeyframeSelector,
     ViLaMPProcessor,
     ViLaMPVideoProcessor,

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from processing.video_decoding import decode_video, sample_frame_indices
-from training.tiny import synthetic_frames, write_video
+from vilamp.processing.video_decoding import decode_video, sample_frame_indices
+from vilamp.testing import synthetic_frames, write_video
 
 
 def original_sampled_indices(total_num_frames: int, average_fps: float, max_frames: int) -> list[int]:
@@ -100,7 +100,7 @@ def test_spans_decoded_at_once_equal_one_decoder_in_order(tmp_path, x264_params,
 def test_processor_takes_the_decoding_settings_per_call_and_checks_them(make_video_file):
     """`num_decoders` and `decode_device` are video kwargs of the processor: same inputs with any number of decoders,
     a clear error for a device that cannot decode."""
-    from training.tiny import build_tiny_processor
+    from vilamp.testing import build_tiny_processor
 
     processor = build_tiny_processor()
     path = str(make_video_file(num_frames=80, fps=8))

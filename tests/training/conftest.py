@@ -1,9 +1,9 @@
-"""Fixtures of the fine-tuning tests: the tiny processor and model of `training.tiny`, and one fixed labelled batch."""
+"""Fixtures of the fine-tuning tests: the tiny processor and model of `vilamp.testing`, and one fixed labelled batch."""
 
 import pytest
 
-from processing import ViLaMPDataCollator
-from training import build_tiny_model, build_tiny_processor, write_synthetic_video
+from vilamp.processing import ViLaMPDataCollator
+from vilamp.testing import build_tiny_model, build_tiny_processor, write_synthetic_video
 
 # Two videos of different lengths (3 and 6 frames at 1 fps), so that the batch is padded.
 VIDEO_FRAME_COUNTS_AT_8_FPS = (24, 48)

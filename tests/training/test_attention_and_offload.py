@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers.utils import is_flash_attn_2_available
 
-from modeling_vilamp import ViLaMPForConditionalGeneration
-from training import build_tiny_model
+from vilamp.modeling_vilamp import ViLaMPForConditionalGeneration
+from vilamp.testing import build_tiny_model
 
 MAX_NEW_TOKENS = 5
 

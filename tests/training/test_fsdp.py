@@ -8,14 +8,9 @@ from torch import multiprocessing as mp
 
 peft = pytest.importorskip("peft", reason="LoRA fine-tuning needs peft (the `peft` extra)")
 
-from processing import ViLaMPDataCollator  # noqa: E402
-from training import (  # noqa: E402
-    build_tiny_model,
-    enable_gradient_checkpointing,
-    lora_config,
-    save_adapter,
-    shard_model,
-)
+from vilamp.processing import ViLaMPDataCollator  # noqa: E402
+from vilamp.testing import build_tiny_model  # noqa: E402
+from vilamp.training import enable_gradient_checkpointing, lora_config, save_adapter, shard_model  # noqa: E402
 
 WORLD_SIZE = 2
 NUM_STEPS = 3

@@ -7,7 +7,7 @@ import torch
 
 peft = pytest.importorskip("peft", reason="LoRA fine-tuning needs peft (the `peft` extra)")
 
-from training import (  # noqa: E402
+from vilamp.training import (  # noqa: E402
     enable_gradient_checkpointing,
     is_vision_tower_parameter,
     language_model_target_pattern,

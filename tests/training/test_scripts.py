@@ -24,8 +24,8 @@ def run_script(*command: str) -> subprocess.CompletedProcess:
 def test_finetune_lora_example_tiny_mode_trains_and_saves_an_adapter(tmp_path):
     from peft import PeftModel
 
-    from processing import ViLaMPDataCollator, read_video_qa_file
-    from training import build_tiny_model, build_tiny_processor
+    from vilamp.processing import ViLaMPDataCollator, read_video_qa_file
+    from vilamp.testing import build_tiny_model, build_tiny_processor
 
     output_dir = tmp_path / "run"
     result = run_script("examples/finetune_lora.py", "--tiny", "--output-dir", str(output_dir), "--max-steps", "4")

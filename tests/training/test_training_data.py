@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from processing import IGNORE_INDEX, ViLaMPDataCollator, num_video_tokens, read_video_qa_file
-from training.tiny import TINY_NUM_KEYFRAMES, TINY_SETTINGS, TINY_SPECIAL_TOKEN_IDS
+from vilamp.processing import IGNORE_INDEX, ViLaMPDataCollator, num_video_tokens, read_video_qa_file
+from vilamp.testing import TINY_NUM_KEYFRAMES, TINY_SETTINGS, TINY_SPECIAL_TOKEN_IDS
 
 VIDEO_ID = TINY_SPECIAL_TOKEN_IDS["<video>"]
 PAD_ID = TINY_SPECIAL_TOKEN_IDS["<|endoftext|>"]
@@ -73,7 +73,7 @@ def test_labels_of_a_multi_turn_conversation_keep_every_answer(processor, traini
 
 
 def test_model_loss_counts_only_answer_tokens(training_batch):
-    from training import build_tiny_model
+    from vilamp.testing import build_tiny_model
 
     model = build_tiny_model().eval()
     with torch.no_grad():
@@ -122,7 +122,7 @@ def test_read_video_qa_file_errors_name_the_line(tmp_path):
 
 
 def test_tiny_video_qa_dataset_reads_back_with_resolved_video_paths(tmp_path):
-    from training import write_tiny_video_qa_dataset
+    from vilamp.testing import write_tiny_video_qa_dataset
 
     path = write_tiny_video_qa_dataset(tmp_path / "tiny" / "data.jsonl")
     rows = read_video_qa_file(path)

@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModel, AutoProcessor, DynamicCache
 from transformers.feature_extraction_utils import BatchFeature
 
-import modeling_vilamp  # noqa: F401  (registers ViLaMP with the Auto classes)
+import vilamp  # noqa: F401  (registers ViLaMP with the Auto classes)
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 

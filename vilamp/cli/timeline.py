@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from processing import KeyframeSelection
+from vilamp.processing import KeyframeSelection
 
 # Figure size in inches at `dpi`: the PNG is exactly (width * dpi) x (height * dpi) pixels.
 FIGURE_SIZE_INCHES = (12.0, 6.0)

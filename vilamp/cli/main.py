@@ -216,7 +216,7 @@ def damaged_safetensors_files(model_dir: Path) -> list[str]:
 
 
 def run_convert(args) -> int:
-    from conversion.convert_original_to_hf import main as convert_main
+    from vilamp.conversion.convert_original_to_hf import main as convert_main
 
     argv = ["--input", str(args.input), "--output", str(args.output), "--max-shard-size", args.max_shard_size]
     for flag, value in (
@@ -235,7 +235,7 @@ def run_convert(args) -> int:
 def ask_video(model_dir: Path, video: Path, question: str, args, *, write) -> dict:
     """Loads the model, answers the question about the video (streaming the text to `write`) and returns the record
     that `--json` prints."""
-    from processing import resolve_device
+    from vilamp.processing import resolve_device
 
     from .pipeline import generate_answer, load_model_and_processor, prepare_video, probe_video, resolve_dtype
 
@@ -302,7 +302,7 @@ def run_ask(args) -> int:
 def draw_keyframes(model_dir: Path, video: Path, question: str, out: Path, args) -> dict:
     """Runs the keyframe selection of the video against the question, draws the timeline into `out` and returns the
     record that `--json` prints."""
-    from processing import resolve_device
+    from vilamp.processing import resolve_device
 
     from .pipeline import load_processor, prepare_video, probe_video
     from .timeline import draw_keyframe_timeline
@@ -351,7 +351,7 @@ def run_keyframes(args) -> int:
 
 def run_demo(args) -> int:
     quiet_transformers()
-    from training.tiny import synthetic_frames, write_video
+    from vilamp.testing import synthetic_frames, write_video
 
     from .demo import build_demo_checkpoint
 
@@ -413,7 +413,7 @@ def convert_command(argv: list[str] | None = None) -> int:
     """`vilamp-convert`: the converter's own command line, with a Ctrl-C while torch and transformers are still
     importing reported in one line as well."""
     try:
-        from conversion.convert_original_to_hf import main as convert_main
+        from vilamp.conversion.convert_original_to_hf import main as convert_main
     except KeyboardInterrupt:
         print("vilamp-convert: interrupted", file=sys.stderr)
         return 130

@@ -4,7 +4,7 @@ versions."""
 import re
 from collections.abc import Sequence
 
-from modeling_vilamp import ViLaMPForConditionalGeneration
+from vilamp.modeling_vilamp import ViLaMPForConditionalGeneration
 
 # The projections of a Qwen2 decoder layer that LoRA may adapt, by the block that holds them.
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")

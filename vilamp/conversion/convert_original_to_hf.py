@@ -1,7 +1,7 @@
 """Converts the original ViLaMP checkpoint (`llava_qwen` layout) into a directory that `AutoModel` and
 `AutoProcessor` load.
 
-    python -m conversion.convert_original_to_hf --input ViLAMP-llava-qwen --output vilamp-7b
+    python -m vilamp.conversion.convert_original_to_hf --input ViLAMP-llava-qwen --output vilamp-7b
 
 It first checks the arguments, before reading any weight: the paths exist, the output is neither the input nor
 inside it nor holding it, and an existing output is replaced only with `--overwrite` and only when an earlier
@@ -42,10 +42,9 @@ from torch import nn
 from transformers import AddedToken, AutoTokenizer, CLIPConfig, GenerationConfig, SiglipVisionConfig
 from transformers.utils.hub import convert_file_size_to_int
 
-import modeling_vilamp
-import processing
-from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
-from processing import KeyframeSelector, ViLaMPProcessor
+from vilamp import modeling_vilamp, processing
+from vilamp.modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
+from vilamp.processing import KeyframeSelector, ViLaMPProcessor
 
 from .verify_reference import check_reference_dir, report_verification
 

@@ -2,7 +2,7 @@
 
 The reference directory (its README) holds the original code's outputs at every stage for a tiny checkpoint; each
 stage computed here carries the name of its golden tensor, so a comparison is one subtraction. Run it on a converted
-directory with `python -m conversion.verify_reference CONVERTED_DIR REFERENCE_DIR`.
+directory with `python -m vilamp.conversion.verify_reference CONVERTED_DIR REFERENCE_DIR`.
 """
 
 import argparse
@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from modeling_vilamp.modeling_vilamp import plan_video_tokens
+from vilamp.modeling_vilamp.modeling_vilamp import plan_video_tokens
 
 # The original code marks the video's position in `input_ids` with this id (IMAGE_TOKEN_INDEX).
 ORIGINAL_IMAGE_TOKEN_INDEX = -200
@@ -108,7 +108,7 @@ def model_stage_outputs(
 @torch.no_grad()
 def processor_stage_outputs(processor, reference_dir: Path) -> dict[str, torch.Tensor]:
     """The processor's stages for the reference frames and question, named like the golden tensors."""
-    from processing import clip_resize_and_crop, frame_relevance_scores, greedy_keyframe_selection, normalize_clip_pixels
+    from vilamp.processing import clip_resize_and_crop, frame_relevance_scores, greedy_keyframe_selection, normalize_clip_pixels
 
     frames = load_reference_frames(reference_dir)
     question = load_reference_question(reference_dir)
@@ -152,7 +152,7 @@ def max_differences(outputs: dict[str, torch.Tensor], golden: dict[str, torch.Te
 
 def verify_converted(converted_dir: Path, reference_dir: Path) -> dict[str, float]:
     """Loads a converted directory with the Auto classes and returns each stage's max difference from the golden one."""
-    import modeling_vilamp  # noqa: F401  (registers the Auto classes)
+    import vilamp  # noqa: F401  (registers the Auto classes)
     from transformers import AutoModel, AutoProcessor
 
     model = AutoModel.from_pretrained(converted_dir, dtype=torch.float32).eval()
@@ -197,7 +197,7 @@ def report_verification(converted_dir: Path, reference_dir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("converted_dir", type=Path, help="a directory written by conversion.convert_original_to_hf")
+    parser.add_argument("converted_dir", type=Path, help="a directory written by vilamp.conversion.convert_original_to_hf")
     parser.add_argument("reference_dir", type=Path, help="the golden reference directory (inputs/, golden/)")
     args = parser.parse_args(argv)
     try:

@@ -3,6 +3,6 @@
 from lmms_eval.models.registry_v2 import ModelManifest
 
 # only the class path: lmms-eval imports the model module when `--model vilamp` is asked for
-VILAMP_MANIFEST = ModelManifest(model_id="vilamp", simple_class_path="evaluation.lmms_eval_vilamp.ViLaMP")
+VILAMP_MANIFEST = ModelManifest(model_id="vilamp", simple_class_path="vilamp.evaluation.lmms_eval_vilamp.ViLaMP")
 
 __all__ = ["VILAMP_MANIFEST"]

@@ -1,5 +1,5 @@
 """A tiny random ViLaMP checkpoint in the ORIGINAL layout and a toy tokenizer, for `vilamp demo` (its synthetic video
-comes from `training.tiny`).
+comes from `vilamp.testing`).
 
 Nothing is downloaded: the towers, the language model and the keyframe selector are built from tiny configs with random
 weights and saved under the original code's key names (`model.mm_projector.0`, `model.composer_projector`,
@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from conversion.convert_original_to_hf import SUPPORTED_ORIGINAL_SETTINGS
-from training.tiny import TINY_VOCAB_SIZE, build_tiny_tokenizer
+from vilamp.conversion.convert_original_to_hf import SUPPORTED_ORIGINAL_SETTINGS
+from vilamp.testing import TINY_VOCAB_SIZE, build_tiny_tokenizer
 
 
 TINY_TEXT_CONFIG = {
@@ -168,7 +168,7 @@ def write_original_checkpoint(directory, seed: int = 0) -> Path:
 
 def build_demo_checkpoint(directory, *, seed: int = 0, overwrite: bool = True) -> Path:
     """Writes the tiny original checkpoint into `directory` and converts it into `directory/vilamp-tiny`."""
-    from conversion.convert_original_to_hf import convert_checkpoint
+    from vilamp.conversion.convert_original_to_hf import convert_checkpoint
 
     checkpoint_dir = write_original_checkpoint(directory, seed=seed)
     tokenizer_dir = Path(directory) / TOKENIZER_DIR_NAME

@@ -8,7 +8,7 @@ from torch import distributed as dist
 from torch import nn
 from transformers.utils import is_torch_greater_or_equal
 
-from modeling_vilamp.modeling_vilamp import ViLaMPModel
+from vilamp.modeling_vilamp.modeling_vilamp import ViLaMPModel
 
 
 def shard_model(model: nn.Module, device: torch.device | str) -> nn.Module:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
-from processing import KeyframeSelector, ViLaMPProcessor
+from vilamp.modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
+from vilamp.processing import KeyframeSelector, ViLaMPProcessor
 
 # A byte-level toy vocabulary: UTF-8 byte b is id b, the Qwen2 special tokens sit at the top of 512 ids.
 TINY_SPECIAL_TOKEN_IDS = {"<video>": 508, "<|endoftext|>": 509, "<|im_start|>": 510, "<|im_end|>": 511}

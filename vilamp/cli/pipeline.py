@@ -15,7 +15,7 @@ import torch
 from transformers import TextStreamer
 from transformers.feature_extraction_utils import BatchFeature
 
-from processing import KeyframeSelection
+from vilamp.processing import KeyframeSelection
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -65,7 +65,7 @@ def load_model_and_processor(model_dir, *, device: torch.device, dtype: torch.dt
     Loads a converted ViLaMP directory: the model in `dtype` on `device`, and the processor with its keyframe selector
     on `device`. `processor_settings` (`max_frames`, `num_keyframes`, ...) override the saved ones when not None.
     """
-    from modeling_vilamp import ViLaMPForConditionalGeneration
+    from vilamp.modeling_vilamp import ViLaMPForConditionalGeneration
 
     processor = load_processor(model_dir, device=device, **processor_settings)
     model = ViLaMPForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
@@ -77,8 +77,8 @@ def load_processor(model_dir, *, device: torch.device, **processor_settings):
     override the saved ones when not None."""
     # registers ViLaMP with the Auto classes, so the tokenizer and processor load from this package, not the
     # directory's copy of the code (which would ask whether to trust it)
-    import modeling_vilamp  # noqa: F401
-    from processing import ViLaMPProcessor
+    import vilamp  # noqa: F401
+    from vilamp.processing import ViLaMPProcessor
 
     settings = {name: value for name, value in processor_settings.items() if value is not None}
     return ViLaMPProcessor.from_pretrained(model_dir, device=device, **settings)
@@ -110,7 +110,7 @@ def num_sampled_frames(path, processor) -> int | None:
     """How many frames the processor will sample from the video file, from its header (None when unknown)."""
     import av
 
-    from processing import sample_frame_indices
+    from vilamp.processing import sample_frame_indices
 
     with av.open(os.fspath(path)) as container:
         stream = container.streams.video[0]

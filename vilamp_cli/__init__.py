@@ -1,3 +1,0 @@
-"""The `vilamp` command line: the one place that drives the processor and the model together (`vilamp_cli.main`)."""
-
-__all__ = []

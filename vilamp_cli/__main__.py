@@ -1,5 +1,0 @@
-"""`python -m vilamp_cli` runs the `vilamp` command line."""
-
-from .main import main
-
-raise SystemExit(main())
