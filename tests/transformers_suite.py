@@ -1,7 +1,7 @@
 """transformers' own common tests (ModelTesterMixin, ProcessorTesterMixin), taken from the sdist of the installed release.
 
 The test files are not in the transformers wheel. The sdist of the installed version ships `tests/test_*_common.py`,
-so the common tests always match the transformers they run against. The sdist lacks three modules those files import;
+so the common tests always match the transformers they run against. The sdist lacks four modules those files import;
 they are replaced by stand-ins named below, and the tests that need them are written in this repository instead.
 """
 
@@ -27,6 +27,23 @@ class GenerationTesterMixin:
 
 class ExportTesterMixin:
     """Stand-in for `tests/exporters/test_export.py`, which the sdist does not ship: no `torch.export` tests."""
+
+
+# Stand-in for `tests/utils/test_configuration_utils.py`, which the sdist does not ship: the common fields of every config
+# set to values other than their defaults. `ConfigTester.check_config_arguments_init` reads it, and returns before it
+# does for a config with sub-configs, as ViLaMP's is.
+CONFIG_COMMON_KWARGS = {
+    "return_dict": False,
+    "output_hidden_states": True,
+    "output_attentions": True,
+    "dtype": "float16",
+    "tie_word_embeddings": True,
+    "chunk_size_feed_forward": 5,
+    "architectures": ["BertModel"],
+    "id2label": {0: "label"},
+    "label2id": {"label": "0"},
+    "problem_type": "regression",
+}
 
 
 def url_to_local_path(url, *args, **kwargs):
@@ -76,6 +93,8 @@ def import_transformers_test_module(name: str) -> types.ModuleType:
             f"{PACKAGE}.generation.test_utils": {"GenerationTesterMixin": GenerationTesterMixin},
             f"{PACKAGE}.exporters": None,
             f"{PACKAGE}.exporters.test_export": {"ExportTesterMixin": ExportTesterMixin},
+            f"{PACKAGE}.utils": None,
+            f"{PACKAGE}.utils.test_configuration_utils": {"config_common_kwargs": CONFIG_COMMON_KWARGS},
             "fetch_hub_objects_for_ci": {"url_to_local_path": url_to_local_path},
         }
         for module_name, attributes in stand_ins.items():

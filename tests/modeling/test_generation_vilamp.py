@@ -115,3 +115,20 @@ def test_sampling_is_reproducible_with_a_seed(model, batch):
     torch.manual_seed(0)
     second = model.generate(**batch, max_new_tokens=5, do_sample=True, top_k=20, temperature=1.5)
     assert first.tolist() == second.tolist()
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_inputs_embeds_without_input_ids_generate_as_input_ids(model, batch, num_beams):
+    # the placeholders are found in `inputs_embeds`, where the embedding of `<video>` stands
+    inputs = dict(batch)
+    inputs_embeds = model.get_input_embeddings()(inputs.pop("input_ids"))
+    expected = model.generate(**batch, max_new_tokens=4, do_sample=False, num_beams=num_beams)
+    generated = model.generate(inputs_embeds=inputs_embeds, **inputs, max_new_tokens=4, do_sample=False, num_beams=num_beams)
+    assert generated.tolist() == expected[:, batch["input_ids"].shape[1] :].tolist()
+
+
+def test_beams_over_prompts_without_placeholders_are_refused(model, batch):
+    inputs = dict(batch)
+    inputs_embeds = torch.zeros(*inputs.pop("input_ids").shape, model.config.text_config.hidden_size)
+    with pytest.raises(ValueError, match=r"2 videos were passed but the prompts hold placeholders for 0; pass `input_ids`"):
+        model.generate(inputs_embeds=inputs_embeds, **inputs, max_new_tokens=1, num_beams=2)

@@ -18,6 +18,7 @@ from tests.transformers_suite import GenerationTesterMixin, import_transformers_
 from vilamp.testing import tiny_config
 
 common = import_transformers_test_module("test_modeling_common")
+configuration_common = import_transformers_test_module("test_configuration_common")
 
 VIDEO_TOKEN_ID = 1
 
@@ -80,6 +81,20 @@ class ViLaMPModelTest(common.ModelTesterMixin, GenerationTesterMixin, unittest.T
 
     def setUp(self):
         self.model_tester = ViLaMPVisionText2TextModelTester(self)
+        # the ViLaMP fields at values other than their defaults, as llava_onevision's tester leaves the rest
+        self.config_tester = configuration_common.ConfigTester(
+            self,
+            config_class=ViLaMPConfig,
+            has_text_modality=False,
+            video_token_index=VIDEO_TOKEN_ID,
+            keyframe_pooled_size=7,
+            query_embed_dim=64,
+            dfm_reference_rule="paper",
+            vision_chunk_size=8,
+        )
+
+    def test_config(self):
+        self.config_tester.run_common_tests()
 
     def _prepare_for_class(self, inputs_dict, model_class, return_labels=False):
         # the mixin adds labels to the causal LMs that transformers itself maps; ViLaMP is registered at import

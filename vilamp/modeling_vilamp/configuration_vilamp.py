@@ -1,5 +1,6 @@
 """ViLaMP model configuration."""
 
+from contextvars import ContextVar
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
@@ -49,6 +50,8 @@ REQUIRED_SAVED_FIELDS = {
 
 # What to do about a saved config that lacks a field or holds a wrong one.
 SAVED_CONFIG_FIX = "re-convert the checkpoint with `vilamp convert`, or set the field in `config.json`"
+# the checkpoint that `ViLaMPConfig.from_pretrained` is reading, named in the errors of `from_dict`
+_saved_config_source: ContextVar[str | None] = ContextVar("saved_config_source", default=None)
 
 
 @strict
@@ -118,9 +121,13 @@ class ViLaMPConfig(PreTrainedConfig):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "ViLaMPConfig":
         """Loads a saved config as `PreTrainedConfig.from_pretrained` does; errors name the checkpoint."""
-        # `AutoConfig.from_pretrained` hands the path to `from_dict` this way too
-        kwargs.setdefault("name_or_path", str(pretrained_model_name_or_path))
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        # the path names the checkpoint in `from_dict`'s errors without becoming a field, so that a saved and reloaded
+        # config equals the original (`AutoConfig.from_pretrained` passes it as `name_or_path`, which is transformers')
+        source = _saved_config_source.set(str(pretrained_model_name_or_path))
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        finally:
+            _saved_config_source.reset(source)
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs) -> "ViLaMPConfig":
@@ -129,7 +136,8 @@ class ViLaMPConfig(PreTrainedConfig):
         `REQUIRED_SAVED_FIELDS`: unlike `ViLaMPConfig()` built in code, a saved config never falls back to the 7B
         release's towers or token layout. Errors name the field, the value seen and the fix.
         """
-        source = f"`config.json` of {kwargs['name_or_path']}" if kwargs.get("name_or_path") else "The saved config"
+        checkpoint = kwargs.get("name_or_path") or _saved_config_source.get()
+        source = f"`config.json` of {checkpoint}" if checkpoint else "The saved config"
         missing = [
             name
             for name in REQUIRED_SAVED_FIELDS

@@ -655,7 +655,8 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
     def placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor | None) -> torch.BoolTensor:
         """Where the `<video>` placeholders are, `(batch_size, sequence_length)`: in `input_ids`, or else where
         `inputs_embeds` holds the placeholder's embedding."""
-        if input_ids is not None:
+        # `generate` given only `inputs_embeds` passes an empty `input_ids` alongside them: the prompt is the embeds
+        if input_ids is not None and (inputs_embeds is None or input_ids.shape[1] == inputs_embeds.shape[1]):
             return input_ids == self.config.video_token_id
         video_token_embeds = self.get_input_embeddings()(
             torch.tensor(self.config.video_token_id, dtype=torch.long, device=inputs_embeds.device)
@@ -749,6 +750,11 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
                     "processor expand the `<video>` placeholders."
                 )
             videos_of_rows.append(row_videos)
+        if next_video < len(video_token_counts):
+            raise ValueError(
+                f"{len(video_token_counts)} videos were passed but the prompts hold placeholders for {next_video}; pass "
+                "`input_ids` or `inputs_embeds` holding every video's `<video>` placeholders, as the processor expands them."
+            )
         video_order = [video for row_videos in videos_of_rows for _ in range(expand_size) for video in row_videos]
         frame_starts = [0, *itertools.accumulate(frame_counts)]
         frame_indices = torch.cat(
