@@ -16,6 +16,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Skips the tests marked `gpu` where torch sees no CUDA GPU, saying so (`python -m pytest -q` collects them all)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="marked `gpu`: needs a CUDA GPU and torch sees none")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     """The golden reference directory: `$VILAMP_REFERENCE_DIR`, or `../shared/reference` next to the repository."""
