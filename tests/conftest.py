@@ -14,6 +14,17 @@ from vilamp.testing import TINY_KEYFRAME_SELECTOR_CONFIG, build_tiny_tokenizer, 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
+CONVERTED_BEFORE_0_2 = REPO_ROOT / "tests" / "conversion" / "converted_before_0_2"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skips the tests marked `gpu` where torch sees no CUDA GPU, saying so (`python -m pytest -q` collects them all)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="marked `gpu`: needs a CUDA GPU and torch sees none")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +61,16 @@ def converted_dir(reference_dir, tokenizer_dir, tmp_path_factory) -> Path:
     return convert_checkpoint(
         reference_dir / "original_tiny", tmp_path_factory.mktemp("converted") / "vilamp-tiny", tokenizer_dir=tokenizer_dir
     )
+
+
+@pytest.fixture(scope="session")
+def converted_before_0_2_dir(converted_dir, tmp_path_factory) -> Path:
+    """The reference checkpoint converted, with the JSON files that the converter of 0.1 (commit e418f8e, before the
+    package moved under `vilamp`) wrote for it: tests/conversion/converted_before_0_2."""
+    directory = shutil.copytree(converted_dir, tmp_path_factory.mktemp("converted_before_0_2") / "vilamp-tiny")
+    for path in CONVERTED_BEFORE_0_2.iterdir():
+        shutil.copy(path, directory / path.name)
+    return directory
 
 
 @pytest.fixture

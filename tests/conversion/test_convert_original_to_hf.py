@@ -57,8 +57,12 @@ def test_command_line_converts_and_prints_the_verification_report(reference_dir,
     assert (output_dir / "model.safetensors").is_file()
 
 
-def test_converted_directory_loads_with_remote_code_without_the_package(converted_dir, reference_dir, tmp_path):
+@pytest.mark.slow
+# converted_before_0_2_dir: the JSON files that the converter wrote before the package moved under `vilamp`
+@pytest.mark.parametrize("directory", ["converted_dir", "converted_before_0_2_dir"])
+def test_converted_directory_loads_with_remote_code_without_the_package(directory, reference_dir, tmp_path, request):
     """A fresh virtual environment that sees the dependencies but not this package, nor PyAV or flash-attn."""
+    converted_dir = request.getfixturevalue(directory)
     environment = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(environment)], check=True)
     site_packages = next(environment.glob("lib/python*/site-packages"))
