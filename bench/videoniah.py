@@ -44,8 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vilamp.modeling_vilamp import ViLaMPForConditionalGeneration  # noqa: E402  (also registers ViLaMP with the Auto classes)
-from vilamp.processing import ViLaMPProcessor, resolve_device  # noqa: E402
+from vilamp.runner import ViLaMPRunner  # noqa: E402
 
 TINY_LENGTHS = (8, 32)
 TINY_DEPTHS = (0.0, 0.5, 1.0)
@@ -55,7 +54,6 @@ TINY_NEEDLES = (
 )
 CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -189,19 +187,11 @@ def needle_position(length: int, depth: float) -> int:
     return int(round(depth * length))
 
 
-def generate_answer(model, processor, inputs, max_new_tokens: int) -> str:
-    """The greedy answer; the frames stay on the CPU as uint8 and the model moves each chunk of them to its device."""
-    inputs = {
-        name: tensor.to(model.device) if name in ("input_ids", "attention_mask", "query_embeds") else tensor
-        for name, tensor in inputs.items()
-    }
-    with torch.inference_mode():
-        output_ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.tokenizer.decode(output_ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-
-
-def run_trial(model, processor, haystack: Haystack, needle: Needle, length: int, depth: float, max_new_tokens: int) -> dict:
+def run_trial(
+    runner: ViLaMPRunner, haystack: Haystack, needle: Needle, length: int, depth: float, max_new_tokens: int
+) -> dict:
     """Inserts the needle into the first `length` haystack frames at `depth`, asks its question and scores the answer."""
+    processor = runner.processor
     haystack_indices = torch.arange(length) % len(haystack.siglip_frames)
     position = needle_position(length, depth)
     before, after = haystack_indices[:position], haystack_indices[position:]
@@ -210,7 +200,7 @@ def run_trial(model, processor, haystack: Haystack, needle: Needle, length: int,
     keyframes = processor.select_keyframes(query=needle.prompt, frame_embeds=frame_embeds)
     inputs = processor.build_inputs(processor.question_prompt(needle.prompt), [siglip_frames], [keyframes])
     start = time.perf_counter()
-    response = generate_answer(model, processor, inputs, max_new_tokens)
+    (response,) = runner.generate(inputs, max_new_tokens)
     needle_frames = slice(position, position + len(needle.siglip_frames))
     return {
         "haystack": haystack.name,
@@ -333,8 +323,6 @@ def main(argv=None) -> int:
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(args.device)
-    dtype = DTYPES.get(args.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     max_length = max(args.lengths)
     with tempfile.TemporaryDirectory() as temporary_dir:
         model_dir = args.model
@@ -344,11 +332,10 @@ def main(argv=None) -> int:
             model_dir = Path(temporary_dir)
             build_tiny_model().save_pretrained(model_dir)
             build_tiny_processor().save_pretrained(model_dir)
-        settings = {"max_frames": max_length, "num_keyframes": args.keyframes}
-        processor = ViLaMPProcessor.from_pretrained(
-            model_dir, device=device, **{name: value for name, value in settings.items() if value is not None}
+        runner = ViLaMPRunner.from_pretrained(
+            model_dir, device=args.device, dtype=args.dtype, max_frames=max_length, num_keyframes=args.keyframes
         )
-        model = ViLaMPForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        processor = runner.processor
         if args.tiny:
             needles, haystacks = tiny_inputs(processor, max_length)
         else:
@@ -361,7 +348,7 @@ def main(argv=None) -> int:
             for needle in needles:
                 for length in args.lengths:
                     for depth in args.depths:
-                        result = run_trial(model, processor, haystack, needle, length, depth, args.max_new_tokens)
+                        result = run_trial(runner, haystack, needle, length, depth, args.max_new_tokens)
                         results.append(result)
                         results_file.write(json.dumps(result, ensure_ascii=False) + "\n")
                         print(

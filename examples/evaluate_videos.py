@@ -26,8 +26,10 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 
-from vilamp.evaluation.video_qa import DTYPES, DecodingWorkers, VideoQuestion, VideoQuestionAnswerer
+from vilamp import VideoQuestion
+from vilamp.evaluation.video_qa import DecodingWorkers, VideoQuestionAnswerer
 from vilamp.processing import read_video_qa_file
+from vilamp.runner import DTYPES
 from vilamp.testing import build_tiny_model, build_tiny_processor, write_tiny_video_qa_dataset
 
 # the processes meet twice, at the start and when all are done: a process whose shard ends early waits at the second
@@ -150,7 +152,7 @@ def load_answerer(args, device: torch.device) -> VideoQuestionAnswerer:
     if args.max_frames is not None:
         processor.max_frames = args.max_frames
     workers = DecodingWorkers(processor, device, args.decode_workers) if args.decode_workers else None
-    return VideoQuestionAnswerer(build_tiny_model().to(device).eval(), processor, device, workers, args.cache_implementation)
+    return VideoQuestionAnswerer(build_tiny_model().to(device).eval(), processor, workers, args.cache_implementation)
 
 
 def question_of(row: dict) -> VideoQuestion:

@@ -11,6 +11,7 @@ from .modeling_vilamp import (
     ViLaMPPreTrainedModel,
 )
 from .processing import KeyframeSelector, ViLaMPProcessor, ViLaMPVideoProcessor
+from .runner import VideoQuestion, ViLaMPRunner
 
 __version__ = "0.2.0"
 
@@ -30,6 +31,8 @@ __all__ = [
     "ViLaMPMultiModalProjector",
     "ViLaMPPreTrainedModel",
     "ViLaMPProcessor",
+    "ViLaMPRunner",
     "ViLaMPVideoProcessor",
+    "VideoQuestion",
     "__version__",
 ]

@@ -1,13 +1,13 @@
 """The command line's stages: the processor's stages with what they decided, and an answer streamed as `generate` gives
 it, its hooks leaving the model as it was."""
 
-import torch
-
-from vilamp.cli.pipeline import generate_answer, load_model_and_processor, prepare_video
+from vilamp.cli.pipeline import generate_answer, prepare_video
+from vilamp.runner import ViLaMPRunner
 
 
 def test_prepared_video_keeps_the_keyframe_selection_and_the_answer_streams_as_generate_gives_it(model_dir, video_file):
-    model, processor = load_model_and_processor(model_dir, device=torch.device("cpu"), dtype=torch.float32)
+    runner = ViLaMPRunner.from_pretrained(model_dir, device="cpu", dtype="float32")
+    model, processor = runner.model, runner.processor
     question = "What colour is the square?"
     prepared = prepare_video(processor, video_file, question, show_progress=False)
     keyframes = prepared.keyframes
@@ -19,7 +19,7 @@ def test_prepared_video_keeps_the_keyframe_selection_and_the_answer_streams_as_g
     assert set(prepared.timings_seconds) == {"decoding", "keyframe_selection"}
 
     streamed = []
-    answer = generate_answer(model, processor, prepared, max_new_tokens=4, write=streamed.append, show_progress=False)
+    answer = generate_answer(runner, prepared, max_new_tokens=4, write=streamed.append, show_progress=False)
     assert "".join(streamed).strip() == answer.strip()
     assert {"encoding", "prefill", "generation"} <= set(prepared.timings_seconds)
     expected = processor(text=question, videos=str(video_file))

@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoProcessor
 
-from vilamp.evaluation.video_qa import DecodingWorkers, VideoQuestion, VideoQuestionAnswerer, process_questions
+from vilamp.evaluation.video_qa import DecodingWorkers, VideoQuestionAnswerer
+from vilamp.runner import VideoQuestion, process_questions
 
 
 @pytest.fixture(scope="module")

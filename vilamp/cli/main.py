@@ -236,28 +236,27 @@ def ask_video(model_dir: Path, video: Path, question: str, args, *, write) -> di
     """Loads the model, answers the question about the video (streaming the text to `write`) and returns the record
     that `--json` prints."""
     from vilamp.processing import resolve_device
+    from vilamp.runner import ViLaMPRunner
 
-    from .pipeline import generate_answer, load_model_and_processor, prepare_video, probe_video, resolve_dtype
+    from .pipeline import generate_answer, prepare_video, probe_video
 
     check_model_dir(model_dir)
     probe_video(video)
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
     start = time.perf_counter()
     with model_dir_errors(model_dir):
-        model, processor = load_model_and_processor(
-            model_dir, device=device, dtype=dtype, max_frames=args.max_frames, num_keyframes=args.keyframes
+        runner = ViLaMPRunner.from_pretrained(
+            model_dir,
+            device=device,
+            dtype=args.dtype,
+            cache_implementation=args.cache_implementation,
+            max_frames=args.max_frames,
+            num_keyframes=args.keyframes,
         )
     loaded_at = time.perf_counter()
-    prepared = prepare_video(processor, video, question, show_progress=not args.no_progress)
+    prepared = prepare_video(runner.processor, video, question, show_progress=not args.no_progress)
     answer = generate_answer(
-        model,
-        processor,
-        prepared,
-        max_new_tokens=args.max_new_tokens,
-        cache_implementation=args.cache_implementation,
-        write=write,
-        show_progress=not args.no_progress,
+        runner, prepared, max_new_tokens=args.max_new_tokens, write=write, show_progress=not args.no_progress
     )
     timings = {"load_model": loaded_at - start, **prepared.timings_seconds, "total": time.perf_counter() - start}
     return {
@@ -267,10 +266,10 @@ def ask_video(model_dir: Path, video: Path, question: str, args, *, write) -> di
         "num_frames": len(prepared.timestamps_seconds),
         "num_keyframes": len(prepared.keyframe_timestamps_seconds),
         "keyframe_timestamps_seconds": [round(seconds, 3) for seconds in prepared.keyframe_timestamps_seconds],
-        "num_video_tokens": int((prepared.inputs["input_ids"] == model.config.video_token_id).sum()),
+        "num_video_tokens": int((prepared.inputs["input_ids"] == runner.model.config.video_token_id).sum()),
         "timings_seconds": {stage: round(seconds, 4) for stage, seconds in timings.items()},
         "device": str(device),
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": str(runner.model.dtype).removeprefix("torch."),
     }
 
 
@@ -303,8 +302,9 @@ def draw_keyframes(model_dir: Path, video: Path, question: str, out: Path, args)
     """Runs the keyframe selection of the video against the question, draws the timeline into `out` and returns the
     record that `--json` prints."""
     from vilamp.processing import resolve_device
+    from vilamp.runner import load_processor
 
-    from .pipeline import load_processor, prepare_video, probe_video
+    from .pipeline import prepare_video, probe_video
     from .timeline import draw_keyframe_timeline
 
     check_model_dir(model_dir)

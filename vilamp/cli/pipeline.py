@@ -3,6 +3,7 @@
 `ViLaMPProcessor.__call__` is three public stages: `load_video`, `select_keyframes` and `build_inputs`. The command
 line calls them one by one, so it can show a progress bar for each, time each, and keep what the keyframe picture needs
 (the processor's `KeyframeSelection`: every frame's relevance to the question, which keyframes the ranking chose).
+The model runs through the package's runner (`vilamp.runner.ViLaMPRunner`), with a streamer and timing hooks around it.
 """
 
 import os
@@ -11,13 +12,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import torch
 from transformers import TextStreamer
 from transformers.feature_extraction_utils import BatchFeature
 
 from vilamp.processing import KeyframeSelection
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from vilamp.runner import ViLaMPRunner
 
 
 class VideoError(ValueError):
@@ -51,37 +50,6 @@ class _SilentBar:
 
     def close(self):
         pass
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`"auto"` is bfloat16 on a GPU and float32 on the CPU."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DTYPES[dtype]
-
-
-def load_model_and_processor(model_dir, *, device: torch.device, dtype: torch.dtype, **processor_settings):
-    """
-    Loads a converted ViLaMP directory: the model in `dtype` on `device`, and the processor with its keyframe selector
-    on `device`. `processor_settings` (`max_frames`, `num_keyframes`, ...) override the saved ones when not None.
-    """
-    from vilamp.modeling_vilamp import ViLaMPForConditionalGeneration
-
-    processor = load_processor(model_dir, device=device, **processor_settings)
-    model = ViLaMPForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-    return model, processor
-
-
-def load_processor(model_dir, *, device: torch.device, **processor_settings):
-    """Loads the processor of a converted directory with its keyframe selector on `device`; `processor_settings`
-    override the saved ones when not None."""
-    # registers ViLaMP with the Auto classes, so the tokenizer and processor load from this package, not the
-    # directory's copy of the code (which would ask whether to trust it)
-    import vilamp  # noqa: F401
-    from vilamp.processing import ViLaMPProcessor
-
-    settings = {name: value for name, value in processor_settings.items() if value is not None}
-    return ViLaMPProcessor.from_pretrained(model_dir, device=device, **settings)
 
 
 def probe_video(path) -> int | None:
@@ -233,39 +201,24 @@ def encoding_progress(model, num_frames: int, show_progress: bool = True) -> Ite
 
 
 def generate_answer(
-    model,
-    processor,
+    runner: ViLaMPRunner,
     prepared: PreparedVideo,
     *,
     max_new_tokens: int,
-    cache_implementation: str = "dynamic",
     write=None,
     show_progress: bool = True,
 ) -> str:
     """
-    Generates the answer greedily with `generate`'s `cache_implementation` ("static" compiles the decoding step on a
+    Generates the answer greedily with the runner (its `cache_implementation` "static" compiles the decoding step on a
     GPU), streaming its text to `write` as it comes, and adds the `encoding` (SigLIP, projector, pooling, DFM),
     `prefill` (to the first token), `decode_warm_up` (the first decoding step, which holds the static cache's
     compilation) and `generation` (the other decoding steps) timings to `prepared.timings_seconds`.
     """
-    inputs = prepared.inputs
-    device = model.device
-    # the frames stay on the CPU as uint8; the model moves each chunk to the device when it encodes it
-    model_inputs = {
-        name: tensor.to(device) if name in ("input_ids", "attention_mask", "query_embeds") else tensor
-        for name, tensor in inputs.items()
-    }
-    streamer = AnswerStreamer(processor.tokenizer, write)
+    streamer = AnswerStreamer(runner.processor.tokenizer, write)
     start = time.perf_counter()
     num_frames = len(prepared.keyframes.keyframe_mask)
-    with encoding_progress(model, num_frames, show_progress) as marks, torch.inference_mode():
-        output_ids = model.generate(
-            **model_inputs,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            cache_implementation=cache_implementation,
-            streamer=streamer,
-        )
+    with encoding_progress(runner.model, num_frames, show_progress) as marks:
+        (answer,) = runner.generate(prepared.inputs, max_new_tokens, streamer=streamer)
     end = time.perf_counter()
     encoded_at = marks.get("encoded_at", start)
     first_token_at = streamer.first_token_time or end
@@ -276,8 +229,7 @@ def generate_answer(
         decode_warm_up=second_token_at - first_token_at,
         generation=end - second_token_at,
     )
-    new_ids = output_ids[0, inputs["input_ids"].shape[1] :]
-    return processor.tokenizer.decode(new_ids, skip_special_tokens=True)
+    return answer
 
 
 __all__ = [
@@ -286,11 +238,8 @@ __all__ = [
     "VideoError",
     "encoding_progress",
     "generate_answer",
-    "load_model_and_processor",
-    "load_processor",
     "num_sampled_frames",
     "prepare_video",
     "probe_video",
     "progress_bar",
-    "resolve_dtype",
 ]

@@ -17,7 +17,8 @@ from lmms_eval.api.model import lmms
 from loguru import logger
 from tqdm import tqdm
 
-from .video_qa import VideoQuestion, VideoQuestionAnswerer
+from ..runner import VideoQuestion
+from .video_qa import VideoQuestionAnswerer
 
 # `max_new_tokens` of the original evaluation scripts (`scripts/eval/exp_*.py`), by lmms-eval task name:
 # exp_vMME.py and exp_vMME_sub.py 1, exp_longvideobench.py 128, exp_MLVU.py, exp_egoschema.py and exp_ActivityNetQA.py 256

@@ -1,7 +1,8 @@
 """
-Answers questions about videos with ViLaMP for evaluations. The processor's call (decoding, keyframe selection, chat
-template) runs ahead of the model in worker processes, so that decoding the next videos overlaps the model's work on the
-current ones; answers are greedy, and given answer continuations can be scored for multiple-choice questions.
+Answers questions about videos with ViLaMP for evaluations, on the package's runner (`vilamp.runner.ViLaMPRunner`:
+greedy answers, the dtype rule, device placement). The processor's call (decoding, keyframe selection, chat template)
+runs ahead of the model in worker processes, so that decoding the next videos overlaps the model's work on the current
+ones; given answer continuations can be scored for multiple-choice questions.
 """
 
 import functools
@@ -12,51 +13,13 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from itertools import islice
-from typing import Any
 
 import torch
-from transformers import AutoModel, AutoProcessor, DynamicCache
+from transformers import DynamicCache
 from transformers.feature_extraction_utils import BatchFeature
 
-import vilamp  # noqa: F401  (registers ViLaMP with the Auto classes)
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-# Inputs moved to the model's device before a call; the frames and the keyframe mask stay on the CPU as the processor
-# gives them, and the model moves each chunk of frames to its device when it encodes it.
-DEVICE_INPUT_NAMES = ("input_ids", "attention_mask", "query_embeds")
-
-
-@dataclass(frozen=True)
-class VideoQuestion:
-    """
-    One question about one video.
-
-    Args:
-        video (`str`, `os.PathLike` or frames): the video, as the processor takes it.
-        prompt (`str`): the user's text, put into the chat template after the video: the question with its options and
-            instructions, as the benchmark asks it.
-        query (`str`): the text the keyframe selector ranks the frames against; the original evaluation gives it the
-            question alone, without the answer options.
-    """
-
-    video: Any
-    prompt: str
-    query: str
-
-
-def process_questions(processor, questions: list[VideoQuestion], device: str | torch.device) -> BatchFeature:
-    """The model inputs of a batch of questions: one processor call, its keyframe selector run on `device`."""
-    return processor(
-        text=[question.prompt for question in questions],
-        videos=[question.video for question in questions],
-        query=[question.query for question in questions],
-        device=device,
-        return_tensors="pt",
-    )
-
+from ..runner import VideoQuestion, ViLaMPRunner, load_model, load_processor, process_questions, resolve_dtype
 
 # The processor and device of a decoding worker process, set when it starts.
 WORKER_STATE = {}
@@ -149,14 +112,14 @@ def process_device(device: str | torch.device) -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
-class VideoQuestionAnswerer:
+class VideoQuestionAnswerer(ViLaMPRunner):
     """
-    A ViLaMP model and its processor on one device, answering batches of [`VideoQuestion`]s.
+    A [`ViLaMPRunner`] whose processor can run ahead of the model in worker processes, and which scores answer
+    continuations.
 
     Args:
-        model ([`ViLaMPForConditionalGeneration`]): the model, on `device`, in eval mode.
+        model ([`ViLaMPForConditionalGeneration`]): the model on its device, in eval mode.
         processor ([`ViLaMPProcessor`]): its processor; the only road from a video to the model's inputs.
-        device (`torch.device`): where the model and the keyframe selector run.
         decoding_workers ([`DecodingWorkers`], *optional*): worker processes that run the processor ahead of the model;
             without them the processor runs in this process, between the model's calls. `close` stops them.
         cache_implementation (`str`, *optional*, defaults to `"dynamic"`): `generate`'s key/value cache; `"static"`
@@ -167,17 +130,11 @@ class VideoQuestionAnswerer:
         self,
         model,
         processor,
-        device: torch.device,
         decoding_workers: DecodingWorkers | None = None,
         cache_implementation: str = "dynamic",
     ):
-        if cache_implementation not in ("dynamic", "static"):
-            raise ValueError(f"`cache_implementation` must be 'dynamic' or 'static', got {cache_implementation!r}.")
-        self.model = model
-        self.processor = processor
-        self.device = device
+        super().__init__(model, processor, cache_implementation=cache_implementation)
         self.decoding_workers = decoding_workers
-        self.cache_implementation = cache_implementation
 
     @classmethod
     def from_pretrained(
@@ -208,23 +165,18 @@ class VideoQuestionAnswerer:
             cache_implementation (`str`, *optional*, defaults to `"dynamic"`): see the class.
         """
         device = process_device(device)
-        if dtype != "auto" and dtype not in DTYPES:
-            raise ValueError(f"`dtype` must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}.")
+        # checked before anything loads or starts
+        dtype = resolve_dtype(dtype, device)
         if not isinstance(decode_workers, int) or isinstance(decode_workers, bool) or decode_workers < 0:
             raise ValueError(f"`decode_workers` must be an integer of at least 0, got {decode_workers!r}.")
-        torch_dtype = DTYPES.get(dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         # the keyframe selector is loaded on the host: the decoding workers each get a copy and move it to `device`
-        processor = AutoProcessor.from_pretrained(pretrained_model_name_or_path, device="cpu")
-        if max_frames is not None:
-            processor.max_frames = max_frames
+        processor = load_processor(pretrained_model_name_or_path, device="cpu", max_frames=max_frames)
         decoding_workers = DecodingWorkers(processor, device, decode_workers) if decode_workers else None
-        # loaded straight onto the device: no copy of the weights in host memory per process
-        model_kwargs = {"dtype": torch_dtype, "device_map": str(device)}
-        if attn_implementation is not None:
-            model_kwargs["attn_implementation"] = attn_implementation
         try:
-            model = AutoModel.from_pretrained(pretrained_model_name_or_path, **model_kwargs)
-            return cls(model.eval(), processor, device, decoding_workers, cache_implementation)
+            model = load_model(
+                pretrained_model_name_or_path, device=device, dtype=dtype, attn_implementation=attn_implementation
+            )
+            return cls(model, processor, decoding_workers, cache_implementation)
         except BaseException:
             if decoding_workers is not None:
                 decoding_workers.close()
@@ -236,7 +188,7 @@ class VideoQuestionAnswerer:
         next batches while the caller runs the model on the current one.
         """
         if self.decoding_workers is None:
-            return (process_questions(self.processor, batch, self.device) for batch in batches)
+            return super().prepare(batches)
         return self.decoding_workers.map(batches)
 
     def close(self):
@@ -250,44 +202,13 @@ class VideoQuestionAnswerer:
     def __exit__(self, *exc_info):
         self.close()
 
-    def _on_device(self, inputs: BatchFeature) -> dict[str, torch.Tensor]:
-        """The inputs with `DEVICE_INPUT_NAMES` moved to the model's device."""
-        return {name: tensor.to(self.device) if name in DEVICE_INPUT_NAMES else tensor for name, tensor in inputs.items()}
-
-    def generate(self, inputs: BatchFeature, max_new_tokens: int) -> list[str]:
-        """
-        Greedy answers to a batch of processed questions.
-
-        Args:
-            inputs (`BatchFeature`): what [`process_questions`] (or [`VideoQuestionAnswerer.prepare`]) returned.
-            max_new_tokens (`int`): at most this many tokens per answer.
-
-        Returns:
-            `list[str]`: one answer per question, special tokens left out.
-        """
-        inputs = self._on_device(inputs)
-        with torch.inference_mode():
-            output_ids = self.model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                cache_implementation=self.cache_implementation,
-            )
-        new_ids = output_ids[:, inputs["input_ids"].shape[1] :]
-        return self.processor.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-
-    def answer(self, questions: list[VideoQuestion], max_new_tokens: int, batch_size: int = 1) -> list[str]:
-        """Greedy answers to `questions`, `batch_size` at a time, the videos decoded ahead of the model."""
-        batches = [questions[start : start + batch_size] for start in range(0, len(questions), batch_size)]
-        return [answer for inputs in self.prepare(batches) for answer in self.generate(inputs, max_new_tokens)]
-
     def continuation_losses(self, inputs: BatchFeature, continuations: list[str]) -> list[tuple[float, bool]]:
         """
         Scores answer continuations of one processed question: the prompt and its video run through the model once,
         and each continuation then runs on the prompt's key/value cache.
 
         Args:
-            inputs (`BatchFeature`): one question, as [`process_questions`] returns it.
+            inputs (`BatchFeature`): one question, as [`~vilamp.runner.process_questions`] returns it.
             continuations (`list[str]`): the texts to score, each tokenized on its own and put right after the prompt
                 (after the assistant turn's header).
 
@@ -298,7 +219,7 @@ class VideoQuestionAnswerer:
         batch_size, prompt_length = inputs["input_ids"].shape
         if batch_size != 1:
             raise ValueError(f"`inputs` must hold one question, got a batch of {batch_size}.")
-        inputs = self._on_device(inputs)
+        inputs = self.model_inputs(inputs)
         cache = DynamicCache(config=self.model.config)
         cache_kwargs = {self._cache_argument_name(): cache}
         results = []
@@ -330,4 +251,4 @@ class VideoQuestionAnswerer:
         return "cache" if "cache" in parameters else "past_key_values"
 
 
-__all__ = ["DTYPES", "DecodingWorkers", "VideoQuestion", "VideoQuestionAnswerer", "process_device", "process_questions"]
+__all__ = ["DecodingWorkers", "VideoQuestionAnswerer", "process_device"]

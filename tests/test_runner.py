@@ -1,0 +1,100 @@
+"""The runner from a loaded model and processor to answers: batching, answer text, the dtype rule, device placement."""
+
+import pytest
+import torch
+
+from vilamp import VideoQuestion, ViLaMPRunner
+from vilamp.runner import DEVICE_INPUT_NAMES, process_questions, resolve_dtype
+from vilamp.testing import TINY_SPECIAL_TOKEN_IDS, build_tiny_model, build_tiny_processor, write_synthetic_video
+
+MAX_NEW_TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def runner() -> ViLaMPRunner:
+    # a seed whose random model answers the two questions differently, so that rows swapped in a batch would show
+    return ViLaMPRunner(build_tiny_model(seed=2).eval(), build_tiny_processor())
+
+
+@pytest.fixture(scope="module")
+def questions(tmp_path_factory) -> list[VideoQuestion]:
+    """Two questions about videos of uneven length: 2 and 5 frames sampled at 1 fps."""
+    directory = tmp_path_factory.mktemp("videos")
+    short_video = write_synthetic_video(directory / "short.mp4", num_frames=16)
+    long_video = write_synthetic_video(directory / "long.mp4", num_frames=40, level_step=5)
+    return [
+        VideoQuestion(video=str(short_video), prompt="What moves in the video?", query="What moves in the video?"),
+        VideoQuestion(str(long_video), prompt="How bright is it?\nA. dark\nB. bright", query="How bright is it?"),
+    ]
+
+
+def test_batch_of_two_uneven_videos_equals_each_alone(runner, questions):
+    (batch,) = runner.prepare([questions])
+    assert batch["video_frame_counts"].tolist() == [2, 5]
+    # the shorter prompt is left-padded, as batched generation needs
+    assert batch["attention_mask"][0, 0] == 0 and batch["attention_mask"][1].all()
+    answers = runner.answer(questions, MAX_NEW_TOKENS, batch_size=2)
+    alone = [runner.answer([question], MAX_NEW_TOKENS)[0] for question in questions]
+    assert answers == alone
+    assert all(answers) and answers[0] != answers[1]
+
+
+def test_answers_equal_generate_on_the_processor_call_decoded_without_special_tokens(runner, questions):
+    answers = runner.answer(questions, MAX_NEW_TOKENS)
+    for question, answer in zip(questions, answers):
+        inputs = runner.processor(text=question.prompt, videos=question.video, query=question.query)
+        output_ids = runner.model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        new_ids = output_ids[0, inputs["input_ids"].shape[1] :]
+        assert runner.processor.tokenizer.decode(new_ids, skip_special_tokens=True) == answer
+
+
+def test_answer_text_leaves_out_special_tokens(questions):
+    model = build_tiny_model().eval()
+    # every generated token is `<|im_start|>`, a special token that does not end generation
+    im_start_id = TINY_SPECIAL_TOKEN_IDS["<|im_start|>"]
+    model.generation_config.sequence_bias = {(im_start_id,): 1e4}
+    runner = ViLaMPRunner(model, build_tiny_processor())
+    (inputs,) = runner.prepare([questions[:1]])
+    output_ids = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert runner.processor.tokenizer.decode(output_ids[0, inputs["input_ids"].shape[1] :]) == "<|im_start|>" * 3
+    assert runner.generate(inputs, max_new_tokens=3) == [""]
+
+
+def test_dtype_rule_is_bfloat16_on_a_gpu_and_float32_on_the_cpu():
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert resolve_dtype("float16", torch.device("cuda")) == torch.float16
+    assert resolve_dtype(torch.bfloat16, torch.device("cpu")) == torch.bfloat16
+    expected = r"`dtype` must be 'auto' or one of \['bfloat16', 'float16', 'float32'\], got 'fp8'"
+    with pytest.raises(ValueError, match=expected):
+        resolve_dtype("fp8", torch.device("cpu"))
+
+
+def test_from_pretrained_loads_in_the_dtype_on_the_device_with_the_video_settings(tmp_path):
+    build_tiny_model().save_pretrained(tmp_path)
+    build_tiny_processor().save_pretrained(tmp_path)
+    runner = ViLaMPRunner.from_pretrained(tmp_path, device="cpu", max_frames=7, num_keyframes=None)
+    assert runner.model.dtype == torch.float32 and runner.device == torch.device("cpu") and not runner.model.training
+    assert runner.processor.max_frames == 7 and runner.processor.num_keyframes == build_tiny_processor().num_keyframes
+    runner = ViLaMPRunner.from_pretrained(tmp_path, device="cpu", dtype="bfloat16")
+    assert runner.model.dtype == torch.bfloat16
+
+
+def test_token_inputs_go_to_the_model_device_and_the_frames_stay_on_the_cpu(questions):
+    # a model on the meta device: every input's placement shows without a GPU
+    runner = ViLaMPRunner(build_tiny_model().to("meta"), build_tiny_processor())
+    inputs = process_questions(runner.processor, questions, device="cpu")
+    placed = runner.model_inputs(inputs)
+    frame_input_names = {"pixel_values_videos", "video_frame_counts", "keyframe_mask"}
+    assert set(placed) == set(inputs) == {*DEVICE_INPUT_NAMES, *frame_input_names}
+    for name, tensor in placed.items():
+        assert tensor.device.type == ("meta" if name in DEVICE_INPUT_NAMES else "cpu"), name
+    assert placed["pixel_values_videos"].dtype == torch.uint8
+
+
+def test_settings_are_checked_where_they_enter(runner, questions):
+    expected = r"`cache_implementation` must be one of \['dynamic', 'static'\], got 'paged'"
+    with pytest.raises(ValueError, match=expected):
+        ViLaMPRunner(runner.model, runner.processor, cache_implementation="paged")
+    with pytest.raises(ValueError, match="`batch_size` must be an integer of at least 1, got 0"):
+        runner.answer(questions, MAX_NEW_TOKENS, batch_size=0)
