@@ -29,6 +29,7 @@ import re
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -170,6 +171,10 @@ AUTO_MAP = {
     "AutoModelForImageTextToText": "modeling_vilamp.ViLaMPForConditionalGeneration",
 }
 PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_vilamp.ViLaMPProcessor"}
+
+# The help of the two directory arguments, however a command line names them.
+INPUT_HELP = "the original checkpoint directory (llava_qwen)"
+OUTPUT_HELP = "the directory to write: missing or empty, or an earlier conversion's output with --overwrite"
 
 # A directory holding one of these sets of files has a tokenizer to load.
 TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
@@ -796,23 +801,51 @@ def convert_clip_to_open_clip(
     return open_clip_state_dict, open_clip_model_config(open_clip_state_dict, clip_config)
 
 
-def build_parser(prog: str = "vilamp-convert") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", type=Path, required=True, help="the original checkpoint directory (llava_qwen)")
-    parser.add_argument(
-        "--output", type=Path, required=True,
-        help="the directory to write: missing or empty, or an earlier conversion's output with --overwrite",
-    )  # fmt: skip
-    parser.add_argument("--tokenizer", type=Path, help="the Qwen2 tokenizer directory (default: --input)")
+def build_parser(
+    subparser: argparse.ArgumentParser | None = None, *, directory_type: Callable[[str], Path] = Path
+) -> argparse.ArgumentParser:
+    """
+    Builds the converter's one argument parser, which both command lines parse with.
+
+    Args:
+        subparser (`argparse.ArgumentParser`, *optional*):
+            The `vilamp convert` subparser to fill: the two directories are the positionals `ORIGINAL_DIR OUTPUT_DIR`,
+            as in the other `vilamp` subcommands. Without it, a new `vilamp-convert` parser names them `--input` and
+            `--output`.
+        directory_type (`Callable[[str], Path]`, *optional*, defaults to `Path`):
+            The argparse type of the directories that must exist (the input, `--tokenizer`, `--verify-reference`). The
+            `vilamp` command line passes its own, which checks them as it parses, as for its other subcommands; with
+            `Path`, `convert_checkpoint` checks them and the error is one line.
+
+    Returns:
+        `argparse.ArgumentParser`: the parser, whose namespace `run_command` takes.
+    """
+    if subparser is None:
+        parser = argparse.ArgumentParser(
+            prog="vilamp-convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        input_name, output_name = "--input", "--output"
+        parser.add_argument(input_name, dest="input", type=directory_type, required=True, help=INPUT_HELP)
+        parser.add_argument(output_name, dest="output", type=Path, required=True, help=OUTPUT_HELP)
+    else:
+        parser = subparser
+        input_name, output_name = "ORIGINAL_DIR", "OUTPUT_DIR"
+        parser.add_argument("input", metavar=input_name, type=directory_type, help=INPUT_HELP)
+        parser.add_argument("output", metavar=output_name, type=Path, help=OUTPUT_HELP)
+    parser.add_argument("--tokenizer", type=directory_type, help=f"the Qwen2 tokenizer directory (default: {input_name})")
     parser.add_argument("--vision-tower-config", type=Path, help="SigLIP config.json (default: `mm_vision_tower`)")
     parser.add_argument("--clip-config", type=Path, help="keyframe selector CLIP config.json (default: `clip_model_path`)")
     parser.add_argument(
-        "--overwrite", action="store_true",
-        help="replace an existing --output written by an earlier conversion (never anything else)",
-    )  # fmt: skip
+        "--overwrite",
+        action="store_true",
+        help=f"replace an existing {output_name} written by an earlier conversion (never anything else)",
+    )
     parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard, e.g. 5GB, 500MB (default 5GB)")
     parser.add_argument(
-        "--verify-reference", type=Path, help="after converting, compare every stage with this golden reference directory"
+        "--verify-reference",
+        type=directory_type,
+        metavar="DIR",
+        help="after converting, compare every stage with this golden reference directory and print the report",
     )
     return parser
 
@@ -837,22 +870,27 @@ def run_conversion(args: argparse.Namespace) -> int:
     return report_verification(output_dir, args.verify_reference)
 
 
-def main(argv: list[str] | None = None, prog: str = "vilamp-convert") -> int:
-    """The converter's command line (`vilamp-convert`; `vilamp convert` passes its own `prog`); returns the exit status
-    that the module docstring lists."""
-    parser = build_parser(prog)
-    args = parser.parse_args(argv)
+def run_command(args: argparse.Namespace, prog: str) -> int:
+    """
+    Runs the conversion that `build_parser`'s namespace asks for, SIGINT and SIGTERM turned into `Interrupted`, and
+    returns the exit status that the module docstring lists; an error is one line on stderr, prefixed with `prog`.
+    """
     try:
         with InterruptHandler():
             return run_conversion(args)
     except KeyboardInterrupt as interrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 128 + getattr(interrupt, "signum", signal.SIGINT)
     except INPUT_ERRORS as error:
         if os.environ.get("VILAMP_TRACEBACK"):
             raise
-        print(f"{parser.prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2 if isinstance(error, ConversionUsageError) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `vilamp-convert` command line; returns the exit status that the module docstring lists."""
+    return run_command(build_parser().parse_args(argv), prog="vilamp-convert")
 
 
 __all__ = [
@@ -866,8 +904,10 @@ __all__ = [
     "convert_clip_to_open_clip",
     "convert_config",
     "convert_state_dict",
+    "build_parser",
     "fit_embeddings_to_vocabulary",
     "main",
+    "run_command",
 ]
 
 if __name__ == "__main__":
