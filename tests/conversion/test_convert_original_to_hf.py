@@ -11,7 +11,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
 
-from vilamp.conversion.convert_original_to_hf import ConversionError, convert_checkpoint, fit_embeddings_to_vocabulary, main
+from vilamp.cli.main import build_parser as build_vilamp_parser
+from vilamp.conversion.convert_original_to_hf import (
+    ConversionError,
+    build_parser,
+    convert_checkpoint,
+    fit_embeddings_to_vocabulary,
+    main,
+)
 from vilamp.conversion.verify_reference import EXACT_STAGES, FLOAT_TOLERANCE, format_report, verify_converted
 from vilamp.modeling_vilamp import ViLaMPForConditionalGeneration
 from vilamp.processing import ViLaMPProcessor
@@ -55,6 +62,17 @@ def test_command_line_converts_and_prints_the_verification_report(reference_dir,
     assert f"into {output_dir}" in result.stdout
     assert "| logits |" in result.stdout and "| NO |" not in result.stdout
     assert (output_dir / "model.safetensors").is_file()
+
+
+def test_vilamp_convert_and_vilamp_convert_script_parse_to_the_same_arguments(tmp_path):
+    """`vilamp convert ORIGINAL_DIR OUTPUT_DIR` and `vilamp-convert --input --output` share one parser's flags."""
+    flags = [
+        "--tokenizer", str(tmp_path), "--vision-tower-config", "siglip.json", "--clip-config", "clip.json",
+        "--overwrite", "--max-shard-size", "500MB", "--verify-reference", str(tmp_path),
+    ]  # fmt: skip
+    standalone = vars(build_parser().parse_args(["--input", str(tmp_path), "--output", str(tmp_path / "out"), *flags]))
+    subcommand = vars(build_vilamp_parser().parse_args(["convert", str(tmp_path), str(tmp_path / "out"), *flags]))
+    assert {name: subcommand[name] for name in standalone} == standalone
 
 
 @pytest.mark.slow

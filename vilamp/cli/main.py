@@ -85,6 +85,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, with_video: bool = T
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vilamp.conversion.convert_original_to_hf import build_parser as build_conversion_parser
+
     parser = argparse.ArgumentParser(
         prog="vilamp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -101,23 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         "not exist, an OUTPUT_DIR it will not write), 1 when the conversion, its check or --verify-reference fails, "
         "130 on Ctrl-C, 143 on SIGTERM.",
     )
-    convert.add_argument("input", metavar="ORIGINAL_DIR", type=existing_dir, help="the original checkpoint directory")
-    convert.add_argument(
-        "output", metavar="OUTPUT_DIR", type=Path,
-        help="the directory to write: missing or empty, or an earlier conversion's output with --overwrite",
-    )  # fmt: skip
-    convert.add_argument("--tokenizer", type=existing_dir, help="the Qwen2 tokenizer directory (default: ORIGINAL_DIR)")
-    convert.add_argument("--vision-tower-config", type=Path, help="SigLIP config.json (default: `mm_vision_tower`)")
-    convert.add_argument("--clip-config", type=Path, help="keyframe selector CLIP config.json (default: `clip_model_path`)")
-    convert.add_argument(
-        "--overwrite", action="store_true",
-        help="replace an existing OUTPUT_DIR written by an earlier conversion (never anything else)",
-    )  # fmt: skip
-    convert.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard, e.g. 5GB, 500MB (default 5GB)")
-    convert.add_argument(
-        "--verify-reference", type=existing_dir, metavar="DIR",
-        help="after converting, compare every stage with this golden reference directory and print the report",
-    )  # fmt: skip
+    build_conversion_parser(convert, directory_type=existing_dir)
     convert.set_defaults(handler=run_convert)
 
     ask = commands.add_parser(
@@ -216,20 +202,9 @@ def damaged_safetensors_files(model_dir: Path) -> list[str]:
 
 
 def run_convert(args) -> int:
-    from vilamp.conversion.convert_original_to_hf import main as convert_main
+    from vilamp.conversion.convert_original_to_hf import run_command
 
-    argv = ["--input", str(args.input), "--output", str(args.output), "--max-shard-size", args.max_shard_size]
-    for flag, value in (
-        ("--tokenizer", args.tokenizer),
-        ("--vision-tower-config", args.vision_tower_config),
-        ("--clip-config", args.clip_config),
-        ("--verify-reference", args.verify_reference),
-    ):
-        if value is not None:
-            argv += [flag, str(value)]
-    if args.overwrite:
-        argv.append("--overwrite")
-    return convert_main(argv, prog="vilamp convert")
+    return run_command(args, prog="vilamp convert")
 
 
 def ask_video(model_dir: Path, video: Path, question: str, args, *, write) -> dict:

@@ -11,7 +11,7 @@ writes). Then it reads the original config, the tower configs and the tokenizer,
 processor in open_clip layout (`convert_clip_to_open_clip`), adds the `<video>` token to the tokenizer, checks
 everything (`check_converted`) and only then writes the model, the processor and the code for `trust_remote_code`
 into a hidden temporary sibling directory renamed into place. SIGINT or SIGTERM while it writes removes the temporary
-directory and leaves the output as it was.
+directory and leaves the output as it was (the output checks, the write and the signals are `atomic_output`'s).
 
 Exit status: 0 on success; 2 for a usage error (a bad flag, a path that does not exist, an output it will not write);
 1 when the work fails (an input it cannot convert, weights it refuses to unpickle, a failed conversion check, a stage
@@ -29,8 +29,7 @@ import re
 import shutil
 import signal
 import sys
-import tempfile
-import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,6 +45,16 @@ from vilamp import modeling_vilamp, processing
 from vilamp.modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
 from vilamp.processing import KeyframeSelector, ViLaMPProcessor
 
+from .atomic_output import (
+    MODEL_CODE_FILES,
+    PROCESSOR_CODE_FILES,
+    PROCESSOR_CONFIG_NAME,
+    ConversionError,
+    ConversionUsageError,
+    InterruptHandler,
+    atomic_directory,
+    check_output_dir,
+)
 from .verify_reference import check_reference_dir, report_verification
 
 logger = logging.getLogger(__name__)
@@ -57,7 +66,6 @@ WEIGHT_FILES = (
 EMBEDDING_KEYS = ("model.language_model.embed_tokens.weight", "lm_head.weight")
 MODELING_PACKAGE_DIR = Path(modeling_vilamp.__file__).parent
 PROCESSING_PACKAGE_DIR = Path(processing.__file__).parent
-PROCESSOR_CONFIG_NAME = "processor_config.json"
 
 ORIGINAL_MODEL_TYPE = "llava_qwen"
 VIDEO_TOKEN = "<video>"
@@ -157,8 +165,6 @@ KNOWN_CLIP_MODELS = {
 # Other spellings of the known names (the sentence-transformers copy of CLIP is `clip-ViT-B-32/0_CLIPModel`).
 KNOWN_NAME_ALIASES = {"clip-vit-base-patch32": "clip-vit-b-32"}
 
-MODEL_CODE_FILES = ("configuration_vilamp.py", "modeling_vilamp.py", "feature_merger.py", "frame_parallel.py")
-PROCESSOR_CODE_FILES = ("processing_vilamp.py", "video_processing_vilamp.py", "keyframe_selection.py", "video_decoding.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_vilamp.ViLaMPConfig",
     "AutoModel": "modeling_vilamp.ViLaMPForConditionalGeneration",
@@ -166,55 +172,17 @@ AUTO_MAP = {
 }
 PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_vilamp.ViLaMPProcessor"}
 
+# The help of the two directory arguments, however a command line names them.
+INPUT_HELP = "the original checkpoint directory (llava_qwen)"
+OUTPUT_HELP = "the directory to write: missing or empty, or an earlier conversion's output with --overwrite"
+
 # A directory holding one of these sets of files has a tokenizer to load.
 TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
-# The files a conversion writes: the tokenizer's as any transformers 5 version saves them, `model-00001-of-00002`
-# shards aside. `--overwrite` replaces only a directory holding nothing else, so it never deletes a file of the user's.
-TOKENIZER_FILE_NAMES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-    "merges.txt", "chat_template.json",
-)  # fmt: skip
-CONVERTED_FILE_NAMES = frozenset(
-    {
-        "config.json",
-        "generation_config.json",
-        "model.safetensors",
-        "model.safetensors.index.json",
-        PROCESSOR_CONFIG_NAME,
-        "chat_template.jinja",
-        "keyframe_selector.safetensors",
-        "keyframe_selector_config.json",
-        *MODEL_CODE_FILES,
-        *PROCESSOR_CODE_FILES,
-        *TOKENIZER_FILE_NAMES,
-    }
-)
-SHARD_FILE_PATTERN = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 # A pickle global that torch's `weights_only` loader refuses, as its message names it.
 REFUSED_GLOBAL_PATTERN = re.compile(r"GLOBAL ([\w.]+)")
-INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # What reading the inputs raises besides `ConversionError`: files that are not what they should be (unreadable JSON,
 # damaged safetensors, a config field of the wrong type); the command line reports them in one line with exit 1.
 INPUT_ERRORS = (ValueError, TypeError, OSError, SafetensorError, StrictDataclassError)
-
-
-class ConversionError(ValueError):
-    """The conversion cannot run as asked; the message names what is wrong and what to do."""
-
-
-class ConversionUsageError(ConversionError):
-    """
-    An argument is wrong (a path that does not exist, an output the converter will not write, a size it cannot parse),
-    found before anything is read; the command line exits with 2 for it and with 1 for any other `ConversionError`.
-    """
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM during the conversion, raised like Ctrl-C's `KeyboardInterrupt` so that cleanup runs."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def read_json(path: Path) -> dict:
@@ -597,215 +565,6 @@ def check_existing_path(path: Path | None, name: str, *, directory: bool):
         raise ConversionUsageError(f"{name} {path} is not a directory; pass a directory.")
 
 
-def check_apart_from_input(output_dir: Path, input_dir: Path):
-    """Raises when the output is the input, holds it or lies inside it (symbolic links resolved): writing it could
-    replace the checkpoint being read."""
-    output, original = output_dir.resolve(), input_dir.resolve()
-    if output == original:
-        relation = "is"
-    elif output in original.parents:
-        relation = "holds"
-    elif original in output.parents:
-        relation = "lies inside"
-    else:
-        return
-    raise ConversionUsageError(
-        f"The output directory {output_dir} {relation} the input directory {input_dir}; the converter never writes "
-        "over its input, whatever --overwrite says: choose an output directory outside the input."
-    )
-
-
-def interrupted_replacement(output_dir: Path) -> Path | None:
-    """The previous output that a conversion stopped (by SIGKILL or a power loss) in the middle of replacing it left
-    in its hidden `.NAME.replaced.xxxx` sibling, if `output_dir` is missing and one is there."""
-    parent = output_dir.parent
-    if output_dir.exists() or not parent.is_dir():
-        return None
-    prefix = f".{output_dir.name}.replaced."
-    kept = [entry / output_dir.name for entry in parent.iterdir() if entry.name.startswith(prefix)]
-    return next((path for path in sorted(kept) if path.exists()), None)
-
-
-def is_earlier_conversion(directory: Path) -> bool:
-    """Whether `directory` has the files every conversion writes: a `config.json` of `model_type` "vilamp" and a
-    `processor_config.json`."""
-    config_file = directory / "config.json"
-    if not (config_file.is_file() and (directory / PROCESSOR_CONFIG_NAME).is_file()):
-        return False
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(config, dict) and config.get("model_type") == ViLaMPConfig.model_type
-
-
-def written_by_conversion(path: Path) -> bool:
-    """Whether `path` is a plain file of a name that a conversion writes (`CONVERTED_FILE_NAMES`, model shards)."""
-    name_is_known = path.name in CONVERTED_FILE_NAMES or SHARD_FILE_PATTERN.fullmatch(path.name) is not None
-    return name_is_known and path.is_file() and not path.is_symlink()
-
-
-def check_replaceable(output_dir: Path, overwrite: bool):
-    """
-    Raises unless writing `output_dir` loses nothing: it is missing or empty, or, with `overwrite`, it holds an earlier
-    conversion and no file a conversion never writes.
-    """
-    if not output_dir.exists():
-        return
-    if not output_dir.is_dir():
-        raise ConversionUsageError(
-            f"The output directory {output_dir} is a file; choose another output directory or remove it yourself."
-        )
-    entries = sorted(output_dir.iterdir())
-    if not entries:
-        return
-    if not is_earlier_conversion(output_dir):
-        raise ConversionUsageError(
-            f"The output directory {output_dir} exists and holds no earlier conversion (a config.json of `model_type` "
-            "\"vilamp\" and a processor_config.json), and --overwrite replaces only that: choose another output "
-            "directory or remove it yourself."
-        )
-    foreign = [entry.name for entry in entries if not written_by_conversion(entry)]
-    if foreign:
-        listed = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise ConversionUsageError(
-            f"The output directory {output_dir} holds an earlier conversion and files a conversion never writes "
-            f"({listed}), which --overwrite would delete: move those files out, or choose another output directory."
-        )
-    if not overwrite:
-        raise ConversionUsageError(
-            f"The output directory {output_dir} holds an earlier conversion; pass --overwrite to replace it, or choose "
-            "another output directory."
-        )
-
-
-def check_output_dir(output_dir: Path, input_dir: Path, overwrite: bool):
-    """Raises, before anything is read, unless the conversion can write `output_dir` without losing anything."""
-    check_apart_from_input(output_dir, input_dir)
-    kept = interrupted_replacement(output_dir)
-    if kept is not None:
-        raise ConversionUsageError(
-            f"An earlier conversion was stopped while replacing {output_dir}; its previous content is in {kept}: move "
-            f"it back to {output_dir} or remove {kept.parent}, then run again."
-        )
-    check_replaceable(output_dir, overwrite)
-    ancestor = next(path for path in output_dir.parents if path.exists())
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConversionUsageError(
-            f"The output directory {output_dir} cannot be written: {ancestor} is not a writable directory; choose "
-            "another output directory."
-        )
-
-
-class InterruptHandler:
-    """
-    While its `with` block runs (in the main thread), turns SIGINT and SIGTERM into `Interrupted`; inside `deferred()`
-    a signal waits until that block ends, so a rename pair or a cleanup is never cut in half. A signal set to be ignored
-    stays ignored, and the previous handlers come back at the end.
-    """
-
-    def __init__(self):
-        self.previous_handlers = {}
-        self.deferring = False
-        self.pending_signum = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for signum in INTERRUPT_SIGNALS:
-                if signal.getsignal(signum) not in (signal.SIG_IGN, None):
-                    self.previous_handlers[signum] = signal.signal(signum, self.interrupt)
-        return self
-
-    def __exit__(self, *exc_info):
-        for signum, handler in self.previous_handlers.items():
-            signal.signal(signum, handler)
-
-    def interrupt(self, signum: int, frame):
-        """The signal handler: raises `Interrupted`, or inside `deferred()` keeps the signal for the end of the block."""
-        if self.deferring:
-            self.pending_signum = signum
-        else:
-            raise Interrupted(signum)
-
-    @contextmanager
-    def deferred(self):
-        """Holds SIGINT and SIGTERM back while the block runs, then raises `Interrupted` if one came."""
-        self.deferring = True
-        try:
-            yield
-        finally:
-            self.deferring = False
-        if self.pending_signum is not None:
-            signum, self.pending_signum = self.pending_signum, None
-            raise Interrupted(signum)
-
-
-def make_temporary_sibling(output_dir: Path) -> Path:
-    """Creates the hidden `.NAME.xxxx` directory beside `output_dir` to write into, with a new directory's permissions."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    temporary_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    # mkdtemp makes the directory private; the output gets the permissions of any new directory
-    os.chmod(temporary_dir, 0o777 & ~current_umask())
-    return temporary_dir
-
-
-def current_umask() -> int:
-    """The process's umask (reading it means setting it, so it is set back at once)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def give_new_file_permissions(directory: Path):
-    """Gives everything written under `directory` the permissions a new file or directory gets under the umask."""
-    umask = current_umask()
-    for path in directory.rglob("*"):
-        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
-
-
-def move_into_place(temporary_dir: Path, output_dir: Path):
-    """
-    Renames the finished `temporary_dir` to `output_dir`. An existing output is first moved into a hidden
-    `.NAME.replaced.xxxx` sibling and removed once the new one is in place; run with signals deferred, so only a SIGKILL
-    or a power loss between the two renames leaves no output, and then the previous one is intact in that sibling
-    (`check_output_dir` points at it on the next run).
-    """
-    if not output_dir.exists():
-        os.replace(temporary_dir, output_dir)
-        return
-    replaced_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.replaced.", dir=output_dir.parent))
-    os.replace(output_dir, replaced_dir / output_dir.name)
-    try:
-        os.replace(temporary_dir, output_dir)
-    except OSError:
-        os.replace(replaced_dir / output_dir.name, output_dir)
-        replaced_dir.rmdir()
-        raise
-    shutil.rmtree(replaced_dir)
-
-
-@contextmanager
-def atomic_directory(output_dir: Path, overwrite: bool):
-    """
-    Yields a hidden temporary sibling of `output_dir` to write into and renames it into place once the block succeeds.
-    A failure, SIGINT or SIGTERM removes it and leaves `output_dir` as it was; `output_dir` is checked again right
-    before it is replaced (`check_replaceable`), in case files appeared in it meanwhile.
-    """
-    temporary_dir = None
-    with InterruptHandler() as interrupts:
-        try:
-            with interrupts.deferred():
-                temporary_dir = make_temporary_sibling(output_dir)
-            yield temporary_dir
-            give_new_file_permissions(temporary_dir)
-            check_replaceable(output_dir, overwrite)
-            with interrupts.deferred():
-                move_into_place(temporary_dir, output_dir)
-        finally:
-            with interrupts.deferred():
-                if temporary_dir is not None and temporary_dir.exists():
-                    shutil.rmtree(temporary_dir)
-
 
 def copy_remote_code(output_dir: Path):
     """Copies the model and processor code next to the weights and points `auto_map` at it, for `trust_remote_code`."""
@@ -1042,25 +801,51 @@ def convert_clip_to_open_clip(
     return open_clip_state_dict, open_clip_model_config(open_clip_state_dict, clip_config)
 
 
+def build_parser(
+    subparser: argparse.ArgumentParser | None = None, *, directory_type: Callable[[str], Path] = Path
+) -> argparse.ArgumentParser:
+    """
+    Builds the converter's one argument parser, which both command lines parse with.
 
+    Args:
+        subparser (`argparse.ArgumentParser`, *optional*):
+            The `vilamp convert` subparser to fill: the two directories are the positionals `ORIGINAL_DIR OUTPUT_DIR`,
+            as in the other `vilamp` subcommands. Without it, a new `vilamp-convert` parser names them `--input` and
+            `--output`.
+        directory_type (`Callable[[str], Path]`, *optional*, defaults to `Path`):
+            The argparse type of the directories that must exist (the input, `--tokenizer`, `--verify-reference`). The
+            `vilamp` command line passes its own, which checks them as it parses, as for its other subcommands; with
+            `Path`, `convert_checkpoint` checks them and the error is one line.
 
-def build_parser(prog: str = "vilamp-convert") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", type=Path, required=True, help="the original checkpoint directory (llava_qwen)")
-    parser.add_argument(
-        "--output", type=Path, required=True,
-        help="the directory to write: missing or empty, or an earlier conversion's output with --overwrite",
-    )  # fmt: skip
-    parser.add_argument("--tokenizer", type=Path, help="the Qwen2 tokenizer directory (default: --input)")
+    Returns:
+        `argparse.ArgumentParser`: the parser, whose namespace `run_command` takes.
+    """
+    if subparser is None:
+        parser = argparse.ArgumentParser(
+            prog="vilamp-convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        input_name, output_name = "--input", "--output"
+        parser.add_argument(input_name, dest="input", type=directory_type, required=True, help=INPUT_HELP)
+        parser.add_argument(output_name, dest="output", type=Path, required=True, help=OUTPUT_HELP)
+    else:
+        parser = subparser
+        input_name, output_name = "ORIGINAL_DIR", "OUTPUT_DIR"
+        parser.add_argument("input", metavar=input_name, type=directory_type, help=INPUT_HELP)
+        parser.add_argument("output", metavar=output_name, type=Path, help=OUTPUT_HELP)
+    parser.add_argument("--tokenizer", type=directory_type, help=f"the Qwen2 tokenizer directory (default: {input_name})")
     parser.add_argument("--vision-tower-config", type=Path, help="SigLIP config.json (default: `mm_vision_tower`)")
     parser.add_argument("--clip-config", type=Path, help="keyframe selector CLIP config.json (default: `clip_model_path`)")
     parser.add_argument(
-        "--overwrite", action="store_true",
-        help="replace an existing --output written by an earlier conversion (never anything else)",
-    )  # fmt: skip
+        "--overwrite",
+        action="store_true",
+        help=f"replace an existing {output_name} written by an earlier conversion (never anything else)",
+    )
     parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard, e.g. 5GB, 500MB (default 5GB)")
     parser.add_argument(
-        "--verify-reference", type=Path, help="after converting, compare every stage with this golden reference directory"
+        "--verify-reference",
+        type=directory_type,
+        metavar="DIR",
+        help="after converting, compare every stage with this golden reference directory and print the report",
     )
     return parser
 
@@ -1085,29 +870,33 @@ def run_conversion(args: argparse.Namespace) -> int:
     return report_verification(output_dir, args.verify_reference)
 
 
-def main(argv: list[str] | None = None, prog: str = "vilamp-convert") -> int:
-    """The converter's command line (`vilamp-convert`; `vilamp convert` passes its own `prog`); returns the exit status
-    that the module docstring lists."""
-    parser = build_parser(prog)
-    args = parser.parse_args(argv)
+def run_command(args: argparse.Namespace, prog: str) -> int:
+    """
+    Runs the conversion that `build_parser`'s namespace asks for, SIGINT and SIGTERM turned into `Interrupted`, and
+    returns the exit status that the module docstring lists; an error is one line on stderr, prefixed with `prog`.
+    """
     try:
         with InterruptHandler():
             return run_conversion(args)
     except KeyboardInterrupt as interrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 128 + getattr(interrupt, "signum", signal.SIGINT)
     except INPUT_ERRORS as error:
         if os.environ.get("VILAMP_TRACEBACK"):
             raise
-        print(f"{parser.prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2 if isinstance(error, ConversionUsageError) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `vilamp-convert` command line; returns the exit status that the module docstring lists."""
+    return run_command(build_parser().parse_args(argv), prog="vilamp-convert")
 
 
 __all__ = [
     "CLIP_TO_OPEN_CLIP_KEYS",
     "ConversionError",
     "ConversionUsageError",
-    "Interrupted",
     "ORIGINAL_TO_HF_CONFIG",
     "ORIGINAL_TO_HF_KEYS",
     "check_converted",
@@ -1115,8 +904,10 @@ __all__ = [
     "convert_clip_to_open_clip",
     "convert_config",
     "convert_state_dict",
+    "build_parser",
     "fit_embeddings_to_vocabulary",
     "main",
+    "run_command",
 ]
 
 if __name__ == "__main__":
