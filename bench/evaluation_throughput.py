@@ -225,7 +225,7 @@ def main(argv=None):
     turn_off_nvlink_multicast()
     start_time = time.perf_counter()
     if args.tiny:
-        from vilamp.cli.demo import build_demo_checkpoint
+        from vilamp.testing import build_demo_checkpoint
 
         model_dir = args.work_dir / "tiny" / "vilamp-tiny"
         if not (model_dir / "config.json").is_file():
