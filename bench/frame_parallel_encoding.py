@@ -7,8 +7,8 @@ baseline), then all ranks encode it together (`model.enable_frame_parallel()`, e
 and run `generate` for one token. The table gives both times, the time to the first token, the largest difference
 between the two encodings' tokens, and the peak memory of the most loaded rank.
 
-    torchrun --nproc_per_node 4 bench/frame_parallel.py                       # full size, 4 GPUs (NCCL)
-    torchrun --nproc_per_node 2 bench/frame_parallel.py --tiny --device cpu   # tiny config on CPU gloo processes
+    torchrun --nproc_per_node 4 bench/frame_parallel_encoding.py                       # full size, 4 GPUs (NCCL)
+    torchrun --nproc_per_node 2 bench/frame_parallel_encoding.py --tiny --device cpu   # tiny config on CPU gloo processes
 """
 
 import argparse

@@ -3,9 +3,9 @@
 Builds a synthetic video with PyAV in a temporary directory and a randomly initialised open_clip ViT-B-32 (no
 download), then prints a markdown table. Without PyAV (e.g. on a GPU machine without it) the decode rows are skipped.
 
-    python bench/keyframe_selection.py --device cpu
-    python bench/keyframe_selection.py --device cuda --minutes 0 --dks-frames 600 10000 100000
-    python bench/keyframe_selection.py --tiny
+    python bench/keyframe_selection_speed.py --device cpu
+    python bench/keyframe_selection_speed.py --device cuda --minutes 0 --dks-frames 600 10000 100000
+    python bench/keyframe_selection_speed.py --tiny
 """
 
 import argparse
@@ -179,7 +179,7 @@ def main(argv=None):
         seconds, peak, _ = timed(device, selection_only, repeats=3)
         rows.append(("selection only (greedy + fill), random embeddings", num_frames, seconds, "", peak))
 
-    command = "python " + " ".join(shlex.quote(part) for part in ["bench/keyframe_selection.py", *sys.argv[1:]])
+    command = "python " + " ".join(shlex.quote(part) for part in ["bench/keyframe_selection_speed.py", *sys.argv[1:]])
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {device_name}; dtype: float32; torch {torch.__version__}; transformers {transformers.__version__}")
     print(f"CLIP: {'tiny' if args.tiny else 'ViT-B-32'} (random weights); K = {args.num_keyframes}; command: `{command}`")
