@@ -42,10 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vilamp.modeling_vilamp import ViLaMPForConditionalGeneration  # noqa: E402  (also registers ViLaMP with the Auto classes)
-from vilamp.processing import ViLaMPProcessor, resolve_device  # noqa: E402
+from vilamp.modeling_vilamp import ViLaMPForConditionalGeneration  # (also registers ViLaMP with the Auto classes)
+from vilamp.processing import ViLaMPProcessor, resolve_device
 
 TINY_LENGTHS = (8, 32)
 TINY_DEPTHS = (0.0, 0.5, 1.0)
