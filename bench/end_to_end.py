@@ -43,19 +43,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_utils import (
+    VIT_B_32_CONFIG,
+    build_config,
+    build_random_model,
+    device_name,
+    markdown_row,
+    peak_memory_gib,
+    print_table_start,
+    reset_peak_memory,
+    synchronize,
+    timed,
+    timed_generate,
+)
+from transformers import AutoProcessor
 
-# the package of this checkout, not an installed copy; and the other benches
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from keyframe_selection import VIT_B_32_CONFIG  # noqa: E402
-from long_video import peak_memory_gib, reset_peak_memory, synchronize, timed_generate  # noqa: E402
-from transformers import AutoProcessor  # noqa: E402
-
-import vilamp  # noqa: E402, F401  (registers ViLaMP with the Auto classes)
-from vilamp.modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration  # noqa: E402
-from vilamp.processing import KeyframeSelector, ViLaMPProcessor  # noqa: E402
-from vilamp.processing.video_decoding import decode_video  # noqa: E402
-from vilamp.testing import build_tiny_processor, build_tiny_tokenizer, tiny_config  # noqa: E402
+import vilamp  # noqa: F401  (registers ViLaMP with the Auto classes)
+from vilamp.modeling_vilamp import ViLaMPForConditionalGeneration
+from vilamp.processing import KeyframeSelector, ViLaMPProcessor
+from vilamp.processing.video_decoding import decode_video
+from vilamp.testing import build_tiny_processor, build_tiny_tokenizer, write_video
 
 RESOLUTIONS = {"720p": (1280, 720), "1080p": (1920, 1080), "tiny": (160, 120)}
 VIDEO_FPS = 30
@@ -104,8 +111,6 @@ def parse_args(argv=None) -> Namespace:
     except ValueError:
         parser.error(f"`--decoders` takes DEVICE:COUNT settings such as cpu:4 or cuda:1, got {args.decoders}.")
     args.dtype = args.dtype or ("bfloat16" if torch.device(args.device).type == "cuda" else "float32")
-    # what bench/long_video.py's `timed_generate` reads
-    args.cache_implementation = "dynamic"
     return args
 
 
@@ -131,23 +136,13 @@ def camera_like_frames(num_frames: int, width: int, height: int, seed: int = 0):
 def write_camera_like_video(path: Path, width: int, height: int, minutes: float) -> Path:
     """Writes a camera-like H.264 video; videos over 10 minutes repeat a 2-minute one, stream-copied (decoding costs
     the same, writing far less)."""
-    import av
-
     if path.is_file():
         return path
     if minutes > 10:
         segment = write_camera_like_video(path.with_name(f"{path.stem}_segment.mp4"), width, height, 2)
         return concatenate_copies(segment, path, repeats=round(minutes / 2))
-    temporary = path.with_name(f".{path.name}.tmp.mp4")
-    with av.open(str(temporary), "w") as container:
-        stream = container.add_stream("libx264", rate=VIDEO_FPS)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "veryfast", "crf": "23"}
-        for frame in camera_like_frames(int(minutes * 60 * VIDEO_FPS), width, height):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    temporary.replace(path)
-    return path
+    frames = camera_like_frames(int(minutes * 60 * VIDEO_FPS), width, height)
+    return write_video(path, frames, fps=VIDEO_FPS, codec="libx264", options={"preset": "veryfast", "crf": "23"})
 
 
 def concatenate_copies(segment: Path, path: Path, repeats: int) -> Path:
@@ -178,12 +173,11 @@ def concatenate_copies(segment: Path, path: Path, repeats: int) -> Path:
 
 def build_model(args: Namespace, video_token_id: int) -> ViLaMPForConditionalGeneration:
     """Random weights created on the device in the benchmark's dtype; its video token is the processor's."""
-    config = tiny_config() if args.tiny else ViLaMPConfig(video_token_index=video_token_id)
-    with torch.device(args.device):
-        model = ViLaMPForConditionalGeneration._from_config(
-            config, dtype=getattr(torch, args.dtype), attn_implementation=args.attn_implementation
-        )
-    return model.eval()
+    overrides = {} if args.tiny else {"video_token_index": video_token_id}
+    config = build_config(args.tiny, **overrides)
+    return build_random_model(
+        config, device=args.device, dtype=args.dtype, attn_implementation=args.attn_implementation
+    )
 
 
 def load_processor(directory: Path, args: Namespace) -> ViLaMPProcessor:
@@ -209,15 +203,6 @@ def warm_up(model, processor: ViLaMPProcessor, args: Namespace):
     frames = np.random.default_rng(0).integers(0, 256, (args.max_frames, 64, 64, 3), dtype=np.uint8)
     inputs = processor(text=QUESTION, videos=frames, return_tensors="pt").to(args.device)
     model.generate(**inputs, do_sample=False, max_new_tokens=2)
-
-
-def timed(device: torch.device, function, *function_args, **function_kwargs):
-    """Runs `function` and returns its result and the seconds it took, device work included."""
-    synchronize(device)
-    start = time.perf_counter()
-    result = function(*function_args, **function_kwargs)
-    synchronize(device)
-    return result, time.perf_counter() - start
 
 
 def probe(path: Path) -> tuple[float, float]:
@@ -301,8 +286,8 @@ def measure(path: Path, model, processor: ViLaMPProcessor, args: Namespace) -> l
     inputs = processor.build_inputs(
         [processor.question_prompt(QUESTION)], [loaded.siglip_frames], [selection], padding=True, return_tensors="pt"
     ).to(device)
-    first = timed_generate(model, inputs, 1, args)
-    full = timed_generate(model, inputs, args.max_new_tokens, args)
+    first = timed_generate(model, inputs, 1, device)
+    full = timed_generate(model, inputs, args.max_new_tokens, device)
     original_seconds, same_frames = same_frames_as_original(path, args, processor)
     return [
         f"{path.name} ({duration_seconds / 60:.1f} min, {len(decoded.frames)} frames)",
@@ -336,17 +321,6 @@ def decoder_rows(path: Path, processor: ViLaMPProcessor, args: Namespace) -> lis
     return rows
 
 
-def print_row(cells: list):
-    """Prints one markdown table row."""
-    print("| " + " | ".join(str(cell) for cell in cells) + " |", flush=True)
-
-
-def print_table_start(columns: list[str]):
-    """Prints a markdown table's header."""
-    print_row(columns)
-    print("|" + "---|" * len(columns), flush=True)
-
-
 def videos_to_measure(args: Namespace, directory: Path) -> Iterator[Path]:
     """The `--video` files, or camera-like videos for each resolution and length, each written when its turn comes."""
     if args.video:
@@ -369,25 +343,22 @@ def main(argv=None) -> int:
         processor = load_processor(Path(temporary) / "processor", args)
         model = build_model(args, processor.video_token_id)
         warm_up(model, processor, args)
-        card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
         print(
-            f"ViLaMP {'tiny' if args.tiny else 'full size'} (random weights), {args.dtype}, on {card}; "
+            f"ViLaMP {'tiny' if args.tiny else 'full size'} (random weights), {args.dtype}, on {device_name(device)}; "
             f"{args.max_frames} frames at most, {args.max_new_tokens} new tokens; keyframe selector on "
             f"{processor.keyframe_selector.device}; {os.cpu_count()} CPU cores"
         )
         print(f"command: python {shlex.join(['bench/end_to_end.py', *(argv if argv is not None else sys.argv[1:])])}")
-        print()
         print_table_start(COLUMNS)
         paths = []
         for path in videos_to_measure(args, video_dir):
             paths.append(path)
-            print_row(measure(path, model, processor, args))
+            print(markdown_row(measure(path, model, processor, args)), flush=True)
         if args.decoders:
-            print()
             print_table_start(["video", "decoder", "decoders at once", "load_video s", "same frames as one CPU decoder"])
             for path in paths:
                 for row in decoder_rows(path, processor, args):
-                    print_row(row)
+                    print(markdown_row(row), flush=True)
     return 0
 
 

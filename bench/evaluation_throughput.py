@@ -31,13 +31,15 @@ from pathlib import Path
 
 import torch
 import transformers
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# the package of this checkout, not an installed copy; and the video writer of the keyframe-selection benchmark
-sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "bench")]
-
-from keyframe_selection import VIT_B_32_CONFIG, write_synthetic_video  # noqa: E402
-from long_video import turn_off_nvlink_multicast  # noqa: E402
+from bench_utils import (
+    VIT_B_32_CONFIG,
+    build_random_model,
+    device_name,
+    markdown_row,
+    print_table_start,
+    turn_off_nvlink_multicast,
+    write_gradient_video,
+)
 
 TASK = "vilamp_throughput"
 TIMING_LINE = re.compile(
@@ -79,7 +81,7 @@ def build_full_size_checkpoint(directory: Path, dtype: str) -> Path:
     """A full-size ViLaMP with random weights and its processor (toy tokenizer, random CLIP ViT-B/32), saved once."""
     import open_clip
 
-    from vilamp.modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
+    from vilamp.modeling_vilamp import ViLaMPConfig
     from vilamp.processing import KeyframeSelector, ViLaMPProcessor
     from vilamp.testing import TINY_SPECIAL_TOKEN_IDS, build_tiny_tokenizer
 
@@ -90,8 +92,7 @@ def build_full_size_checkpoint(directory: Path, dtype: str) -> Path:
     torch.manual_seed(0)
     # the toy tokenizer's ids are below every row of Qwen2's embeddings; its `<video>` is the placeholder
     config = ViLaMPConfig(video_token_index=TINY_SPECIAL_TOKEN_IDS["<video>"])
-    with torch.device(device):
-        model = ViLaMPForConditionalGeneration._from_config(config, dtype=getattr(torch, dtype))
+    model = build_random_model(config, device=device, dtype=dtype)
     model.save_pretrained(temporary)
     # the GPU's memory goes back before lmms-eval's processes load the model
     del model
@@ -104,17 +105,21 @@ def build_full_size_checkpoint(directory: Path, dtype: str) -> Path:
 
 def write_videos(directory: Path, args: argparse.Namespace) -> list[Path]:
     """The synthetic videos, written in parallel (each once)."""
-    from vilamp.testing import write_synthetic_video as write_tiny_video
+    from vilamp.testing import write_synthetic_video
 
     directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"video_{index}.mp4" for index in range(args.videos)]
     missing = [path for path in paths if not path.is_file()]
     with ProcessPoolExecutor(max_workers=min(len(missing), os.cpu_count()) or 1) as pool:
         if args.tiny:
-            jobs = [pool.submit(write_tiny_video, path, num_frames=24 + 8 * (index % 4)) for index, path in enumerate(missing)]
+            jobs = [
+                pool.submit(write_synthetic_video, path, num_frames=24 + 8 * (index % 4))
+                for index, path in enumerate(missing)
+            ]
         else:
             width, height = map(int, args.video_size.split("x"))
-            jobs = [pool.submit(write_synthetic_video, path, args.video_seconds, args.video_fps, width, height) for path in missing]
+            video = (args.video_seconds, args.video_fps, width, height)
+            jobs = [pool.submit(write_gradient_video, path, *video) for path in missing]
         for job in jobs:
             job.result()
     return paths
@@ -162,9 +167,9 @@ def run_lmms_eval(model_dir: Path, task_dir: Path, output_dir: Path, processes: 
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                     "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                     "--main_process_port", str(free_port()), "-m", "lmms_eval"]
+    # lmms-eval imports `vilamp` as this process does: installed, or the checkout through `PYTHONPATH=.`
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
         "HF_HOME": str((args.work_dir / "hf-home").resolve()),
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
@@ -197,7 +202,7 @@ def run_lmms_eval(model_dir: Path, task_dir: Path, output_dir: Path, processes: 
 
 
 def print_header(args: argparse.Namespace, model_dir: Path, build_seconds: float):
-    device = torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU"
+    device = device_name(torch.device("cuda:0" if args.device == "cuda" else "cpu"))
     print("# ViLaMP lmms-eval throughput\n")
     print(f"- command: `python {shlex.join(sys.argv)}`")
     print(f"- device: {device}, one process per {'GPU' if args.device == 'cuda' else 'CPU process (gloo)'}")
@@ -225,7 +230,7 @@ def main(argv=None):
     turn_off_nvlink_multicast()
     start_time = time.perf_counter()
     if args.tiny:
-        from vilamp.cli.demo import build_demo_checkpoint
+        from vilamp.testing import build_demo_checkpoint
 
         model_dir = args.work_dir / "tiny" / "vilamp-tiny"
         if not (model_dir / "config.json").is_file():
@@ -239,8 +244,7 @@ def main(argv=None):
 
     columns = ["processes", "samples", "answering s", "first batch s", "samples/s", "speed-up", "steady samples/s",
                "steady speed-up", "wall s", "predictions equal the first run's"]
-    print("\n| " + " | ".join(columns) + " |")
-    print("|" + " --- |" * len(columns))
+    print_table_start(columns)
     first = None
     for processes in args.processes:
         output_dir = args.work_dir / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{processes}"
@@ -253,7 +257,7 @@ def main(argv=None):
         cells = [processes, args.samples, f"{run['answering_seconds']:.1f}", f"{run['first_batch_seconds']:.1f}",
                  f"{samples_per_second:.2f}", f"{speed_up:.2f}x", f"{run['steady_samples_per_second']:.2f}",
                  f"{steady_speed_up:.2f}x", f"{run['wall_seconds']:.0f}", identical]
-        print("| " + " | ".join(map(str, cells)) + " |", flush=True)
+        print(markdown_row(cells), flush=True)
 
 
 if __name__ == "__main__":

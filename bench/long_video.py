@@ -19,39 +19,40 @@ first call is timed apart (the `decode warm-up s` column) from the steady-state 
 """
 
 import argparse
-import gc
-import os
 import shlex
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import transformers
-from torch import distributed as dist
-from transformers.utils import is_flash_attn_2_available
+from bench_utils import (
+    DTYPES,
+    FRAME_POOL_SIZE,
+    FULL_NUM_KEYFRAMES,
+    build_config,
+    build_random_model,
+    default_attn_implementation,
+    default_num_keyframes,
+    device_name,
+    format_number,
+    frame_counts,
+    markdown_row,
+    peak_memory_gib,
+    print_table_start,
+    repeated_frames,
+    reset_peak_memory,
+    synchronize,
+    timed_generate,
+    video_inputs,
+)
 
-# the package of this checkout, not an installed copy
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vilamp.modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration  # noqa: E402
-from vilamp.processing import num_video_tokens  # noqa: E402
-from vilamp.testing import TINY_NUM_KEYFRAMES, synthetic_frames, tiny_config  # noqa: E402
-
-# NVLink multicast stays off on the lent multi-GPU machines, which do not support it
-MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+from vilamp.modeling_vilamp import ViLaMPForConditionalGeneration
 
 FULL_FRAMES = "600,2000,10000,30000,100000"
 FULL_UNSTREAMED_FRAMES = "600,1000,1500,2000,3000"
-FULL_NUM_KEYFRAMES = 32
 TINY_FRAMES = "16,64"
 CACHE_IMPLEMENTATIONS = ("dynamic", "static")
-
-# distinct random frames, repeated to make a video of any length: the content does not change the work done
-FRAME_POOL_SIZE = 256
-# ordinary text ids around the video placeholders, below every special id of both configs
-PROMPT_TEXT_IDS = list(range(2, 10))
 
 STREAMED_COLUMNS = [
     "frames",
@@ -70,35 +71,11 @@ STREAMED_COLUMNS = [
 UNSTREAMED_COLUMNS = ["frames", "chunk", "peak GPU GiB", "vision+DFM s", "frames/s"]
 
 
-def turn_off_nvlink_multicast():
-    """Turns NVLink multicast off for this process and the processes it starts, where the environment does not say
-    otherwise; NCCL reads it when it creates its communicators, so call it before `init_process_group`."""
-    for name, value in MULTICAST_OFF.items():
-        os.environ.setdefault(name, value)
-
-
-def start_process_group(device_type: str) -> torch.device:
-    """Starts the default process group of `torchrun`'s ranks with NVLink multicast off, NCCL on `"cuda"` (each rank
-    on the GPU of its `LOCAL_RANK`) and gloo on `"cpu"`; returns this rank's device."""
-    turn_off_nvlink_multicast()
-    dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    if device_type != "cuda":
-        return torch.device(device_type)
-    device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    torch.cuda.set_device(device)
-    return device
-
-
-def frame_counts(text: str) -> list[int]:
-    """Parses a comma-separated list of frame counts; the empty string is an empty list."""
-    return [int(count) for count in text.split(",") if count.strip()]
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=frame_counts, help=f"frame counts to measure (default {FULL_FRAMES})")
     parser.add_argument("--num-keyframes", type=int, help=f"keyframes per video K (default {FULL_NUM_KEYFRAMES})")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--dtype", default="bfloat16", choices=DTYPES)
     parser.add_argument("--device", default="cuda")
     parser.add_argument(
         "--attn-implementation", help="attention of both towers (default flash_attention_2 if installed, else sdpa)"
@@ -136,10 +113,9 @@ def parse_args() -> argparse.Namespace:
     if args.unstreamed_frames is None:
         args.unstreamed_frames = frame_counts(TINY_FRAMES if args.tiny else FULL_UNSTREAMED_FRAMES)
     if args.num_keyframes is None:
-        args.num_keyframes = TINY_NUM_KEYFRAMES if args.tiny else FULL_NUM_KEYFRAMES
+        args.num_keyframes = default_num_keyframes(args.tiny)
     if args.attn_implementation is None:
-        use_flash = args.device.startswith("cuda") and is_flash_attn_2_available()
-        args.attn_implementation = "flash_attention_2" if use_flash else "sdpa"
+        args.attn_implementation = default_attn_implementation(args.device)
     if not args.frames or min(args.frames + args.unstreamed_frames) < 1:
         parser.error(f"`--frames` needs at least one frame count and every count must be positive, got {args.frames}.")
     if args.max_new_tokens < 1:
@@ -147,130 +123,16 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def build_config(args: argparse.Namespace) -> ViLaMPConfig:
-    """The full-size ViLaMP architecture, or the tiny one of `vilamp.testing` with `--tiny`."""
-    if args.tiny:
-        return tiny_config(vision_chunk_size=args.vision_chunk_size)
-    return ViLaMPConfig(vision_chunk_size=args.vision_chunk_size)
-
-
-def build_model(config: ViLaMPConfig, args: argparse.Namespace) -> ViLaMPForConditionalGeneration:
-    """Random weights created on the device in the benchmark's dtype: no float32 copy on the host, no download."""
-    with torch.device(args.device):
-        model = ViLaMPForConditionalGeneration._from_config(
-            config, dtype=getattr(torch, args.dtype), attn_implementation=args.attn_implementation
-        )
+def build_model(args: argparse.Namespace) -> ViLaMPForConditionalGeneration:
+    """The full-size ViLaMP (or the tiny one with `--tiny`) with random weights on the device, compiled with
+    `--compile`."""
+    config = build_config(args.tiny, vision_chunk_size=args.vision_chunk_size)
+    model = build_random_model(
+        config, device=args.device, dtype=args.dtype, attn_implementation=args.attn_implementation
+    )
     if args.compile:
         model.compile_vision_tower()
-    return model.eval()
-
-
-def repeated_frames(num_frames: int, image_size: int) -> torch.Tensor:
-    """`(num_frames, 3, image_size, image_size)` uint8 frames on the host: a pool of synthetic frames, repeated."""
-    pool = synthetic_frames(FRAME_POOL_SIZE, width=image_size, height=image_size)
-    pool = torch.from_numpy(pool).permute(0, 3, 1, 2)
-    frames = torch.empty(num_frames, 3, image_size, image_size, dtype=torch.uint8)
-    for start in range(0, num_frames, FRAME_POOL_SIZE):
-        end = min(start + FRAME_POOL_SIZE, num_frames)
-        frames[start:end] = pool[: end - start]
-    return frames
-
-
-def evenly_spread_keyframes(num_frames: int, num_keyframes: int) -> torch.Tensor:
-    """A `(num_frames,)` mask with `min(num_keyframes, num_frames)` keyframes spread evenly, the first and last included."""
-    keyframe_indices = torch.linspace(0, num_frames - 1, min(num_keyframes, num_frames)).round().long()
-    keyframe_mask = torch.zeros(num_frames, dtype=torch.bool)
-    keyframe_mask[keyframe_indices] = True
-    return keyframe_mask
-
-
-def video_inputs(
-    config: ViLaMPConfig, frames: torch.Tensor, num_frames: int, num_keyframes: int, device: torch.device
-) -> dict:
-    """Model inputs for the first `num_frames` frames with `num_keyframes` keyframes, laid out as the processor does;
-    the frames stay on the host."""
-    keyframe_mask = evenly_spread_keyframes(num_frames, num_keyframes)
-    video_tokens = num_video_tokens(num_frames, int(keyframe_mask.sum()), config.keyframe_pooled_size)
-    input_ids = torch.tensor([PROMPT_TEXT_IDS + [config.video_token_id] * video_tokens + PROMPT_TEXT_IDS])
-    generator = torch.Generator().manual_seed(0)
-    return {
-        "input_ids": input_ids.to(device),
-        "attention_mask": torch.ones_like(input_ids, device=device),
-        "pixel_values_videos": frames[:num_frames],
-        "keyframe_mask": keyframe_mask,
-        "query_embeds": torch.randn(1, config.query_embed_dim, generator=generator).to(device),
-    }
-
-
-def synchronize(device: torch.device):
-    """Waits for the device's queued work, so that a host clock read after it covers that work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def reset_peak_memory(device: torch.device):
-    """Frees cached blocks (the automatic chunk size reads free memory) and starts a new peak-memory measurement."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_gib(device: torch.device) -> float | None:
-    """Peak memory allocated on the device since the last reset, `None` on the CPU."""
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-
-
-@dataclass
-class GenerateTimes:
-    vision_seconds: float  # from `generate` to the language model's first forward: SigLIP, projector, pooling, DFM
-    language_model_seconds: float  # from the language model's first forward to the end: prefill and every decoding step
-
-    @property
-    def total_seconds(self) -> float:
-        return self.vision_seconds + self.language_model_seconds
-
-
-def timed_generate(
-    model: ViLaMPForConditionalGeneration, inputs: dict, max_new_tokens: int, args: argparse.Namespace
-) -> GenerateTimes:
-    """
-    Runs one greedy `generate` of exactly `max_new_tokens` tokens and times it with two clock reads besides its start
-    and end, both at the language model's first forward (a pre-hook that removes itself). No streamer, hook or device
-    synchronisation runs inside the decoding loop: a streamer's `put` (what this bench used to time tokens with) copies
-    each token to the host and waits for the device, which the `generate` a user runs does not.
-    """
-    device = torch.device(args.device)
-    marks = {}
-
-    def mark_language_model_start(module, module_args):
-        synchronize(device)
-        marks["language_model_start"] = time.perf_counter()
-        handle.remove()
-
-    handle = model.model.language_model.register_forward_pre_hook(mark_language_model_start)
-    eos_token_id = model.config.text_config.eos_token_id
-    try:
-        synchronize(device)
-        start_time = time.perf_counter()
-        model.generate(
-            **inputs,
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            # random weights may pick the end-of-sequence token: decode exactly `max_new_tokens` anyway
-            min_new_tokens=max_new_tokens,
-            eos_token_id=eos_token_id,
-            pad_token_id=eos_token_id,
-            cache_implementation=args.cache_implementation,
-        )
-        synchronize(device)
-        end_time = time.perf_counter()
-    finally:
-        handle.remove()
-    return GenerateTimes(
-        vision_seconds=marks["language_model_start"] - start_time,
-        language_model_seconds=end_time - marks["language_model_start"],
-    )
+    return model
 
 
 @dataclass
@@ -290,7 +152,8 @@ def measure_generation(
     ms/token = (language-model time of N tokens - that of 1 token) / (N - 1). With a static cache, a first untimed
     N-token `generate` compiles the decoding step for this prompt length; its extra time is the warm-up.
     """
-    first = timed_generate(model, inputs, 1, args)
+    device = torch.device(args.device)
+    first = timed_generate(model, inputs, 1, device, args.cache_implementation)
     times = GenerationTimes(
         vision_seconds=first.vision_seconds,
         prefill_seconds=first.language_model_seconds,
@@ -300,8 +163,9 @@ def measure_generation(
     )
     if args.max_new_tokens == 1:
         return times
-    warm_up = timed_generate(model, inputs, args.max_new_tokens, args) if args.cache_implementation == "static" else None
-    steady = timed_generate(model, inputs, args.max_new_tokens, args)
+    long_generate = (model, inputs, args.max_new_tokens, device, args.cache_implementation)
+    warm_up = timed_generate(*long_generate) if args.cache_implementation == "static" else None
+    steady = timed_generate(*long_generate)
     decode_seconds = steady.language_model_seconds - first.language_model_seconds
     times.decode_ms_per_token = 1000 * decode_seconds / (args.max_new_tokens - 1)
     if warm_up is not None:
@@ -342,21 +206,8 @@ def warm_up(model: ViLaMPForConditionalGeneration, frames: torch.Tensor, args: a
         chunk_shapes |= {chunk_size, num_frames % chunk_size} - {0}
     for num_frames in sorted(chunk_shapes):
         measure_video_features(model, video_inputs(model.config, frames, num_frames, args.num_keyframes, device), device)
-    timed_generate(model, video_inputs(model.config, frames, max(chunk_shapes), args.num_keyframes, device), 2, args)
-
-
-def markdown_row(cells: list) -> str:
-    return "| " + " | ".join(str(cell) for cell in cells) + " |"
-
-
-def print_table_start(columns: list[str]):
-    print(flush=True)
-    print(markdown_row(columns))
-    print(markdown_row(["---"] * len(columns)), flush=True)
-
-
-def format_number(value: float | None, digits: int) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+    inputs = video_inputs(model.config, frames, max(chunk_shapes), args.num_keyframes, device)
+    timed_generate(model, inputs, 2, device, args.cache_implementation)
 
 
 def streamed_row(
@@ -440,13 +291,12 @@ def print_unstreamed_table(model: ViLaMPForConditionalGeneration, frames: torch.
 
 def print_header(model: ViLaMPForConditionalGeneration, args: argparse.Namespace, build_seconds: dict):
     device = torch.device(args.device)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     config = model.config
     vision, text = config.vision_config, config.text_config
     chunk = args.vision_chunk_size or "auto (from free memory; the `chunk` column shows the size used)"
     print("# ViLaMP long-video benchmark\n")
     print(f"- command: `python {shlex.join(sys.argv)}`")
-    print(f"- device: {device_name} ({device})")
+    print(f"- device: {device_name(device)} ({device})")
     attention = f"{text._attn_implementation} (text), {vision._attn_implementation} (vision)"
     print(f"- dtype: {args.dtype}; attention: {attention}")
     print(f"- torch {torch.__version__}, transformers {transformers.__version__}")
@@ -471,7 +321,7 @@ def main():
     args = parse_args()
     build_seconds = {}
     start_time = time.perf_counter()
-    model = build_model(build_config(args), args)
+    model = build_model(args)
     synchronize(torch.device(args.device))
     build_seconds["model"] = time.perf_counter() - start_time
     start_time = time.perf_counter()

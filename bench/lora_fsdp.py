@@ -15,15 +15,20 @@ gradients). Both start every frame count from the same initial adapter weights.
 """
 
 import argparse
-import gc
 import shlex
 import sys
 import time
 
 import torch
 import transformers
-from long_video import (
+from bench_utils import (
+    ANSWER_LENGTH,
     FULL_NUM_KEYFRAMES,
+    TRAINABLE_CONFIGURATIONS,
+    build_training_model,
+    default_attn_implementation,
+    default_num_keyframes,
+    device_name,
     format_number,
     frame_counts,
     markdown_row,
@@ -33,13 +38,12 @@ from long_video import (
     reset_peak_memory,
     start_process_group,
     synchronize,
+    training_inputs,
 )
-from lora_step import ANSWER_LENGTH, TRAINABLE_CONFIGURATIONS, build_model, training_inputs
 from torch import distributed as dist
-from transformers.utils import is_flash_attn_2_available
 
-from vilamp.training import lora_config, shard_model
 from vilamp.testing import TINY_NUM_KEYFRAMES
+from vilamp.training import lora_config, shard_model
 
 FULL_FRAMES = "600,2000"
 TINY_FRAMES = "4,8"
@@ -100,15 +104,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help=f"tiny config, K = {TINY_NUM_KEYFRAMES}: runs on a CPU")
     args = parser.parse_args()
     args.frames = args.frames or frame_counts(TINY_FRAMES if args.tiny else FULL_FRAMES)
-    args.num_keyframes = args.num_keyframes or (TINY_NUM_KEYFRAMES if args.tiny else FULL_NUM_KEYFRAMES)
+    args.num_keyframes = args.num_keyframes or default_num_keyframes(args.tiny)
     if not args.frames or min(args.frames) < 1 or args.steps < 2:
         parser.error(
             f"`--frames` must be positive frame counts and `--steps` at least 2 (the first is not timed), got "
             f"{args.frames} and {args.steps}."
         )
-    # `lora_step.build_model` reads this
-    use_flash = args.device == "cuda" and is_flash_attn_2_available()
-    args.attn_implementation = "flash_attention_2" if use_flash else "sdpa"
+    # what `build_training_model` reads
+    args.attn_implementation = default_attn_implementation(args.device)
     return args
 
 
@@ -118,7 +121,7 @@ def build_lora_model(args: argparse.Namespace):
 
     torch.manual_seed(0)
     config = lora_config(r=args.lora_rank, lora_dropout=0.0, modules_to_save=TRAINABLE_CONFIGURATIONS[args.trainable])
-    return get_peft_model(build_model(args), config)
+    return get_peft_model(build_training_model(args), config)
 
 
 def trainable_parameters(model) -> dict[str, torch.Tensor]:
@@ -196,21 +199,14 @@ def run_frame_counts(
     return results
 
 
-def free(device: torch.device):
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 def format_losses(losses: list[float]) -> str:
     return ", ".join(f"{loss:.4f}" for loss in losses)
 
 
 def print_header(args: argparse.Namespace, world_size: int, device: torch.device):
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print("# ViLaMP: LoRA fine-tuning with FSDP against one process\n")
     print(f"- command: `torchrun --nproc_per_node {world_size} {shlex.join(sys.argv)}`")
-    print(f"- device: {world_size} x {device_name}; backend: {dist.get_backend()}; dtype: {args.dtype}; "
+    print(f"- device: {world_size} x {device_name(device)}; backend: {dist.get_backend()}; dtype: {args.dtype}; "
           f"attention {args.attn_implementation}")
     print(f"- torch {torch.__version__}, transformers {transformers.__version__}")
     checkpointing = "on" if args.gradient_checkpointing else "off"
@@ -239,7 +235,7 @@ def log_results(what: str, results: dict):
 def main():
     args = parse_args()
     device = start_process_group(args.device)
-    # `build_model` creates the weights on this rank's device
+    # `build_training_model` creates the weights on this rank's device
     args.device = str(device)
     rank, world_size = dist.get_rank(), dist.get_world_size()
     # every rank takes part in creating a group, rank 0 alone trains in it
@@ -257,7 +253,7 @@ def main():
     fsdp_peaks = [None] * world_size
     dist.all_gather_object(fsdp_peaks, {num_frames: result[2] for num_frames, result in fsdp_results.items()})
     del model
-    free(device)
+    reset_peak_memory(device)
     if device.type == "cuda":
         log(f"{torch.cuda.memory_allocated(device) / 2**30:.2f} GiB still allocated after freeing the sharded model")
 

@@ -19,46 +19,45 @@ import time
 
 import torch
 import transformers
-from long_video import (
+from bench_utils import (
+    ANSWER_LENGTH,
+    DTYPES,
     FULL_NUM_KEYFRAMES,
-    PROMPT_TEXT_IDS,
-    build_config,
+    TRAINABLE_CONFIGURATIONS,
+    build_training_model,
+    default_attn_implementation,
+    default_num_keyframes,
+    device_name,
     format_number,
+    frame_counts,
     markdown_row,
     peak_memory_gib,
     print_table_start,
     repeated_frames,
     reset_peak_memory,
     synchronize,
-    video_inputs,
+    training_inputs,
 )
-from transformers.utils import is_flash_attn_2_available
 
-from vilamp.modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
-from vilamp.training import enable_gradient_checkpointing, lora_config
 from vilamp.testing import TINY_NUM_KEYFRAMES
+from vilamp.training import lora_config
 
 FULL_FRAMES = "600,2000"
 TINY_FRAMES = "16,64"
-# what is trained next to the adapters, by configuration name
-TRAINABLE_CONFIGURATIONS = {
-    "lora": (),
-    "lora+projector": ("multi_modal_projector",),
-    "lora+projector+dfm": ("multi_modal_projector", "feature_merger"),
-}
-ANSWER_LENGTH = 32
 COLUMNS = ["frames", "trainable", "tokens", "trainable params", "peak GPU GiB", "s / step"]
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", help=f"comma-separated frame counts (default {FULL_FRAMES}; {TINY_FRAMES} with --tiny)")
+    parser.add_argument(
+        "--frames", type=frame_counts, help=f"comma-separated frame counts (default {FULL_FRAMES}; {TINY_FRAMES} with --tiny)"
+    )
     parser.add_argument(
         "--trainable",
         default="lora,lora+projector+dfm",
         help=f"comma-separated configurations among {list(TRAINABLE_CONFIGURATIONS)} (default: %(default)s)",
     )
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--dtype", default="bfloat16", choices=DTYPES)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--attn-implementation", help="language model attention (default flash_attention_2 if installed, else sdpa)")
     parser.add_argument("--lora-rank", type=int, default=16)
@@ -74,8 +73,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help=f"tiny config, K = {TINY_NUM_KEYFRAMES}: runs on a CPU")
     args = parser.parse_args()
     if args.num_keyframes is None:
-        args.num_keyframes = TINY_NUM_KEYFRAMES if args.tiny else FULL_NUM_KEYFRAMES
-    args.frames = [int(count) for count in (args.frames or (TINY_FRAMES if args.tiny else FULL_FRAMES)).split(",")]
+        args.num_keyframes = default_num_keyframes(args.tiny)
+    args.frames = args.frames or frame_counts(TINY_FRAMES if args.tiny else FULL_FRAMES)
     args.trainable = args.trainable.split(",")
     unknown = sorted(set(args.trainable) - set(TRAINABLE_CONFIGURATIONS))
     if unknown:
@@ -83,39 +82,8 @@ def parse_args() -> argparse.Namespace:
     if min(args.frames) < 1 or args.steps < 1:
         parser.error(f"`--frames` must be positive and `--steps` at least 1, got {args.frames} and {args.steps}.")
     if args.attn_implementation is None:
-        use_flash = args.device.startswith("cuda") and is_flash_attn_2_available()
-        args.attn_implementation = "flash_attention_2" if use_flash else "sdpa"
+        args.attn_implementation = default_attn_implementation(args.device)
     return args
-
-
-def build_model(args: argparse.Namespace) -> ViLaMPForConditionalGeneration:
-    """Random weights created on the device in the benchmark's dtype, in training mode."""
-    config = build_config(args)
-    with torch.device(args.device):
-        model = ViLaMPForConditionalGeneration._from_config(
-            config, dtype=getattr(torch, args.dtype), attn_implementation=args.attn_implementation
-        )
-    if args.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    return model.train()
-
-
-def training_inputs(
-    config: ViLaMPConfig, frames: torch.Tensor, num_frames: int, num_keyframes: int, device: torch.device
-) -> dict:
-    """A one-video batch laid out as the processor does (the long-video bench's inputs) with a short answer appended,
-    labels on the answer only; the frames stay on the host."""
-    inputs = video_inputs(config, frames, num_frames, num_keyframes, device)
-    answer = torch.tensor([[PROMPT_TEXT_IDS[index % len(PROMPT_TEXT_IDS)] for index in range(ANSWER_LENGTH)]])
-    prompt_ids = inputs["input_ids"]
-    input_ids = torch.cat([prompt_ids, answer.to(device)], dim=1)
-    labels = torch.cat([torch.full_like(prompt_ids, -100), answer.to(device)], dim=1)
-    return {
-        **inputs,
-        "input_ids": input_ids,
-        "attention_mask": torch.ones_like(input_ids),
-        "labels": labels,
-    }
 
 
 def training_step(model, optimizer, inputs: dict):
@@ -158,14 +126,13 @@ def measure_row(base_model, frames: torch.Tensor, num_frames: int, trainable: st
 def main():
     args = parse_args()
     device = torch.device(args.device)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print("# ViLaMP: one LoRA training step (forward + backward + AdamW step)")
-    print(f"- device: {device_name}; dtype {args.dtype}; attention {args.attn_implementation}")
+    print(f"- device: {device_name(device)}; dtype {args.dtype}; attention {args.attn_implementation}")
     print(f"- torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"- LoRA rank {args.lora_rank} on every language-model projection; vision tower frozen; "
           f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; answer of {ANSWER_LENGTH} tokens")
     print(f"- command: python {shlex.join(sys.argv)}")
-    base_model = build_model(args)
+    base_model = build_training_model(args)
     frames = repeated_frames(max(args.frames), base_model.config.vision_config.image_size)
     print_table_start(COLUMNS)
     for num_frames in args.frames:

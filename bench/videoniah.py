@@ -42,9 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vilamp.runner import ViLaMPRunner  # noqa: E402
+from vilamp.runner import ViLaMPRunner
 
 TINY_LENGTHS = (8, 32)
 TINY_DEPTHS = (0.0, 0.5, 1.0)

@@ -1,16 +1,14 @@
 """Shared fixtures: the golden reference directory, its checkpoint copied or converted, a tiny byte-level tokenizer and
 a tiny keyframe selector."""
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from vilamp.conversion.convert_original_to_hf import convert_checkpoint
-from vilamp.testing import TINY_KEYFRAME_SELECTOR_CONFIG, build_tiny_tokenizer, write_synthetic_video
+from vilamp.testing import build_tiny_keyframe_selector, build_tiny_tokenizer, write_synthetic_video
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
@@ -84,15 +82,8 @@ def tiny_tokenizer():
 def tiny_keyframe_selector_dir(tmp_path) -> Path:
     """A directory with `keyframe_selector.safetensors` and `keyframe_selector_config.json` of a random tiny
     open_clip CLIP (seed 0)."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    model = open_clip.model.CLIP(**TINY_KEYFRAME_SELECTOR_CONFIG)
     directory = tmp_path / "keyframe_selector"
-    directory.mkdir()
-    save_file({key: tensor.contiguous() for key, tensor in model.state_dict().items()}, directory / "keyframe_selector.safetensors")
-    (directory / "keyframe_selector_config.json").write_text(json.dumps(TINY_KEYFRAME_SELECTOR_CONFIG), encoding="utf-8")
+    build_tiny_keyframe_selector(seed=0).save_pretrained(directory)
     return directory
 
 

@@ -1,19 +1,13 @@
 """The file-to-answer benchmark runs in its tiny CPU mode on a video it writes; its timings are printed, never
 asserted."""
 
-import subprocess
-import sys
-from pathlib import Path
-
-from tests.bench_output import markdown_tables
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.bench_output import markdown_tables, run_bench
 
 
 def test_tiny_cpu_run_prints_every_stage_and_each_decoder_setting(tmp_path):
-    command = [sys.executable, "bench/end_to_end.py", "--tiny", "--device", "cpu", "--max-new-tokens", "3"]
+    command = ["bench/end_to_end.py", "--tiny", "--device", "cpu", "--max-new-tokens", "3"]
     command += ["--video-dir", str(tmp_path), "--decoders", "cpu:1", "cpu:3"]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    result = run_bench(*command)
     assert result.returncode == 0, result.stderr
     stages, decoders = markdown_tables(result.stdout.splitlines())
     assert len(stages) == 1

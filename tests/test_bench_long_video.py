@@ -1,12 +1,9 @@
 """The long-video benchmark runs in its tiny CPU mode; its timings and memory are printed, never asserted (rule 19)."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.bench_output import run_bench
+
 FRAME_COUNTS = [16, 64]
 
 
@@ -27,13 +24,7 @@ def test_tiny_cpu_run_prints_one_row_per_frame_count(cache_implementation):
     command = ["bench/long_video.py", "--tiny", "--device", "cpu", "--max-new-tokens", "3"]
     command += ["--cache-implementation", cache_implementation]
     command += ["--frames", frame_counts, "--unstreamed-frames", frame_counts]
-    result = subprocess.run(
-        [sys.executable, *command],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_bench(*command, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert any(line.startswith("- torch ") and "transformers" in line for line in lines)

@@ -2,20 +2,15 @@
 memory are printed, never asserted (rule 19)."""
 
 import subprocess
-import sys
-from pathlib import Path
 
-from tests.bench_output import markdown_tables
+from tests.bench_output import markdown_tables, run_bench
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 FRAME_COUNTS = [5, 16]
 SPLITS = ["auto", "vision=cpu,language=cpu,head=cpu"]
 
 
-def run_bench(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "bench/model_split.py", *arguments], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
-    )
+def run_model_split(*arguments: str) -> subprocess.CompletedProcess:
+    return run_bench("bench/model_split.py", *arguments, timeout=300)
 
 
 def test_tiny_cpu_splits_give_the_one_device_ids_at_every_frame_count(tmp_path):
@@ -23,7 +18,7 @@ def test_tiny_cpu_splits_give_the_one_device_ids_at_every_frame_count(tmp_path):
     arguments += ["--frames", ",".join(str(count) for count in FRAME_COUNTS)]
     for split in SPLITS:
         arguments += ["--split", split]
-    result = run_bench(*arguments)
+    result = run_model_split(*arguments)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert any(line.startswith("- torch ") and "transformers" in line for line in lines)
@@ -46,7 +41,7 @@ def test_tiny_cpu_splits_give_the_one_device_ids_at_every_frame_count(tmp_path):
 
 
 def test_gpu_split_with_cpu_device_is_refused_naming_the_split(tmp_path):
-    result = run_bench("--tiny", "--device", "cpu", "--work-dir", str(tmp_path), "--split", "vision=1,language=0")
+    result = run_model_split("--tiny", "--device", "cpu", "--work-dir", str(tmp_path), "--split", "vision=1,language=0")
     assert result.returncode == 2
     assert "`--split vision=1,language=0` places the model on GPUs" in result.stderr
     assert not any(tmp_path.iterdir())  # refused before anything is built

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vilamp.testing import synthetic_frames, write_video
-from vilamp.cli.demo import build_demo_checkpoint
+from vilamp.testing import build_demo_checkpoint, synthetic_frames, write_video
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VIDEO_SECONDS = 12

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from vilamp.testing import write_synthetic_video
-from vilamp.cli.demo import build_demo_checkpoint
+from vilamp.testing import build_demo_checkpoint, write_synthetic_video
 
 # Three videos of different lengths (3, 5 and 4 frames sampled at 1 fps), each with a question and its options.
 QUESTIONS = (

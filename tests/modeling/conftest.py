@@ -2,11 +2,13 @@ import pytest
 import torch
 
 from vilamp.processing import num_video_tokens
-from vilamp.testing import TINY_SPECIAL_TOKEN_IDS
+from vilamp.testing import TINY_SPECIAL_TOKEN_IDS, build_tiny_model
 from vilamp.testing import tiny_config as build_tiny_config
 
 VIDEO_TOKEN_ID = TINY_SPECIAL_TOKEN_IDS["<video>"]
 PAD_TOKEN_ID = TINY_SPECIAL_TOKEN_IDS["<|endoftext|>"]
+# transformers' default, as in its model tests (`vilamp.testing` widens it for fine-tuning)
+TRANSFORMERS_INITIALIZER_RANGE = 0.02
 
 
 @pytest.fixture
@@ -16,18 +18,18 @@ def tiny_config():
     model tests (`vilamp.testing` widens it for fine-tuning)."""
 
     def build(**overrides):
-        return build_tiny_config(**{"initializer_range": 0.02, **overrides})
+        return build_tiny_config(**{"initializer_range": TRANSFORMERS_INITIALIZER_RANGE, **overrides})
 
     return build
 
 
 @pytest.fixture
-def tiny_model(tiny_config):
-    def build(compile_vision_tower=False, **overrides):
-        from vilamp.modeling_vilamp import ViLaMPForConditionalGeneration
+def tiny_model():
+    """The tiny ViLaMP of `vilamp.testing` (seed 0) with the config of `tiny_config`, in evaluation mode."""
 
-        torch.manual_seed(0)
-        return ViLaMPForConditionalGeneration(tiny_config(**overrides), compile_vision_tower=compile_vision_tower).eval()
+    def build(compile_vision_tower=False, **overrides):
+        overrides = {"initializer_range": TRANSFORMERS_INITIALIZER_RANGE, **overrides}
+        return build_tiny_model(0, compile_vision_tower=compile_vision_tower, **overrides).eval()
 
     return build
 

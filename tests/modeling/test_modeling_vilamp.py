@@ -330,7 +330,7 @@ def test_a_chunk_cut_short_by_free_memory_is_announced(tiny_model, video_inputs,
         model.get_video_features(*video_args)
     assert "Vision chunks of" not in captured.out
     # a device with room for the activations of a few of the tiny model's frames (26 KiB each, twice over)
-    monkeypatch.setattr("modeling_vilamp.modeling_vilamp.free_memory_bytes", lambda device: 300_000)
+    monkeypatch.setattr("vilamp.modeling_vilamp.modeling_vilamp.free_memory_bytes", lambda device: 300_000)
     with torch.no_grad(), CaptureLogger(logger) as captured:
         model.get_video_features(*video_args)
     assert "Vision chunks of 5 frames instead of 32" in captured.out

@@ -306,15 +306,3 @@ def test_converted_config_takes_head_counts_from_clip_config(reference_dir):
     _, model_config = convert_clip_to_open_clip(state_dict, clip_config)
     assert model_config["vision_cfg"]["head_width"] == 8
     assert model_config["text_cfg"]["heads"] == 1
-
-
-def test_bench_script_runs_in_tiny_mode(capsys):
-    import importlib.util
-    from pathlib import Path
-
-    bench_path = Path(__file__).resolve().parents[2] / "bench" / "keyframe_selection.py"
-    spec = importlib.util.spec_from_file_location("bench_keyframe_selection", bench_path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    bench.main(["--tiny"])
-    assert "| DKS (CLIP image + text, selection) on the video |" in capsys.readouterr().out

@@ -326,9 +326,7 @@ def run_keyframes(args) -> int:
 
 def run_demo(args) -> int:
     quiet_transformers()
-    from vilamp.testing import synthetic_frames, write_video
-
-    from .demo import build_demo_checkpoint
+    from vilamp.testing import build_demo_checkpoint, synthetic_frames, write_video
 
     if args.out_dir is None:
         work_dir = Path(tempfile.mkdtemp(prefix="vilamp-demo-"))

@@ -1,8 +1,8 @@
 """Streaming video decoding with PyAV and the frame sampling of the original evaluation.
 
-PyAV was chosen over torchcodec by measurement (bench/keyframe_selection.py and the issue note): torchcodec decoded a
-2-minute 640x360 video at 1 fps somewhat faster, but it only loads next to system FFmpeg shared libraries, while the
-PyAV wheels bundle FFmpeg and install with pip alone.
+PyAV was chosen over torchcodec by measurement (bench/keyframe_selection_speed.py and the issue note): torchcodec
+decoded a 2-minute 640x360 video at 1 fps somewhat faster, but it only loads next to system FFmpeg shared libraries,
+while the PyAV wheels bundle FFmpeg and install with pip alone.
 """
 
 import os

@@ -1,24 +1,16 @@
 """The frame-parallel benchmark runs under `torchrun` in its tiny CPU (gloo) mode; its timings are printed, never
 asserted (rule 19)."""
 
-import subprocess
-import sys
-from pathlib import Path
+from tests.bench_output import markdown_tables, run_bench
 
-from tests.bench_output import markdown_tables
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 FRAME_COUNTS = [2, 16]
 
 
 def test_tiny_gloo_run_gives_one_rank_tokens_for_each_frame_count():
     frame_counts = ",".join(str(count) for count in FRAME_COUNTS)
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3"]
-        + ["bench/frame_parallel.py", "--tiny", "--device", "cpu", "--dtype", "float32", "--frames", frame_counts],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
+    result = run_bench(
+        *["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3"],
+        *["bench/frame_parallel_encoding.py", "--tiny", "--device", "cpu", "--dtype", "float32", "--frames", frame_counts],
         timeout=300,
     )
     assert result.returncode == 0, result.stderr

@@ -3,9 +3,9 @@
 Builds a synthetic video with PyAV in a temporary directory and a randomly initialised open_clip ViT-B-32 (no
 download), then prints a markdown table. Without PyAV (e.g. on a GPU machine without it) the decode rows are skipped.
 
-    python bench/keyframe_selection.py --device cpu
-    python bench/keyframe_selection.py --device cuda --minutes 0 --dks-frames 600 10000 100000
-    python bench/keyframe_selection.py --tiny
+    python bench/keyframe_selection_speed.py --device cpu
+    python bench/keyframe_selection_speed.py --device cuda --minutes 0 --dks-frames 600 10000 100000
+    python bench/keyframe_selection_speed.py --tiny
 """
 
 import argparse
@@ -13,26 +13,27 @@ import importlib.util
 import shlex
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import transformers
+from bench_utils import (
+    VIT_B_32_CONFIG,
+    device_name,
+    markdown_row,
+    peak_memory_gib,
+    print_table_start,
+    reset_peak_memory,
+    timed,
+    write_gradient_video,
+)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vilamp.processing.keyframe_selection import KeyframeSelector, clip_resize_and_crop, select_keyframes
+from vilamp.processing.video_decoding import decode_video
+from vilamp.processing.video_processing_vilamp import ViLaMPVideoProcessor
+from vilamp.testing import TINY_KEYFRAME_SELECTOR_CONFIG
 
-from vilamp.processing.keyframe_selection import KeyframeSelector, clip_resize_and_crop, select_keyframes  # noqa: E402
-from vilamp.processing.video_decoding import decode_video  # noqa: E402
-from vilamp.processing.video_processing_vilamp import ViLaMPVideoProcessor  # noqa: E402
-from vilamp.testing import TINY_KEYFRAME_SELECTOR_CONFIG, write_video  # noqa: E402
-
-VIT_B_32_CONFIG = {
-    "embed_dim": 512,
-    "quick_gelu": True,
-    "vision_cfg": {"image_size": 224, "patch_size": 32, "width": 768, "layers": 12, "head_width": 64, "mlp_ratio": 4.0},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12, "mlp_ratio": 4.0},
-}
+COLUMNS = ["stage", "frames", "seconds", "frames/s", "note", "peak CUDA GiB"]
 
 
 def parse_args(argv=None):
@@ -55,48 +56,16 @@ def parse_args(argv=None):
     return args
 
 
-def gradient_frames(seconds: float, fps: int, width: int, height: int):
-    """RGB uint8 frames `(height, width, 3)` of moving gradients with a scene change every 10 s, one at a time."""
-    rows, columns = np.mgrid[0:height, 0:width]
-    for frame_index in range(int(seconds * fps)):
-        pixels = np.empty((height, width, 3), dtype=np.uint8)
-        pixels[..., 0] = (columns + 3 * frame_index) % 256
-        pixels[..., 1] = (rows + frame_index) % 256
-        pixels[..., 2] = (frame_index // (10 * fps)) * 40 % 256
-        yield pixels
-
-
-def write_synthetic_video(path: Path, seconds: float, fps: int, width: int, height: int) -> Path:
-    """An H.264 video (MPEG-4 Part 2 where libx264 is missing) of `gradient_frames`."""
-    import av
-
-    try:
-        av.codec.Codec("libx264", "w")
-    except (av.error.FFmpegError, ValueError):
-        return write_video(path, gradient_frames(seconds, fps, width, height), fps=fps)
-    frames = gradient_frames(seconds, fps, width, height)
-    return write_video(path, frames, fps=fps, codec="libx264", options={"preset": "ultrafast"})
-
-
-def synchronize(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(device: torch.device, function, repeats: int = 1):
-    """Best wall time of `repeats` runs of `function` (after a warm-up) and the peak CUDA memory in GiB."""
+def best_of(device: torch.device, function, repeats: int = 1):
+    """Best wall time of `repeats` runs of `function` (after a warm-up), the peak CUDA memory in GiB (`None` on the
+    CPU) and the last run's result."""
     function()
+    reset_peak_memory(device)
     best = float("inf")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        result = function()
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return best, peak, result
+        result, seconds = timed(device, function)
+        best = min(best, seconds)
+    return best, peak_memory_gib(device), result
 
 
 def main(argv=None):
@@ -114,10 +83,10 @@ def main(argv=None):
     has_av = importlib.util.find_spec("av") is not None
     if args.minutes > 0 and has_av:
         with tempfile.TemporaryDirectory() as directory:
-            path = write_synthetic_video(
+            path = write_gradient_video(
                 Path(directory) / "synthetic.mp4", args.minutes * 60, args.video_fps, args.width, args.height
             )
-            seconds, _, decoded = timed(device, lambda: decode_video(path, max_frames=args.max_frames))
+            seconds, _, decoded = best_of(device, lambda: decode_video(path, max_frames=args.max_frames))
             num_sampled = len(decoded.frames)
             total = decoded.metadata.total_num_frames
             rows.append(("decode + 1 fps sampling (PyAV)", num_sampled, seconds, f"{total / seconds:.0f} video frames/s", None))
@@ -129,7 +98,7 @@ def main(argv=None):
                     frame_transform=lambda image: (video_processor.resize_frame(image), clip_resize_and_crop(image)),
                 )
 
-            seconds, _, resized = timed(device, decode_and_resize)
+            seconds, _, resized = best_of(device, decode_and_resize)
             rows.append(("decode + sampling + SigLIP/CLIP resize", num_sampled, seconds, "", None))
             clip_frames = torch.stack([clip_frame for _, clip_frame in resized.frames])
             query = "What happens after the scene change?"
@@ -144,7 +113,7 @@ def main(argv=None):
                     similarity_threshold=0.85,
                 )
 
-            seconds, peak, _ = timed(device, dks_on_video)
+            seconds, peak, _ = best_of(device, dks_on_video)
             rows.append(("DKS (CLIP image + text, selection) on the video", num_sampled, seconds, "", peak))
 
     for num_frames in args.dks_frames:
@@ -160,7 +129,7 @@ def main(argv=None):
                 similarity_threshold=0.85,
             )
 
-        seconds, peak, _ = timed(device, dks_on_random_frames)
+        seconds, peak, _ = best_of(device, dks_on_random_frames)
         rows.append(("DKS (CLIP image + text, selection), random frames", num_frames, seconds, "", peak))
 
     for num_frames in (600, 10_000, 100_000):
@@ -176,23 +145,21 @@ def main(argv=None):
                 similarity_threshold=0.85,
             )
 
-        seconds, peak, _ = timed(device, selection_only, repeats=3)
+        seconds, peak, _ = best_of(device, selection_only, repeats=3)
         rows.append(("selection only (greedy + fill), random embeddings", num_frames, seconds, "", peak))
 
-    command = "python " + " ".join(shlex.quote(part) for part in ["bench/keyframe_selection.py", *sys.argv[1:]])
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {device_name}; dtype: float32; torch {torch.__version__}; transformers {transformers.__version__}")
+    command = shlex.join(["python", "bench/keyframe_selection_speed.py", *sys.argv[1:]])
+    device_text = device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {device_text}; dtype: float32; torch {torch.__version__}; transformers {transformers.__version__}")
     print(f"CLIP: {'tiny' if args.tiny else 'ViT-B-32'} (random weights); K = {args.num_keyframes}; command: `{command}`")
     if not has_av:
         print("PyAV is not installed: the decode rows are skipped.")
     elif args.minutes > 0:
         print(f"video: {args.minutes:g} min, {args.video_fps} fps, {args.width}x{args.height}, max_frames {args.max_frames}")
-    print()
-    print("| stage | frames | seconds | frames/s | note | peak CUDA GiB |")
-    print("| --- | ---: | ---: | ---: | --- | ---: |")
+    print_table_start(COLUMNS)
     for stage, num_frames, seconds, note, peak in rows:
-        peak_text = "" if peak is None or np.isnan(peak) else f"{peak:.2f}"
-        print(f"| {stage} | {num_frames} | {seconds:.3f} | {num_frames / seconds:.0f} | {note} | {peak_text} |")
+        peak_text = "" if peak is None else f"{peak:.2f}"
+        print(markdown_row([stage, num_frames, f"{seconds:.3f}", f"{num_frames / seconds:.0f}", note, peak_text]))
 
 
 if __name__ == "__main__":
