@@ -22,9 +22,9 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vilamp.processing.keyframe_selection import KeyframeSelector, clip_resize_and_crop, select_keyframes  # noqa: E402
+from vilamp.processing.keyframe_selection import KeyframeSelector, select_keyframes  # noqa: E402
 from vilamp.processing.video_decoding import decode_video  # noqa: E402
-from vilamp.processing.video_processing_vilamp import ViLaMPVideoProcessor  # noqa: E402
+from vilamp.processing.video_processing_vilamp import ViLaMPVideoProcessor, clip_resize_and_crop  # noqa: E402
 from vilamp.testing import TINY_KEYFRAME_SELECTOR_CONFIG, write_video  # noqa: E402
 
 VIT_B_32_CONFIG = {

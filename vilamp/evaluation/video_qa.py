@@ -214,9 +214,8 @@ class VideoQuestionAnswerer:
             raise ValueError(f"`decode_workers` must be an integer of at least 0, got {decode_workers!r}.")
         torch_dtype = DTYPES.get(dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         # the keyframe selector is loaded on the host: the decoding workers each get a copy and move it to `device`
-        processor = AutoProcessor.from_pretrained(pretrained_model_name_or_path, device="cpu")
-        if max_frames is not None:
-            processor.max_frames = max_frames
+        settings = {} if max_frames is None else {"max_frames": max_frames}
+        processor = AutoProcessor.from_pretrained(pretrained_model_name_or_path, device="cpu", **settings)
         decoding_workers = DecodingWorkers(processor, device, decode_workers) if decode_workers else None
         # loaded straight onto the device: no copy of the weights in host memory per process
         model_kwargs = {"dtype": torch_dtype, "device_map": str(device)}
