@@ -157,7 +157,8 @@ def test_save_and_load_round_trip_gives_same_outputs(processor, make_video_file,
     messages = video_message(str(make_video_file(num_frames=32)))
     processor.save_pretrained(tmp_path / "processor")
     reloaded = ViLaMPProcessor.from_pretrained(tmp_path / "processor")
-    assert (reloaded.video_processor.num_keyframes, reloaded.keyframe_pooled_size, reloaded.video_processor.max_frames) == (2, 3, 600)
+    video_processor = reloaded.video_processor
+    assert (video_processor.num_keyframes, reloaded.keyframe_pooled_size, video_processor.max_frames) == (2, 3, 600)
     before = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     after = reloaded.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     assert before.keys() == after.keys()

@@ -366,9 +366,7 @@ class KeyframeSelector:
         return self
 
     @torch.inference_mode()
-    def encode_frames(
-        self, clip_frames: torch.Tensor, progress: Callable[[int], None] | None = None
-    ) -> torch.Tensor:
+    def encode_frames(self, clip_frames: torch.Tensor, progress: Callable[[int], None] | None = None) -> torch.Tensor:
         """
         Embeds frames with the CLIP image tower, `frame_batch_size` at a time on the model's device.
 
@@ -386,7 +384,8 @@ class KeyframeSelector:
             )
         frame_embeds = []
         for batch in clip_frames.split(self.frame_batch_size):
-            frame_embeds.append(self.model.encode_image(normalize_clip_pixels(batch.to(self.device)), normalize=False).float())
+            pixel_values = normalize_clip_pixels(batch.to(self.device))
+            frame_embeds.append(self.model.encode_image(pixel_values, normalize=False).float())
             if progress is not None:
                 progress(len(batch))
         return torch.cat(frame_embeds)

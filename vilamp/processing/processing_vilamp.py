@@ -9,11 +9,13 @@ from transformers.utils.chat_template_utils import _get_template_variables, rend
 
 from .keyframe_selection import KeyframeSelection, KeyframeSelector, rank_keyframes, resolve_device
 from .video_processing_vilamp import (
+    LEGACY_VIDEO_SETTINGS,
     LoadedVideo,
     ProgressCallback,
     ViLaMPVideoProcessor,
     ViLaMPVideoProcessorInitKwargs,
     flatten_videos,
+    video_processor_with,
 )
 
 CHAT_TEMPLATE_PATH = Path(__file__).with_name("chat_template.jinja")
@@ -23,17 +25,6 @@ IGNORE_INDEX = -100
 
 # `cached_file` arguments of `from_pretrained` that the keyframe selector files are fetched with as well.
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
-
-# Settings that processors saved before the video processor became an attribute kept flat in processor_config.json;
-# `ViLaMPProcessor(...)` still takes them and hands them to its video processor (`frame_size` becomes its `size`).
-LEGACY_VIDEO_SETTINGS = (
-    "num_keyframes",
-    "keyframe_relevance_threshold",
-    "keyframe_similarity_threshold",
-    "fps",
-    "max_frames",
-    "frame_size",
-)
 
 
 class ViLaMPProcessorKwargs(ProcessingKwargs, total=False):
@@ -53,37 +44,22 @@ def num_video_tokens(num_frames: int, num_keyframes: int, keyframe_pooled_size: 
 
 class ViLaMPProcessor(ProcessorMixin):
     r"""
-    Constructs a ViLaMP processor from a Qwen2 tokenizer, a [`ViLaMPVideoProcessor`] and a [`KeyframeSelector`]: the
-    video processor opens, samples and resizes each video (for SigLIP and for the keyframe selector's CLIP), the
-    keyframe selector runs the differential keyframe selection (DKS) against the question, and each `<video>`
-    placeholder of the prompt is expanded to the number of tokens the model produces for that video.
-
-    `__call__` runs three public stages, the one path from a video to model inputs; call them one by one for progress
-    callbacks or for what each stage decided: `load_video` (a [`LoadedVideo`]), `select_keyframes` (a
-    [`KeyframeSelection`]) and `build_inputs` (placeholder expansion and tokenization, the [`BatchFeature`]).
-
-    The sampling and keyframe settings (`fps`, `max_frames`, `num_keyframes`, `keyframe_relevance_threshold`,
-    `keyframe_similarity_threshold`, ...) belong to the video processor (`processor.video_processor.fps`), are saved
-    with it, and can be overridden per call, flat or in `videos_kwargs`.
+    Constructs a ViLaMP processor from a Qwen2 tokenizer, a [`ViLaMPVideoProcessor`] (decoding, sampling, both resizes,
+    and the sampling and keyframe settings, saved with it and overridable per call: `processor.video_processor.fps`)
+    and a [`KeyframeSelector`] (DKS against the question). `__call__` runs three public stages, which can also be
+    called one by one: `load_video`, `select_keyframes` and `build_inputs` (each `<video>` expanded to the tokens the
+    model produces for that video, then tokenized).
 
     Args:
-        tokenizer (`PreTrainedTokenizerBase`):
-            The Qwen2 tokenizer; it must know the `video_token` as one token.
-        video_processor ([`ViLaMPVideoProcessor`], *optional*):
-            Opens, samples and resizes the videos and holds the keyframe settings; defaults to one built from
-            `video_settings`.
-        chat_template (`str`, *optional*):
-            The Jinja chat template; defaults to the `qwen_1_5` template of the original (`chat_template.jinja`).
-        video_token (`str`, *optional*, defaults to `"<video>"`):
-            The video placeholder; its id must equal the model config's `video_token_index`.
-        keyframe_pooled_size (`int`, *optional*, defaults to 14):
-            Side of the pooled grid of a keyframe; a keyframe takes `keyframe_pooled_size**2` tokens.
-        keyframe_selector ([`KeyframeSelector`], *optional*):
-            The open_clip model of the keyframe selection; `from_pretrained` loads it from
+        tokenizer (`PreTrainedTokenizerBase`): the Qwen2 tokenizer; it must know the `video_token` as one token.
+        video_processor ([`ViLaMPVideoProcessor`], *optional*): defaults to one built from `video_settings`.
+        chat_template (`str`, *optional*): defaults to the original's `qwen_1_5` template (`chat_template.jinja`).
+        video_token (`str`, *optional*, defaults to `"<video>"`): its id must equal the config's `video_token_index`.
+        keyframe_pooled_size (`int`, *optional*, defaults to 14): a keyframe takes `keyframe_pooled_size**2` tokens.
+        keyframe_selector ([`KeyframeSelector`], *optional*): `from_pretrained` loads it from
             `keyframe_selector.safetensors` and `keyframe_selector_config.json`.
-        video_settings (*optional*):
-            The flat settings of processors saved before the video processor was one (`LEGACY_VIDEO_SETTINGS`;
-            `frame_size` is the side of the SigLIP frames): they build the video processor, or override its settings.
+        video_settings (*optional*): the flat settings of processors saved before the video processor was one
+            (`LEGACY_VIDEO_SETTINGS`); they build the video processor or override its settings.
     """
 
     valid_processor_kwargs = ViLaMPProcessorKwargs
@@ -117,27 +93,8 @@ class ViLaMPProcessor(ProcessorMixin):
         self.keyframe_selector = keyframe_selector
         if chat_template is None:
             chat_template = CHAT_TEMPLATE_PATH.read_text(encoding="utf-8")
-        video_processor = self._video_processor_with(video_processor, video_settings)
+        video_processor = video_processor_with(video_processor, video_settings)
         super().__init__(tokenizer, video_processor, chat_template=chat_template)
-
-    @staticmethod
-    def _video_processor_with(video_processor, video_settings: dict) -> ViLaMPVideoProcessor:
-        """The video processor with the flat `video_settings` applied (a new one when none is given)."""
-        unknown = set(video_settings) - set(LEGACY_VIDEO_SETTINGS)
-        if unknown:
-            raise TypeError(
-                f"ViLaMPProcessor got unexpected arguments {sorted(unknown)}; the settings it takes besides its "
-                f"components are {sorted(LEGACY_VIDEO_SETTINGS)}."
-            )
-        settings = {name: value for name, value in video_settings.items() if value is not None}
-        if "frame_size" in settings:
-            frame_size = settings.pop("frame_size")
-            if not isinstance(frame_size, int) or frame_size < 1:
-                raise ValueError(f"`frame_size` must be an integer of at least 1, got {frame_size!r}.")
-            settings["size"] = {"height": frame_size, "width": frame_size}
-        if video_processor is None:
-            return ViLaMPVideoProcessor(**settings)
-        return ViLaMPVideoProcessor(**{**video_processor.to_dict(), **settings}) if settings else video_processor
 
     @property
     def model_input_names(self) -> list[str]:
@@ -148,37 +105,25 @@ class ViLaMPProcessor(ProcessorMixin):
         Prepares prompts and their videos for the model: `load_video`, `select_keyframes` and `build_inputs`.
 
         Args:
-            text (`str` or `list[str]`):
-                The prompts, chat template already applied, with one `<video>` placeholder per video. Plain questions
+            text (`str` or `list[str]`): the prompts, chat template applied, one `<video>` per video; plain questions
                 without placeholders, one per video, are put into the chat template first (`question_prompt`).
-            videos (*optional*):
-                One video or a list of videos (or of per-prompt lists), in placeholder order. A video is a file path,
-                a uint8 array or tensor of shape `(num_frames, height, width, 3)` or `(num_frames, 3, height, width)`,
-                or a list of PIL images; given frames are taken as sampled at `fps` (only `max_frames` applies to them).
-            query (`str` or `list[str]`, *optional*):
-                The question each video's frames are ranked against, one for all videos or one per video. Defaults to
-                the video's prompt without the placeholder; `apply_chat_template` passes the user's text.
-            kwargs ([`ViLaMPProcessorKwargs`]):
-                Flat or in `text_kwargs` / `videos_kwargs`. Video kwargs: `fps`, `max_frames`, `num_keyframes`,
-                `keyframe_relevance_threshold`, `keyframe_similarity_threshold`, `do_sample_frames`, `size`,
-                `do_rescale`, ... (they default to the video processor's settings, which they leave unchanged) and
-                `device`, where the keyframe selector runs (it is moved there; outputs stay on the CPU). Tokenizer
-                kwargs: `padding` (defaults to `True`), `padding_side` (defaults to `"left"`, for batched
-                generation), `truncation`, `max_length`, ... `return_tensors` must be `"pt"`. Any other key is an error.
+            videos (*optional*): one video or a list of videos (or of per-prompt lists), in placeholder order: file
+                paths, uint8 arrays or tensors of shape `(num_frames, height, width, 3)` or
+                `(num_frames, 3, height, width)`, or lists of PIL images (taken as sampled at `fps`).
+            query (`str` or `list[str]`, *optional*): the question each video's frames are ranked against, one for
+                all or one per video; defaults to the video's prompt without the placeholder.
+            kwargs ([`ViLaMPProcessorKwargs`]): flat or in `text_kwargs` / `videos_kwargs`. Video kwargs override the
+                video processor's settings for this call, and `device` moves the keyframe selector; tokenizer kwargs
+                default to `padding=True, padding_side="left"`; `return_tensors` must be `"pt"`; any other key is an
+                error.
 
         Returns:
-            [`BatchFeature`] with:
-            - **input_ids**, **attention_mask** (`torch.LongTensor` of shape `(batch_size, sequence_length)`): each
-              `<video>` repeated `num_video_tokens(num_frames, min(num_keyframes, num_frames), keyframe_pooled_size)`
-              times.
-            - **pixel_values_videos** (`torch.ByteTensor` of shape `(total_frames, 3, frame_size, frame_size)`): the
-              frames of all videos, concatenated in order; the model normalises them as `(x / 255 - 0.5) / 0.5`.
-            - **video_frame_counts** (`torch.LongTensor` of shape `(num_videos,)`).
-            - **keyframe_mask** (`torch.BoolTensor` of shape `(total_frames,)`): `min(num_keyframes, num_frames)`
-              keyframes per video.
-            - **query_embeds** (`torch.FloatTensor` of shape `(num_videos, embed_dim)`): the unnormalised CLIP text
-              embedding of each video's question (the DFM query).
-            The video entries are left out when no prompt has a video.
+            [`BatchFeature`] with **input_ids** and **attention_mask** (`(batch_size, sequence_length)`, each `<video>`
+            repeated `num_video_tokens(...)` times), **pixel_values_videos** (uint8 `(total_frames, 3, height, width)`,
+            all videos concatenated; the model normalises them), **video_frame_counts** (`(num_videos,)`),
+            **keyframe_mask** (bool `(total_frames,)`, `min(num_keyframes, num_frames)` per video) and **query_embeds**
+            (`(num_videos, embed_dim)`, the unnormalised CLIP text embedding of each question); the video entries are
+            left out when no prompt has a video.
         """
         output_kwargs = self._merge_call_kwargs(kwargs)
         videos_kwargs = output_kwargs["videos_kwargs"]
@@ -218,7 +163,9 @@ class ViLaMPProcessor(ProcessorMixin):
                 f"takes these keyword arguments, flat or in {', '.join(f'`{name}`' for name in modality_kwargs)}: "
                 f"{sorted(accepted)}."
             )
-        output_kwargs = self._merge_kwargs(ViLaMPProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
+        output_kwargs = self._merge_kwargs(
+            ViLaMPProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
+        )
         text_kwargs = output_kwargs["text_kwargs"]
         if {**kwargs, **kwargs.get("text_kwargs", {}), **kwargs.get("common_kwargs", {})}.get("padding_side") is None:
             text_kwargs["padding_side"] = "left"
@@ -257,7 +204,11 @@ class ViLaMPProcessor(ProcessorMixin):
     def _video_queries(self, texts: list[str], num_videos: int, query) -> list[str]:
         """The question of each video: `query` (one for all or one per video), or the video's prompt text."""
         if query is None:
-            query = [prompt.replace(self.video_token, "").strip() for prompt in texts for _ in range(prompt.count(self.video_token))]
+            query = [
+                prompt.replace(self.video_token, "").strip()
+                for prompt in texts
+                for _ in range(prompt.count(self.video_token))
+            ]
         queries = [query] * num_videos if isinstance(query, str) else query
         if not isinstance(queries, (list, tuple)) or len(queries) != num_videos:
             raise ValueError(
@@ -284,19 +235,8 @@ class ViLaMPProcessor(ProcessorMixin):
 
     def load_video(self, video, *, progress: ProgressCallback | None = None, **videos_kwargs) -> LoadedVideo:
         """
-        The first stage of `__call__`: the video processor's `load_video`, with CLIP frames of the keyframe selector's
-        image size.
-
-        Args:
-            video: a file path, a uint8 array or tensor of shape `(num_frames, height, width, 3)` or
-                `(num_frames, 3, height, width)`, or a list of PIL images.
-            progress (`Callable[[int], None]`, *optional*): called with 1 as each sampled frame is resized.
-            videos_kwargs: `fps`, `max_frames`, `num_frames`, `do_sample_frames`, `size`, `resample`, `do_rescale`,
-                `do_normalize`, ...; default to the video processor's settings.
-
-        Returns:
-            [`LoadedVideo`]: `siglip_frames` of shape `(num_frames, 3, frame_size, frame_size)`, `clip_frames` of shape
-            `(num_frames, 3, 224, 224)`, `timestamps_seconds` and `metadata`.
+        The first stage of `__call__`: the video processor's `load_video` (see it for `video`, `progress` and the
+        `videos_kwargs`), with CLIP frames of the keyframe selector's image size. Returns a [`LoadedVideo`].
         """
         if videos_kwargs.get("do_resize") is False:
             raise ValueError("`do_resize=False` is not supported: SigLIP takes frames of one size; set `size` instead.")
@@ -319,15 +259,14 @@ class ViLaMPProcessor(ProcessorMixin):
         keyframe selector's device.
 
         Args:
-            clip_frames (`torch.ByteTensor` of shape `(num_frames, 3, 224, 224)`, *optional*): the frames for CLIP
+            clip_frames (`torch.ByteTensor` of shape `(num_frames, 3, 224, 224)`, *optional*): the CLIP frames
                 (`LoadedVideo.clip_frames`).
             query (`str`): the question the frames are ranked against.
             frame_embeds (`torch.FloatTensor` of shape `(num_frames, embed_dim)`, *optional*): CLIP image embeddings
-                (`keyframe_selector.encode_frames(clip_frames)`) to select from instead of `clip_frames`, for frames
-                whose embeddings are already known. Pass exactly one of `clip_frames` and `frame_embeds`.
-            progress (`Callable[[int], None]`, *optional*): called with the size of each batch of frames CLIP embedded.
-            videos_kwargs: `num_keyframes`, `keyframe_relevance_threshold`, `keyframe_similarity_threshold` (default to
-                the video processor's settings) and `device`, where the keyframe selector runs (it is moved there).
+                already known, instead of `clip_frames` (pass exactly one of them).
+            progress (`Callable[[int], None]`, *optional*): called with the size of each batch CLIP embedded.
+            videos_kwargs: `num_keyframes`, `keyframe_relevance_threshold`, `keyframe_similarity_threshold` and
+                `device` (where the keyframe selector runs); default to the video processor's settings.
 
         Returns:
             [`KeyframeSelection`] (on the CPU).
@@ -358,18 +297,14 @@ class ViLaMPProcessor(ProcessorMixin):
         **text_kwargs,
     ) -> BatchFeature:
         """
-        The last stage of `__call__`: expands each `<video>` placeholder to the number of tokens its video takes and
-        tokenizes the prompts.
+        The last stage of `__call__`: expands each `<video>` placeholder to the tokens its video takes and tokenizes.
 
         Args:
-            text (`str` or `list[str]`): the prompts, chat template applied (`question_prompt` for a bare question),
-                with one `<video>` placeholder per video.
-            video_frames (`list[torch.Tensor]`, *optional*): per video in placeholder order, its frames of shape
-                `(num_frames, 3, frame_size, frame_size)` (`LoadedVideo.siglip_frames`).
+            text (`str` or `list[str]`): the prompts, chat template applied, one `<video>` per video.
+            video_frames (`list[torch.Tensor]`, *optional*): per video, `LoadedVideo.siglip_frames`.
             keyframe_selections (`list[KeyframeSelection]`, *optional*): per video, what `select_keyframes` returned.
-            text_kwargs: for the tokenizer (`padding`, `padding_side`, `truncation`, `max_length`, ...; `__call__`
-                passes `padding=True, padding_side="left"` unless told otherwise), and `return_mm_token_type_ids`,
-                `return_text_replacement_offsets`.
+            text_kwargs: for the tokenizer (`__call__` passes `padding=True, padding_side="left"` unless told
+                otherwise), and `return_mm_token_type_ids`, `return_text_replacement_offsets`.
 
         Returns:
             [`BatchFeature`] as `__call__` returns it.
@@ -416,17 +351,8 @@ class ViLaMPProcessor(ProcessorMixin):
         return self.video_token * num_video_tokens(num_frames, num_keyframes, self.keyframe_pooled_size)
 
     def _get_num_multimodal_tokens(self, video_sizes=None, **kwargs) -> MultiModalData:
-        """
-        Number of placeholder tokens of videos of the given sizes, without any pixels.
-
-        Args:
-            video_sizes (`list[list[int]]`, *optional*): `(num_frames, height, width)` per video, `num_frames` counted
-                after sampling.
-            kwargs: `num_keyframes`, as in `__call__`; defaults to the video processor's.
-
-        Returns:
-            `MultiModalData` with `num_video_tokens`, a list with one count per video.
-        """
+        """Placeholder tokens per video of `video_sizes` (`(num_frames, height, width)`, frames counted after sampling)
+        without any pixels, for `num_keyframes` (a kwarg, else the video processor's), as `MultiModalData`."""
         vision_data = {}
         if video_sizes is not None:
             num_keyframes = self.video_processor.call_settings(**kwargs)["num_keyframes"]
@@ -452,30 +378,19 @@ class ViLaMPProcessor(ProcessorMixin):
         **kwargs,
     ):
         """
-        `ProcessorMixin.apply_chat_template` with what ViLaMP needs and transformers lacks: each video's question for
-        the keyframe selection (by default the text of the message that holds it, or `query`), `return_labels` for
-        training, assistant masks that skip the expanded video placeholders under every transformers version (5.17
-        does not shift them), and `chat_template_kwargs`. It renders the template once and tokenizes once.
+        `ProcessorMixin.apply_chat_template` (same arguments) plus what ViLaMP needs and transformers lacks: each
+        video's question for the keyframe selection (the text of the message that holds it, or `query`),
+        `return_labels` for training, assistant masks that skip the expanded placeholders alike under transformers
+        5.17 (which does not shift them) and 5.24, and `chat_template_kwargs`. It renders once and tokenizes once.
 
         Args:
-            conversation (`list[dict]` or `list[list[dict]]`): one conversation or a batch of them. Video blocks are
-                `{"type": "video", "path": ...}` (or `"video"` / `"url"`: a path, an array or a list of images).
             return_assistant_tokens_mask (`bool`, *optional*, defaults to `False`): add `assistant_masks` (needs
-                `tokenize=True` and `return_dict=True`): 1 on the tokens the template marks with `{% generation %}`
-                (each assistant answer and its closing `<|im_end|>`), 0 elsewhere.
-            return_labels (`bool`, *optional*, defaults to `False`): add `labels` for training (needs `tokenize=True`
-                and `return_dict=True`): the ids of the assistant tokens (as in `assistant_masks`), -100 elsewhere.
+                `tokenize=True` and `return_dict=True`): 1 on the tokens the template marks with `{% generation %}`.
+            return_labels (`bool`, *optional*, defaults to `False`): add `labels`: the assistant tokens' ids (as in
+                `assistant_masks`), -100 elsewhere; same needs.
             query (`str` or `list[str]`, *optional*): overrides the questions, as in `__call__`.
             chat_template_kwargs (`dict`, *optional*): variables for the Jinja template.
-            chat_template, add_generation_prompt, continue_final_message, tokenize, return_dict, processor_kwargs:
-                as in `ProcessorMixin.apply_chat_template`.
-            kwargs: template variables when the template uses them, otherwise kwargs for `__call__` (`max_frames`,
-                `num_keyframes`, `padding_side`, ...).
-
-        Returns:
-            The prompt (`str` or `list[str]`), or with `tokenize=True` the `input_ids` or the `BatchFeature` (with
-            **assistant_masks** and **labels**, `torch.LongTensor` of shape `(batch_size, sequence_length)`, when
-            asked).
+            kwargs: template variables when the template uses them, otherwise kwargs for `__call__`.
         """
         with_masks = return_assistant_tokens_mask or return_labels
         if with_masks and not (tokenize and return_dict):
@@ -523,6 +438,12 @@ class ViLaMPProcessor(ProcessorMixin):
             text = " ".join(block["text"] for block in blocks if block.get("type") == "text").strip()
             videos += message_videos
             questions += [text] * len(message_videos)
+        if return_labels and not all(generation_spans):
+            row = [bool(spans) for spans in generation_spans].index(False)
+            raise ValueError(
+                f"Conversation {row} has no assistant message, so nothing to learn; end it with "
+                '`{"role": "assistant", "content": [{"type": "text", "text": answer}]}`.'
+            )
         if with_masks:
             call_kwargs.update(return_offsets_mapping=True, return_text_replacement_offsets=True)
         inputs = self(
@@ -536,12 +457,6 @@ class ViLaMPProcessor(ProcessorMixin):
             if return_assistant_tokens_mask:
                 inputs["assistant_masks"] = assistant_masks.long()
             if return_labels:
-                for row, spans in enumerate(generation_spans):
-                    if not spans:
-                        raise ValueError(
-                            f"Conversation {row} has no assistant message, so nothing to learn; end it with "
-                            '`{"role": "assistant", "content": [{"type": "text", "text": answer}]}`.'
-                        )
                 inputs["labels"] = inputs["input_ids"].masked_fill(~assistant_masks, IGNORE_INDEX)
         return inputs if return_dict else inputs["input_ids"]
 
@@ -555,11 +470,10 @@ class ViLaMPProcessor(ProcessorMixin):
         replacement_offsets = inputs.pop("text_replacement_offsets") or [[] for _ in generation_spans]
         masks = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
         for row, (spans, replacements) in enumerate(zip(generation_spans, replacement_offsets)):
+            # (end of the placeholder, characters it grew by) for each expansion in the row
+            growths = [(item["span"][1], item["new_span"][1] - item["span"][1]) for item in replacements]
             for span in spans:
-                start, end = (
-                    char + sum(item["new_span"][1] - item["span"][1] for item in replacements if item["span"][1] <= char)
-                    for char in span
-                )
+                start, end = (char + sum(growth for stop, growth in growths if stop <= char) for char in span)
                 masks[row] |= (token_starts[row] >= start) & (token_starts[row] < end)
         return masks & inputs["attention_mask"].bool() & (inputs["input_ids"] != self.video_token_id)
 
@@ -598,23 +512,15 @@ class ViLaMPProcessor(ProcessorMixin):
             video_processor_dict = processor_dict["video_processor"]
         else:
             legacy = {name: processor_dict[name] for name in LEGACY_VIDEO_SETTINGS if name in processor_dict}
-            video_processor_dict = cls._video_processor_with(None, legacy).to_dict()
+            video_processor_dict = video_processor_with(None, legacy).to_dict()
         overrides = {name: kwargs[name] for name in ViLaMPVideoProcessor.valid_kwargs.__annotations__ if name in kwargs}
         video_processor = ViLaMPVideoProcessor.from_dict(video_processor_dict, **overrides)
         return [tokenizer, video_processor]
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, device="auto", **kwargs):
-        """
-        Loads the processor and its keyframe selector from a directory or a Hub repository.
-
-        Args:
-            pretrained_model_name_or_path (`str` or `os.PathLike`): the directory or repository.
-            device (`str` or `torch.device`, *optional*, defaults to `"auto"`): where the keyframe selector runs;
-                `"auto"` is the CUDA GPU when torch sees one (where the model runs), else the CPU.
-            kwargs: passed to `ProcessorMixin.from_pretrained`; video settings (`max_frames`, `num_keyframes`, ...)
-                override the saved ones.
-        """
+        """Loads the processor (`ProcessorMixin.from_pretrained`; video settings in `kwargs` override the saved ones)
+        and its keyframe selector on `device` (`"auto"`: the CUDA GPU when torch sees one, else the CPU)."""
         processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         hub_kwargs = {name: kwargs[name] for name in HUB_KWARGS if name in kwargs}
         processor.keyframe_selector = KeyframeSelector.from_pretrained(

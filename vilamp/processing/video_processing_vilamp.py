@@ -128,7 +128,7 @@ def is_single_video(video) -> bool:
         return True
     if isinstance(video, (np.ndarray, torch.Tensor)):
         return video.ndim == 4
-    return isinstance(video, (list, tuple)) and len(video) > 0 and all(isinstance(frame, Image.Image) for frame in video)
+    return isinstance(video, (list, tuple)) and len(video) > 0 and all(isinstance(item, Image.Image) for item in video)
 
 
 def flatten_videos(videos) -> list:
@@ -171,14 +171,14 @@ def clip_resize_and_crop(image: Image.Image, size: int = 224) -> torch.Tensor:
 @dataclass
 class LoadedVideo:
     """
-    One video as `ViLaMPVideoProcessor.load_video` returns it: its sampled frames resized for SigLIP and, when asked, for
-    the keyframe selector's CLIP.
+    One video as `ViLaMPVideoProcessor.load_video` returns it: its sampled frames resized for SigLIP and, when asked,
+    for the keyframe selector's CLIP.
 
     Args:
         siglip_frames (`torch.ByteTensor` of shape `(num_frames, 3, height, width)`): the frames for the model (its
             `pixel_values_videos`); uint8 unless a rescale or normalisation was asked.
-        clip_frames (`torch.ByteTensor` of shape `(num_frames, 3, image_size, image_size)` or `None`): the frames for the
-            keyframe selector, resized and centre-cropped as `CLIPImageProcessor` does; `None` without
+        clip_frames (`torch.ByteTensor` of shape `(num_frames, 3, image_size, image_size)` or `None`): the frames for
+            the keyframe selector, resized and centre-cropped as `CLIPImageProcessor` does; `None` without
             `keyframe_image_size`.
         timestamps_seconds (`list[float]`): the presentation time of each sampled frame.
         metadata (`VideoMetadata`): `total_num_frames`, `fps`, `frames_indices` (the frame numbers kept) and, for a
@@ -193,10 +193,10 @@ class LoadedVideo:
 
 class ViLaMPVideoProcessor(BaseVideoProcessor):
     r"""
-    Opens, samples and decodes each video at `fps` frames per second (at most `max_frames`) and resizes every kept frame
-    as it is read, for the SigLIP tower with PIL bicubic (uint8) and, when asked, for the keyframe selector's CLIP. It
-    also holds the keyframe settings of the processor's keyframe selection, so they are saved with it and can be
-    overridden per call as video kwargs.
+    Opens, samples and decodes each video at `fps` frames per second (at most `max_frames`) and resizes every kept
+    frame as it is read, for the SigLIP tower with PIL bicubic (uint8) and, when asked, for the keyframe selector's
+    CLIP. It also holds the keyframe settings of the processor's keyframe selection, so they are saved with it and can
+    be overridden per call as video kwargs.
 
     Args:
         size (`dict[str, int]`, *optional*, defaults to `{"height": 384, "width": 384}`):
@@ -318,7 +318,9 @@ class ViLaMPVideoProcessor(BaseVideoProcessor):
             fps, max_frames = float("inf"), settings["num_frames"]
         else:
             fps = settings["fps"]
-        resize = partial(self._resize_for_both, settings=settings, keyframe_image_size=keyframe_image_size, progress=progress)
+        resize = partial(
+            self._resize_for_both, settings=settings, keyframe_image_size=keyframe_image_size, progress=progress
+        )
         if isinstance(video, (str, os.PathLike)):
             decoded_video = decode_video(
                 video,
@@ -344,10 +346,8 @@ class ViLaMPVideoProcessor(BaseVideoProcessor):
     ) -> DecodedVideo:
         """Keeps the frames `sample_frame_indices` picks from frames given as sampled at `given_fps`."""
         frame_indices = sample_frame_indices(len(frames), given_fps, fps=fps, max_frames=max_frames)
-        kept = [
-            frame_transform(frames[index] if isinstance(frames[index], Image.Image) else Image.fromarray(frames[index]))
-            for index in frame_indices
-        ]
+        images = [frames[index] for index in frame_indices]
+        kept = [frame_transform(item if isinstance(item, Image.Image) else Image.fromarray(item)) for item in images]
         metadata = VideoMetadata(total_num_frames=len(frames), fps=given_fps, frames_indices=frame_indices.tolist())
         return DecodedVideo(frames=kept, timestamps_seconds=(frame_indices / given_fps).tolist(), metadata=metadata)
 
@@ -397,7 +397,40 @@ class ViLaMPVideoProcessor(BaseVideoProcessor):
         return BatchFeature(data=data, tensor_type=return_tensors)
 
 
+
+# Settings that processors saved before the video processor became an attribute kept flat in processor_config.json;
+# `ViLaMPProcessor(...)` still takes them and hands them to its video processor (`frame_size` becomes its `size`).
+LEGACY_VIDEO_SETTINGS = (
+    "num_keyframes",
+    "keyframe_relevance_threshold",
+    "keyframe_similarity_threshold",
+    "fps",
+    "max_frames",
+    "frame_size",
+)
+
+
+def video_processor_with(video_processor: ViLaMPVideoProcessor | None, legacy_settings: dict) -> ViLaMPVideoProcessor:
+    """The video processor with flat `LEGACY_VIDEO_SETTINGS` applied (a new one when none is given)."""
+    unknown = set(legacy_settings) - set(LEGACY_VIDEO_SETTINGS)
+    if unknown:
+        raise TypeError(
+            f"ViLaMPProcessor got unexpected arguments {sorted(unknown)}; the settings it takes besides its "
+            f"components are {sorted(LEGACY_VIDEO_SETTINGS)}."
+        )
+    settings = {name: value for name, value in legacy_settings.items() if value is not None}
+    if "frame_size" in settings:
+        frame_size = settings.pop("frame_size")
+        if not isinstance(frame_size, int) or frame_size < 1:
+            raise ValueError(f"`frame_size` must be an integer of at least 1, got {frame_size!r}.")
+        settings["size"] = {"height": frame_size, "width": frame_size}
+    if video_processor is None:
+        return ViLaMPVideoProcessor(**settings)
+    return ViLaMPVideoProcessor(**{**video_processor.to_dict(), **settings}) if settings else video_processor
+
+
 __all__ = [
+    "LEGACY_VIDEO_SETTINGS",
     "LoadedVideo",
     "ProgressCallback",
     "ViLaMPVideoProcessor",
@@ -405,5 +438,6 @@ __all__ = [
     "check_video_settings",
     "clip_resize_and_crop",
     "flatten_videos",
+    "video_processor_with",
     "video_to_frames",
 ]
