@@ -481,3 +481,19 @@ def test_asking_for_a_gpu_that_torch_does_not_see_is_an_error(processor, tmp_pat
     processor.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="`device` 'cuda' asks for a GPU, but torch sees none"):
         ViLaMPProcessor.from_pretrained(tmp_path, device="cuda")
+
+
+def test_video_processor_makes_both_frame_sizes_in_one_pass_and_clip_frames_only_when_asked(processor, make_video_file):
+    video = make_video_file(num_frames=40, fps=8, width=64, height=48)
+    both = processor.video_processor.load_video(video, keyframe_image_size=224)
+    siglip_only = processor.video_processor.load_video(video)
+    assert both.clip_frames.shape == (5, 3, 224, 224) and siglip_only.clip_frames is None
+    assert torch.equal(both.siglip_frames, siglip_only.siglip_frames)
+    assert torch.equal(both.siglip_frames, processor.video_processor(str(video))["pixel_values_videos"])
+    assert torch.equal(both.clip_frames, processor.load_video(video).clip_frames)
+
+
+def test_processor_without_keyframe_selector_fails_before_decoding(tiny_tokenizer, tmp_path):
+    processor = ViLaMPProcessor(tokenizer=tiny_tokenizer)
+    with pytest.raises(ValueError, match="^This processor has no `keyframe_selector`"):
+        processor(text="<video>\nWhat?", videos=str(tmp_path / "never_opened.mp4"))

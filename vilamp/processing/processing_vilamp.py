@@ -133,6 +133,8 @@ class ViLaMPProcessor(ProcessorMixin):
             texts = [self.question_prompt(question) for question in texts]
         # checked before any decoding, so a mismatch costs no video; `build_inputs` checks its own arguments
         self._check_video_placeholders(texts, len(videos))
+        if videos:
+            self._require_keyframe_selector()
         video_frames, keyframe_selections = [], []
         for video_index, (video, video_query) in enumerate(zip(videos, self._video_queries(texts, len(videos), query))):
             try:
