@@ -258,7 +258,7 @@ def same_frames_as_original(path: Path, args: Namespace, processor: ViLaMPProces
     if result is None:
         return None, "no OpenCV"
     seconds, frame_indices, digests = result
-    ours = decode_video(path, fps=processor.fps, max_frames=args.max_frames, frame_transform=frame_digest)
+    ours = decode_video(path, fps=processor.video_processor.fps, max_frames=args.max_frames, frame_transform=frame_digest)
     same_indices = ours.metadata.frames_indices == frame_indices
     same_pixels = ours.frames == digests
     return seconds, f"numbers {'yes' if same_indices else 'NO'}, pixels {'yes' if same_pixels else 'NO'}"
@@ -279,7 +279,7 @@ def measure(path: Path, model, processor: ViLaMPProcessor, args: Namespace) -> l
     gpu_peak = peak_memory_gib(device)
     host_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
-    decoded, decode_seconds = timed(device, decode_video, path, fps=processor.fps, max_frames=args.max_frames)
+    decoded, decode_seconds = timed(device, decode_video, path, fps=processor.video_processor.fps, max_frames=args.max_frames)
     loaded, load_seconds = timed(device, processor.load_video, str(path))
     assert loaded.metadata.frames_indices == decoded.metadata.frames_indices
     selection, clip_seconds = timed(device, processor.select_keyframes, loaded.clip_frames, QUESTION)

@@ -28,9 +28,9 @@ from bench_utils import (
     write_gradient_video,
 )
 
-from vilamp.processing.keyframe_selection import KeyframeSelector, clip_resize_and_crop, select_keyframes
+from vilamp.processing.keyframe_selection import KeyframeSelector, select_keyframes
 from vilamp.processing.video_decoding import decode_video
-from vilamp.processing.video_processing_vilamp import ViLaMPVideoProcessor
+from vilamp.processing.video_processing_vilamp import ViLaMPVideoProcessor, clip_resize_and_crop
 from vilamp.testing import TINY_KEYFRAME_SELECTOR_CONFIG
 
 COLUMNS = ["stage", "frames", "seconds", "frames/s", "note", "peak CUDA GiB"]

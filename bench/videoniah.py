@@ -164,7 +164,7 @@ def load_frames(processor, source, *, max_frames: int) -> tuple[torch.Tensor, to
 
 
 def load_needle(processor, name: str, source, spec: dict) -> Needle:
-    siglip_frames, frame_embeds = load_frames(processor, source, max_frames=processor.max_frames)
+    siglip_frames, frame_embeds = load_frames(processor, source, max_frames=processor.video_processor.max_frames)
     return Needle(
         name=name,
         siglip_frames=siglip_frames,
@@ -356,7 +356,7 @@ def main(argv=None) -> int:
                         )
     grid = accuracy_grid(results, args.lengths, args.depths)
     table = markdown_table(grid, args.lengths, args.depths)
-    title = f"VideoNIAH accuracy: {len(needles)} needles x {len(haystacks)} haystacks, K={processor.num_keyframes}"
+    title = f"VideoNIAH accuracy: {len(needles)} needles x {len(haystacks)} haystacks, K={processor.video_processor.num_keyframes}"
     if args.tiny:
         title += " (tiny random model: accuracy is meaningless)"
     (args.out_dir / "table.md").write_text(table + "\n", encoding="utf-8")

@@ -150,7 +150,7 @@ def load_answerer(args, device: torch.device) -> VideoQuestionAnswerer:
         )
     processor = build_tiny_processor()
     if args.max_frames is not None:
-        processor.max_frames = args.max_frames
+        processor.video_processor.max_frames = args.max_frames
     workers = DecodingWorkers(processor, device, args.decode_workers) if args.decode_workers else None
     return VideoQuestionAnswerer(build_tiny_model().to(device).eval(), processor, workers, args.cache_implementation)
 

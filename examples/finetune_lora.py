@@ -109,7 +109,7 @@ def main():
         processor = AutoProcessor.from_pretrained(args.model)
         data_path = args.data
     if args.max_frames is not None:
-        processor.max_frames = args.max_frames
+        processor.video_processor.max_frames = args.max_frames
 
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(model)

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from vilamp.conversion.convert_original_to_hf import convert_checkpoint
 from vilamp.testing import build_tiny_keyframe_selector, build_tiny_tokenizer, write_synthetic_video

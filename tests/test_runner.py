@@ -75,7 +75,8 @@ def test_from_pretrained_loads_in_the_dtype_on_the_device_with_the_video_setting
     build_tiny_processor().save_pretrained(tmp_path)
     runner = ViLaMPRunner.from_pretrained(tmp_path, device="cpu", max_frames=7, num_keyframes=None)
     assert runner.model.dtype == torch.float32 and runner.device == torch.device("cpu") and not runner.model.training
-    assert runner.processor.max_frames == 7 and runner.processor.num_keyframes == build_tiny_processor().num_keyframes
+    assert runner.processor.video_processor.max_frames == 7
+    assert runner.processor.video_processor.num_keyframes == build_tiny_processor().video_processor.num_keyframes
     runner = ViLaMPRunner.from_pretrained(tmp_path, device="cpu", dtype="bfloat16")
     assert runner.model.dtype == torch.bfloat16
 

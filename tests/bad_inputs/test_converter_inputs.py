@@ -3,7 +3,6 @@ no tokenizer, refused pickles, damaged weights, weights that do not fit, interru
 the documented exit status (usage 2, failed work 1, 128 + the signal when interrupted)."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess

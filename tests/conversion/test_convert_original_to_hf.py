@@ -44,7 +44,7 @@ def test_converted_checkpoint_loads_with_the_auto_classes(converted_dir):
         assert isinstance(auto_class.from_pretrained(converted_dir), ViLaMPForConditionalGeneration)
     processor = AutoProcessor.from_pretrained(converted_dir)
     assert isinstance(processor, ViLaMPProcessor)
-    assert processor.num_keyframes == 4
+    assert processor.video_processor.num_keyframes == 4
     assert processor.video_token_id == 508
 
 

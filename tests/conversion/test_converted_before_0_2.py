@@ -14,7 +14,7 @@ def test_old_directory_loads_with_the_package_without_remote_code(converted_befo
     assert type(AutoModel.from_pretrained(converted_before_0_2_dir)) is ViLaMPForConditionalGeneration
     processor = AutoProcessor.from_pretrained(converted_before_0_2_dir)
     assert type(processor) is ViLaMPProcessor
-    assert processor.num_keyframes == 4
+    assert processor.video_processor.num_keyframes == 4
     assert processor.video_token_id == 508
 
 

@@ -12,13 +12,13 @@ from safetensors.torch import load_file
 from vilamp.conversion.convert_original_to_hf import convert_clip_to_open_clip
 from vilamp.processing.keyframe_selection import (
     KeyframeSelector,
-    clip_resize_and_crop,
     fill_keyframe_slots,
     frame_relevance_scores,
     greedy_keyframe_selection,
     normalize_clip_pixels,
     select_keyframes,
 )
+from vilamp.processing.video_processing_vilamp import clip_resize_and_crop
 
 # The reference measured 9.5e-07 between eager and SDPA attention for the CLIP embeddings; open_clip runs its own
 # attention, so allow a little more than that.

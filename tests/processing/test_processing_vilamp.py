@@ -157,7 +157,8 @@ def test_save_and_load_round_trip_gives_same_outputs(processor, make_video_file,
     messages = video_message(str(make_video_file(num_frames=32)))
     processor.save_pretrained(tmp_path / "processor")
     reloaded = ViLaMPProcessor.from_pretrained(tmp_path / "processor")
-    assert (reloaded.num_keyframes, reloaded.keyframe_pooled_size, reloaded.max_frames) == (2, 3, 600)
+    video_processor = reloaded.video_processor
+    assert (video_processor.num_keyframes, reloaded.keyframe_pooled_size, video_processor.max_frames) == (2, 3, 600)
     before = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     after = reloaded.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     assert before.keys() == after.keys()
@@ -188,7 +189,7 @@ def test_one_frame_video_is_one_keyframe(processor, make_video_file):
 
 def test_list_of_images_and_max_frames(processor):
     images = [Image.new("RGB", (40, 30), (10 * index, 0, 0)) for index in range(10)]
-    processor.max_frames = 4
+    processor.video_processor.max_frames = 4
     inputs = processor(text="<video>\nWhat is red?", videos=images)
     assert inputs["video_frame_counts"].tolist() == [4]
 
@@ -261,7 +262,8 @@ def test_per_call_video_kwargs_flat_nested_and_in_chat_template_leave_settings_u
         assert int((inputs["input_ids"] == VIDEO_TOKEN_ID).sum()) == num_video_tokens(3, 1, 3)
     doubled = processor(text="<video>\nWhat moves?", videos=video, fps=2.0)
     assert doubled["video_frame_counts"].tolist() == [12]
-    assert (processor.max_frames, processor.num_keyframes, processor.fps) == (600, 2, 1.0)
+    video_processor = processor.video_processor
+    assert (video_processor.max_frames, video_processor.num_keyframes, video_processor.fps) == (600, 2, 1.0)
 
 
 def test_unknown_kwarg_is_an_error_naming_the_accepted_ones(processor, make_video_file):
@@ -367,9 +369,11 @@ def test_processor_saved_with_flat_settings_still_loads(processor, tmp_path, mak
     )
     config_path.write_text(json.dumps(config))
     reloaded = ViLaMPProcessor.from_pretrained(tmp_path)
-    assert (reloaded.num_keyframes, reloaded.max_frames, reloaded.frame_size, reloaded.keyframe_pooled_size) == (2, 5, 56, 3)
+    video_processor = reloaded.video_processor
+    assert (video_processor.num_keyframes, video_processor.max_frames, video_processor.size["height"]) == (2, 5, 56)
+    assert reloaded.keyframe_pooled_size == 3
     overridden = ViLaMPProcessor.from_pretrained(tmp_path, max_frames=7)
-    assert overridden.max_frames == 7
+    assert overridden.video_processor.max_frames == 7
 
 
 def assert_same_inputs(actual, expected):
@@ -477,3 +481,19 @@ def test_asking_for_a_gpu_that_torch_does_not_see_is_an_error(processor, tmp_pat
     processor.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="`device` 'cuda' asks for a GPU, but torch sees none"):
         ViLaMPProcessor.from_pretrained(tmp_path, device="cuda")
+
+
+def test_video_processor_makes_both_frame_sizes_in_one_pass_and_clip_frames_only_when_asked(processor, make_video_file):
+    video = make_video_file(num_frames=40, fps=8, width=64, height=48)
+    both = processor.video_processor.load_video(video, keyframe_image_size=224)
+    siglip_only = processor.video_processor.load_video(video)
+    assert both.clip_frames.shape == (5, 3, 224, 224) and siglip_only.clip_frames is None
+    assert torch.equal(both.siglip_frames, siglip_only.siglip_frames)
+    assert torch.equal(both.siglip_frames, processor.video_processor(str(video))["pixel_values_videos"])
+    assert torch.equal(both.clip_frames, processor.load_video(video).clip_frames)
+
+
+def test_processor_without_keyframe_selector_fails_before_decoding(tiny_tokenizer, tmp_path):
+    processor = ViLaMPProcessor(tokenizer=tiny_tokenizer)
+    with pytest.raises(ValueError, match="^This processor has no `keyframe_selector`"):
+        processor(text="<video>\nWhat?", videos=str(tmp_path / "never_opened.mp4"))

@@ -295,7 +295,7 @@ def draw_keyframes(model_dir: Path, video: Path, question: str, out: Path, args)
         keyframes=keyframes,
         siglip_frames=prepared.inputs["pixel_values_videos"],
         question=question,
-        relevance_threshold=processor.keyframe_relevance_threshold,
+        relevance_threshold=processor.video_processor.keyframe_relevance_threshold,
         aspect_ratio=prepared.frame_aspect_ratio,
         dpi=args.dpi,
     )

@@ -85,7 +85,9 @@ def num_sampled_frames(path, processor) -> int | None:
         average_fps = float(stream.average_rate or stream.guessed_rate or 0)
         if not stream.frames or average_fps <= 0:
             return None
-        indices = sample_frame_indices(stream.frames, average_fps, fps=processor.fps, max_frames=processor.max_frames)
+        indices = sample_frame_indices(
+            stream.frames, average_fps, fps=processor.video_processor.fps, max_frames=processor.video_processor.max_frames
+        )
         return len(indices)
 
 

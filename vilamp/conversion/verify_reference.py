@@ -119,9 +119,9 @@ def processor_stage_outputs(processor, reference_dir: Path) -> dict[str, torch.T
     clip_text_embeds = selector.encode_query(question).cpu()
     keyframe_mask = processor.select_keyframes(clip_frames, question).keyframe_mask
     dks_settings = {
-        "num_keyframes": processor.num_keyframes,
-        "relevance_threshold": processor.keyframe_relevance_threshold,
-        "similarity_threshold": processor.keyframe_similarity_threshold,
+        "num_keyframes": processor.video_processor.num_keyframes,
+        "relevance_threshold": processor.video_processor.keyframe_relevance_threshold,
+        "similarity_threshold": processor.video_processor.keyframe_similarity_threshold,
     }
     return {
         "pixel_values_videos": pixel_values_videos,

@@ -1,24 +1,18 @@
 from .keyframe_selection import (
+    KeyframeSelection,
     KeyframeSelector,
-    clip_resize_and_crop,
     fill_keyframe_slots,
     frame_relevance_scores,
     greedy_keyframe_selection,
     normalize_clip_pixels,
+    rank_keyframes,
+    resolve_device,
     select_keyframes,
 )
-from .processing_vilamp import (
-    IGNORE_INDEX,
-    KeyframeSelection,
-    LoadedVideo,
-    ProgressCallback,
-    ViLaMPProcessor,
-    num_video_tokens,
-    resolve_device,
-)
+from .processing_vilamp import IGNORE_INDEX, ViLaMPProcessor, num_video_tokens
 from .training_data import ViLaMPDataCollator, read_video_qa_file, video_qa_conversation
 from .video_decoding import DecodedVideo, decode_video, sample_frame_indices
-from .video_processing_vilamp import ViLaMPVideoProcessor
+from .video_processing_vilamp import LoadedVideo, ProgressCallback, ViLaMPVideoProcessor, clip_resize_and_crop
 
 __all__ = [
     "DecodedVideo",
@@ -37,6 +31,7 @@ __all__ = [
     "greedy_keyframe_selection",
     "normalize_clip_pixels",
     "num_video_tokens",
+    "rank_keyframes",
     "read_video_qa_file",
     "resolve_device",
     "sample_frame_indices",

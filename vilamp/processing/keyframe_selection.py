@@ -1,20 +1,23 @@
 """Differential keyframe selection (DKS): CLIP relevance ranking, redundancy skipping and the even fill of the rest.
 
 `KeyframeSelector` wraps the open_clip CLIP model that embeds frames and the question. The selection itself is a set
-of pure tensor functions (`select_keyframes`, built from `greedy_keyframe_selection` and `fill_keyframe_slots`) that
-reproduce the original `SeqFrameSelector` (see the reference README, section (iv)) without an N x N matrix.
+of pure tensor functions (`select_keyframes`, built from `greedy_keyframe_selection` and `fill_keyframe_slots`, and
+`rank_keyframes`, which also keeps what the ranking saw) that reproduce the original `SeqFrameSelector` (see the
+reference README, section (iv)) without an N x N matrix. The frames come resized and cropped for CLIP from the video
+processor (`clip_resize_and_crop`).
 """
 
 import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 KEYFRAME_SELECTOR_WEIGHTS_NAME = "keyframe_selector.safetensors"
 KEYFRAME_SELECTOR_CONFIG_NAME = "keyframe_selector_config.json"
@@ -22,28 +25,6 @@ KEYFRAME_SELECTOR_CONFIG_NAME = "keyframe_selector_config.json"
 # CLIPImageProcessor settings of the original (OpenAI CLIP ViT-B/32 preprocessor_config.json).
 CLIP_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def clip_resize_and_crop(image: Image.Image, size: int = 224) -> torch.Tensor:
-    """
-    Resizes the shortest edge of a frame to `size` (PIL bicubic) and crops its centre, as `CLIPImageProcessor` does.
-
-    Args:
-        image (`PIL.Image.Image`): an RGB frame of any size.
-        size (`int`, *optional*, defaults to 224): the CLIP image size.
-
-    Returns:
-        `torch.ByteTensor` of shape `(3, size, size)`.
-    """
-    width, height = image.size
-    short_edge, long_edge = min(width, height), max(width, height)
-    # transformers' `get_resize_output_image_size` truncates the long edge
-    new_long_edge = int(size * long_edge / short_edge)
-    new_width, new_height = (size, new_long_edge) if width <= height else (new_long_edge, size)
-    resized = image.convert("RGB").resize((new_width, new_height), resample=Image.Resampling.BICUBIC)
-    top, left = (new_height - size) // 2, (new_width - size) // 2
-    cropped = np.asarray(resized)[top : top + size, left : left + size]
-    return torch.from_numpy(cropped.copy()).permute(2, 0, 1)
 
 
 def normalize_clip_pixels(clip_frames: torch.Tensor) -> torch.Tensor:
@@ -105,8 +86,25 @@ def greedy_keyframe_selection(
     Returns:
         `torch.BoolTensor` of shape `(num_frames,)` on the CPU: the kept frames.
     """
+    return _greedy_walk(
+        frame_embeds,
+        frame_relevance_scores(frame_embeds, query_embeds),
+        num_keyframes=num_keyframes,
+        relevance_threshold=relevance_threshold,
+        similarity_threshold=similarity_threshold,
+    )
+
+
+def _greedy_walk(
+    frame_embeds: torch.Tensor,
+    relevance_scores: torch.Tensor,
+    *,
+    num_keyframes: int,
+    relevance_threshold: float,
+    similarity_threshold: float,
+) -> torch.Tensor:
+    """The walk of `greedy_keyframe_selection` over relevance scores already computed."""
     normalized_frames = F.normalize(frame_embeds.float(), p=2, dim=-1)
-    relevance_scores = frame_relevance_scores(frame_embeds, query_embeds)
     sorted_scores, sorted_indices = torch.sort(relevance_scores, descending=True)
     num_frames = relevance_scores.shape[0]
     is_redundant = np.zeros(num_frames, dtype=bool)
@@ -213,6 +211,79 @@ def select_keyframes(
     return fill_keyframe_slots(selection_mask, num_keyframes)
 
 
+@dataclass
+class KeyframeSelection:
+    """
+    The differential keyframe selection of one video, as `rank_keyframes` returns it (on the CPU).
+
+    Args:
+        keyframe_mask (`torch.BoolTensor` of shape `(num_frames,)`): the keyframes, exactly
+            `min(num_keyframes, num_frames)`.
+        ranked_keyframe_mask (`torch.BoolTensor` of shape `(num_frames,)`): the keyframes the relevance ranking chose;
+            the others in `keyframe_mask` fill the remaining slots evenly.
+        relevance_scores (`torch.FloatTensor` of shape `(num_frames,)`): the cosine similarity of every frame's CLIP
+            embedding to the question's (`f2t_scores` in the original).
+        query_embeds (`torch.FloatTensor` of shape `(embed_dim,)`): the unnormalised CLIP text embedding of the
+            question (the DFM query).
+    """
+
+    keyframe_mask: torch.Tensor
+    ranked_keyframe_mask: torch.Tensor
+    relevance_scores: torch.Tensor
+    query_embeds: torch.Tensor
+
+
+def rank_keyframes(
+    frame_embeds: torch.Tensor,
+    query_embeds: torch.Tensor,
+    *,
+    num_keyframes: int,
+    relevance_threshold: float,
+    similarity_threshold: float,
+) -> KeyframeSelection:
+    """
+    `select_keyframes`, keeping what the ranking saw: every frame's relevance and the keyframes it chose.
+
+    Args:
+        frame_embeds (`torch.FloatTensor` of shape `(num_frames, embed_dim)`): CLIP image embeddings (any norm).
+        query_embeds (`torch.FloatTensor` of shape `(embed_dim,)`): the unnormalised CLIP text embedding.
+        num_keyframes, relevance_threshold, similarity_threshold: as in `select_keyframes`.
+
+    Returns:
+        [`KeyframeSelection`] on the CPU.
+    """
+    relevance_scores = frame_relevance_scores(frame_embeds, query_embeds)
+    ranked_keyframe_mask = _greedy_walk(
+        frame_embeds,
+        relevance_scores,
+        num_keyframes=num_keyframes,
+        relevance_threshold=relevance_threshold,
+        similarity_threshold=similarity_threshold,
+    )
+    return KeyframeSelection(
+        keyframe_mask=fill_keyframe_slots(ranked_keyframe_mask, num_keyframes),
+        ranked_keyframe_mask=ranked_keyframe_mask,
+        relevance_scores=relevance_scores.cpu(),
+        query_embeds=query_embeds.cpu(),
+    )
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Where the keyframe selector runs: `"auto"` is the CUDA GPU when torch sees one, else the CPU; any other value is
+    taken as a torch device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"`device` {device!r} is not a torch device; pass 'auto', 'cpu', 'cuda' or 'cuda:N'."
+        ) from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"`device` {device!r} asks for a GPU, but torch sees none; pass 'auto' or 'cpu'.")
+    return resolved
+
+
 def _import_open_clip():
     """Imports open_clip, naming the package to install when it is missing."""
     try:
@@ -295,13 +366,14 @@ class KeyframeSelector:
         return self
 
     @torch.inference_mode()
-    def encode_frames(self, clip_frames: torch.Tensor) -> torch.Tensor:
+    def encode_frames(self, clip_frames: torch.Tensor, progress: Callable[[int], None] | None = None) -> torch.Tensor:
         """
         Embeds frames with the CLIP image tower, `frame_batch_size` at a time on the model's device.
 
         Args:
             clip_frames (`torch.ByteTensor` of shape `(num_frames, 3, image_size, image_size)`): frames resized and
                 cropped by `clip_resize_and_crop`; each batch is normalised on the device by `normalize_clip_pixels`.
+            progress (`Callable[[int], None]`, *optional*): called with the size of each batch once it is embedded.
 
         Returns:
             `torch.FloatTensor` of shape `(num_frames, embed_dim)` on the model's device (`clip_image_embeds`).
@@ -310,10 +382,12 @@ class KeyframeSelector:
             raise TypeError(
                 f"`clip_frames` must be uint8 frames from `clip_resize_and_crop`, got dtype {clip_frames.dtype}."
             )
-        frame_embeds = [
-            self.model.encode_image(normalize_clip_pixels(batch.to(self.device)), normalize=False).float()
-            for batch in clip_frames.split(self.frame_batch_size)
-        ]
+        frame_embeds = []
+        for batch in clip_frames.split(self.frame_batch_size):
+            pixel_values = normalize_clip_pixels(batch.to(self.device))
+            frame_embeds.append(self.model.encode_image(pixel_values, normalize=False).float())
+            if progress is not None:
+                progress(len(batch))
         return torch.cat(frame_embeds)
 
     @torch.inference_mode()
@@ -333,11 +407,13 @@ class KeyframeSelector:
 
 
 __all__ = [
+    "KeyframeSelection",
     "KeyframeSelector",
-    "clip_resize_and_crop",
     "fill_keyframe_slots",
     "frame_relevance_scores",
     "greedy_keyframe_selection",
     "normalize_clip_pixels",
+    "rank_keyframes",
+    "resolve_device",
     "select_keyframes",
 ]

@@ -1,14 +1,17 @@
-"""Video processor of ViLaMP: frame sampling and the SigLIP resize (PIL bicubic to 384x384), kept as uint8.
+"""Video processor of ViLaMP: opens, samples and decodes videos, and resizes each kept frame as it is read for SigLIP
+(PIL bicubic to 384x384) and for the keyframe selector's CLIP (shortest edge to 224, centre crop), both kept as uint8.
 
 The original `SigLipImageProcessor` resizes every frame to 384x384 with PIL bicubic (the aspect ratio is not kept),
 rescales by 1/255 and normalises with mean = std = 0.5. The rescale and normalisation are left to the model, which
 applies `(pixel_values_videos / 255 - 0.5) / 0.5` in float32 on its device: this gives the original pixel values bit
 for bit and keeps the frames 4x smaller on the host (10K frames take 4.4 GB). torchvision's bicubic resize differs from
-PIL's, so `_preprocess` resizes with PIL.
+PIL's, so frames are resized with PIL.
 """
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -22,6 +25,9 @@ from transformers.video_utils import VideoMetadata
 
 from .video_decoding import DecodedVideo, decode_video, sample_frame_indices
 
+# Called with the number of frames a stage has just finished (1 per resized frame, one CLIP batch at a time), so a
+# progress bar's `update` (`tqdm.update`) can be passed as it is; decoding calls it from its worker threads.
+ProgressCallback = Callable[[int], None]
 # Standard `VideosKwargs` this video processor does not implement; passing one is an error, never a silent no-op.
 UNSUPPORTED_VIDEO_KWARGS = ("do_center_crop", "crop_size", "do_pad", "video_metadata", "return_metadata")
 
@@ -55,7 +61,8 @@ class ViLaMPVideoProcessorInitKwargs(VideosKwargs, total=False):
 
 
 def check_video_settings(settings: dict[str, Any]):
-    """Checks sampling and keyframe settings (at init and per call), naming the setting, the value seen and the rule."""
+    """Checks sampling and keyframe settings where they enter (the video processor's init and `call_settings`), naming
+    the setting, the value seen and the rule."""
     for name in UNSUPPORTED_VIDEO_KWARGS:
         if settings.get(name) not in (None, False):
             raise ValueError(
@@ -115,11 +122,81 @@ def video_to_frames(video) -> list:
     return list(video) if channels_last else list(np.moveaxis(video, 1, -1))
 
 
+def is_single_video(video) -> bool:
+    """Whether `video` is one video: a path, a 4-dimensional array or tensor of frames, or a list of images."""
+    if isinstance(video, (str, os.PathLike)):
+        return True
+    if isinstance(video, (np.ndarray, torch.Tensor)):
+        return video.ndim == 4
+    return isinstance(video, (list, tuple)) and len(video) > 0 and all(isinstance(item, Image.Image) for item in video)
+
+
+def flatten_videos(videos) -> list:
+    """Turns one video, a list of videos or a list of per-prompt lists of videos into a flat list of videos."""
+    if videos is None:
+        return []
+    if is_single_video(videos):
+        return [videos]
+    if isinstance(videos, (list, tuple)) or (isinstance(videos, (np.ndarray, torch.Tensor)) and videos.ndim == 5):
+        return [video for item in videos for video in flatten_videos(item)]
+    raise TypeError(
+        "`videos` must be a video file path, a uint8 array or tensor of shape (num_frames, height, width, 3) or "
+        f"(num_frames, 3, height, width), a list of PIL images, or a list of these; got {type(videos).__name__}."
+    )
+
+
+def clip_resize_and_crop(image: Image.Image, size: int = 224) -> torch.Tensor:
+    """
+    Resizes the shortest edge of a frame to `size` (PIL bicubic) and crops its centre, as `CLIPImageProcessor` does.
+
+    Args:
+        image (`PIL.Image.Image`): an RGB frame of any size.
+        size (`int`, *optional*, defaults to 224): the CLIP image size.
+
+    Returns:
+        `torch.ByteTensor` of shape `(3, size, size)`.
+    """
+    width, height = image.size
+    short_edge, long_edge = min(width, height), max(width, height)
+    # transformers' `get_resize_output_image_size` truncates the long edge
+    new_long_edge = int(size * long_edge / short_edge)
+    new_width, new_height = (size, new_long_edge) if width <= height else (new_long_edge, size)
+    resized = image.convert("RGB").resize((new_width, new_height), resample=Image.Resampling.BICUBIC)
+    top, left = (new_height - size) // 2, (new_width - size) // 2
+    cropped = np.asarray(resized)[top : top + size, left : left + size]
+    return torch.from_numpy(cropped.copy()).permute(2, 0, 1)
+
+
+
+@dataclass
+class LoadedVideo:
+    """
+    One video as `ViLaMPVideoProcessor.load_video` returns it: its sampled frames resized for SigLIP and, when asked,
+    for the keyframe selector's CLIP.
+
+    Args:
+        siglip_frames (`torch.ByteTensor` of shape `(num_frames, 3, height, width)`): the frames for the model (its
+            `pixel_values_videos`); uint8 unless a rescale or normalisation was asked.
+        clip_frames (`torch.ByteTensor` of shape `(num_frames, 3, image_size, image_size)` or `None`): the frames for
+            the keyframe selector, resized and centre-cropped as `CLIPImageProcessor` does; `None` without
+            `keyframe_image_size`.
+        timestamps_seconds (`list[float]`): the presentation time of each sampled frame.
+        metadata (`VideoMetadata`): `total_num_frames`, `fps`, `frames_indices` (the frame numbers kept) and, for a
+            file, `width`, `height`, `duration` and `video_backend`.
+    """
+
+    siglip_frames: torch.Tensor
+    clip_frames: torch.Tensor | None
+    timestamps_seconds: list[float]
+    metadata: VideoMetadata
+
+
 class ViLaMPVideoProcessor(BaseVideoProcessor):
     r"""
-    Samples the frames of each video at `fps` frames per second (at most `max_frames`) and resizes them for the SigLIP
-    tower with PIL bicubic, as uint8. It also holds the keyframe settings of the processor's keyframe selection, so
-    they are saved with it and can be overridden per call as video kwargs.
+    Opens, samples and decodes each video at `fps` frames per second (at most `max_frames`) and resizes every kept
+    frame as it is read, for the SigLIP tower with PIL bicubic (uint8) and, when asked, for the keyframe selector's
+    CLIP. It also holds the keyframe settings of the processor's keyframe selection, so they are saved with it and can
+    be overridden per call as video kwargs.
 
     Args:
         size (`dict[str, int]`, *optional*, defaults to `{"height": 384, "width": 384}`):
@@ -129,7 +206,7 @@ class ViLaMPVideoProcessor(BaseVideoProcessor):
         do_sample_frames (`bool`, *optional*, defaults to `True`):
             Sample frames; with `False` every given frame (or decoded frame of a file) is kept.
         kwargs ([`ViLaMPVideoProcessorInitKwargs`]): `max_frames`, `num_keyframes`, `keyframe_relevance_threshold`,
-            `keyframe_similarity_threshold` and the standard video kwargs.
+            `keyframe_similarity_threshold`, `decode_device`, `num_decoders` and the standard video kwargs.
     """
 
     resample = PILImageResampling.BICUBIC
@@ -156,9 +233,25 @@ class ViLaMPVideoProcessor(BaseVideoProcessor):
         super().__init__(**kwargs)
         check_video_settings({name: getattr(self, name, None) for name in self.valid_kwargs.__annotations__})
 
+    def call_settings(self, **overrides) -> dict[str, Any]:
+        """
+        The settings of one call: `overrides` (checked here, where they enter) over this video processor's own.
+
+        Args:
+            overrides ([`ViLaMPVideoProcessorInitKwargs`]): per-call values; `None` keeps the saved setting.
+
+        Returns:
+            `dict[str, Any]` with every video kwarg.
+        """
+        check_video_settings(overrides)
+        return {
+            name: overrides[name] if overrides.get(name) is not None else getattr(self, name, None)
+            for name in self.valid_kwargs.__annotations__
+        }
+
     def resize_frame(self, image: Image.Image, size: dict[str, int] | None = None, resample=None) -> torch.Tensor:
         """
-        Resizes one RGB frame with PIL.
+        Resizes one RGB frame for SigLIP with PIL.
 
         Args:
             image (`PIL.Image.Image`): a frame of any size.
@@ -173,89 +266,94 @@ class ViLaMPVideoProcessor(BaseVideoProcessor):
         resized = image.convert("RGB").resize((size["width"], size["height"]), resample=PILImageResampling(resample))
         return torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1)
 
+    def _resize_for_both(
+        self, image: Image.Image, settings: dict, keyframe_image_size: int | None, progress: ProgressCallback | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One kept frame resized for SigLIP and, with `keyframe_image_size`, for CLIP, as soon as it is read."""
+        if settings["do_resize"]:
+            siglip_frame = self.resize_frame(image, settings["size"], settings["resample"])
+        else:
+            siglip_frame = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+        clip_frame = None if keyframe_image_size is None else clip_resize_and_crop(image, keyframe_image_size)
+        if progress is not None:
+            progress(1)
+        return siglip_frame, clip_frame
+
     def load_video(
         self,
         video,
         *,
-        fps: float | None = None,
-        max_frames: int | None = None,
-        num_frames: int | None = None,
-        do_sample_frames: bool | None = None,
-        decode_device: str | None = None,
-        num_decoders: int | None = None,
-        frame_transform: Callable[[Image.Image], Any] | None = None,
-    ) -> DecodedVideo:
+        keyframe_image_size: int | None = None,
+        progress: ProgressCallback | None = None,
+        **kwargs: Unpack[ViLaMPVideoProcessorInitKwargs],
+    ) -> LoadedVideo:
         """
-        Decodes (or takes) the sampled frames of one video, streaming: each kept frame goes through `frame_transform`
-        as soon as it is read.
+        Decodes (or takes) the sampled frames of one video, streaming: each kept frame is resized, for SigLIP and for
+        the keyframe selector, as soon as it is read, so full-resolution frames are never all held at once.
 
         Args:
             video: a file path, a uint8 array or tensor of shape `(num_frames, height, width, 3)` or
                 `(num_frames, 3, height, width)`, or a list of PIL images. Given frames are taken as sampled at `fps`,
-                so only `max_frames` applies to them.
-            fps (`float`, *optional*), max_frames (`int`, *optional*), do_sample_frames (`bool`, *optional*): default
-                to the processor's settings.
-            num_frames (`int`, *optional*): instead of sampling at `fps`, keep this many frames evenly spread over
-                all frames (first and last included), as transformers' `num_frames`.
-            decode_device (`str`, *optional*), num_decoders (`int`, *optional*): how a file is decoded; default to the
-                processor's settings (see `decode_video`).
-            frame_transform (`Callable`, *optional*): called on each kept frame (an RGB `PIL.Image.Image`); defaults to
-                `resize_frame`.
+                so only `max_frames` (or `num_frames`) applies to them.
+            keyframe_image_size (`int`, *optional*): the keyframe selector's CLIP image size; without it no CLIP frames
+                are made.
+            progress (`Callable[[int], None]`, *optional*): called with 1 as each sampled frame is resized, from a
+                decoding worker thread; where decoding starts over (a damaged file sampled again over the frames that
+                decode, parallel spans that disagree) the frames resized again are reported again.
+            kwargs ([`ViLaMPVideoProcessorInitKwargs`]): `fps`, `max_frames`, `num_frames` (instead of `fps`: this many
+                frames evenly spread over all, first and last included), `do_sample_frames`, `decode_device`,
+                `num_decoders`, `size`, `resample`, `do_resize`, `do_rescale`, `do_normalize`, ...; default to this
+                video processor's settings.
 
         Returns:
-            `DecodedVideo` whose `frames` hold what `frame_transform` returned.
+            [`LoadedVideo`].
         """
-        check_video_settings({"fps": fps, "num_frames": num_frames, "max_frames": max_frames})
-        given_fps = self.fps if fps is None else fps
-        max_frames = self.max_frames if max_frames is None else max_frames
-        do_sample_frames = self.do_sample_frames if do_sample_frames is None else do_sample_frames
-        frame_transform = frame_transform or self.resize_frame
-        if not do_sample_frames:
+        settings = self.call_settings(**kwargs)
+        max_frames = settings["max_frames"]
+        if not settings["do_sample_frames"]:
             # every frame: a stride of one frame and no cap
             fps, max_frames = float("inf"), np.iinfo(np.int64).max
-        elif num_frames is not None:
+        elif settings["num_frames"] is not None:
             # a stride of one frame thinned evenly to `num_frames`
-            fps, max_frames = float("inf"), num_frames
+            fps, max_frames = float("inf"), settings["num_frames"]
         else:
-            fps = given_fps
+            fps = settings["fps"]
+        resize = partial(
+            self._resize_for_both, settings=settings, keyframe_image_size=keyframe_image_size, progress=progress
+        )
         if isinstance(video, (str, os.PathLike)):
-            return decode_video(
+            decoded_video = decode_video(
                 video,
                 fps=fps,
                 max_frames=max_frames,
-                frame_transform=frame_transform,
-                device=self.decode_device if decode_device is None else decode_device,
-                num_decoders=self.num_decoders if num_decoders is None else num_decoders,
+                frame_transform=resize,
+                device=settings["decode_device"],
+                num_decoders=settings["num_decoders"],
             )
-        frames = video_to_frames(video)
-        frame_indices = sample_frame_indices(len(frames), given_fps, fps=fps, max_frames=max_frames)
-        fps = given_fps
-        kept = [frame_transform(self._to_image(frames[index])) for index in frame_indices]
-        metadata = VideoMetadata(total_num_frames=len(frames), fps=fps, frames_indices=frame_indices.tolist())
-        return DecodedVideo(frames=kept, timestamps_seconds=(frame_indices / fps).tolist(), metadata=metadata)
+        else:
+            decoded_video = self._sample_given_frames(video_to_frames(video), settings["fps"], fps, max_frames, resize)
+        siglip_frames, clip_frames = zip(*decoded_video.frames)
+        return LoadedVideo(
+            siglip_frames=self._rescale_and_normalize(torch.stack(siglip_frames), settings),
+            clip_frames=None if keyframe_image_size is None else torch.stack(clip_frames),
+            timestamps_seconds=decoded_video.timestamps_seconds,
+            metadata=decoded_video.metadata,
+        )
 
     @staticmethod
-    def _to_image(frame) -> Image.Image:
-        """A given frame as a PIL image."""
-        return frame if isinstance(frame, Image.Image) else Image.fromarray(frame)
+    def _sample_given_frames(
+        frames: list, given_fps: float, fps: float, max_frames: int, frame_transform: Callable[[Image.Image], Any]
+    ) -> DecodedVideo:
+        """Keeps the frames `sample_frame_indices` picks from frames given as sampled at `given_fps`."""
+        frame_indices = sample_frame_indices(len(frames), given_fps, fps=fps, max_frames=max_frames)
+        images = [frames[index] for index in frame_indices]
+        kept = [frame_transform(item if isinstance(item, Image.Image) else Image.fromarray(item)) for item in images]
+        metadata = VideoMetadata(total_num_frames=len(frames), fps=given_fps, frames_indices=frame_indices.tolist())
+        return DecodedVideo(frames=kept, timestamps_seconds=(frame_indices / given_fps).tolist(), metadata=metadata)
 
-    def finish_frames(self, frames: torch.Tensor, **kwargs) -> torch.Tensor:
-        """
-        The optional steps after the resize: `do_rescale` and `do_normalize` (both off by default, the model does them
-        on its device).
-
-        Args:
-            frames (`torch.ByteTensor` of shape `(num_frames, 3, height, width)`): resized frames.
-            kwargs: `do_rescale`, `rescale_factor`, `do_normalize`, `image_mean`, `image_std`; default to the
-                processor's.
-
-        Returns:
-            `torch.Tensor` of shape `(num_frames, 3, height, width)`: uint8 unless a rescale or normalisation was asked.
-        """
-        settings = {
-            name: kwargs[name] if kwargs.get(name) is not None else getattr(self, name)
-            for name in ("do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std")
-        }
+    def _rescale_and_normalize(self, frames: torch.Tensor, settings: dict) -> torch.Tensor:
+        """The optional steps after the resize, `do_rescale` and `do_normalize`: both off by default, the model does
+        them on its device."""
         if not (settings["do_rescale"] or settings["do_normalize"]):
             return frames
         return self.rescale_and_normalize(
@@ -269,7 +367,7 @@ class ViLaMPVideoProcessor(BaseVideoProcessor):
 
     def __call__(self, videos, **kwargs: Unpack[ViLaMPVideoProcessorInitKwargs]) -> BatchFeature:
         """
-        Samples and resizes videos.
+        Samples and resizes videos for SigLIP.
 
         Args:
             videos: one video or a list of videos (file paths, uint8 arrays or tensors of shape
@@ -290,29 +388,8 @@ class ViLaMPVideoProcessor(BaseVideoProcessor):
             raise TypeError(
                 f"Unexpected video kwargs {sorted(unknown)}; accepted: {sorted(self.valid_kwargs.__annotations__)}."
             )
-        check_video_settings(kwargs)
         return_tensors = kwargs.pop("return_tensors", None)
-        size = kwargs.get("size") or self.size
-        resample = kwargs.get("resample") if kwargs.get("resample") is not None else self.resample
-        do_resize = kwargs.get("do_resize") if kwargs.get("do_resize") is not None else self.do_resize
-        videos = videos if isinstance(videos, (list, tuple)) and not _is_frame_list(videos) else [videos]
-
-        def transform(image):
-            if do_resize:
-                return self.resize_frame(image, size, resample)
-            return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
-
-        pixel_values_videos = []
-        for video in videos:
-            decoded = self.load_video(
-                video,
-                fps=kwargs.get("fps"),
-                max_frames=kwargs.get("max_frames"),
-                num_frames=kwargs.get("num_frames"),
-                do_sample_frames=kwargs.get("do_sample_frames"),
-                frame_transform=transform,
-            )
-            pixel_values_videos.append(self.finish_frames(torch.stack(decoded.frames), **kwargs))
+        pixel_values_videos = [self.load_video(video, **kwargs).siglip_frames for video in flatten_videos(videos)]
         data = {
             "pixel_values_videos": torch.cat(pixel_values_videos),
             "video_frame_counts": torch.tensor([len(frames) for frames in pixel_values_videos], dtype=torch.int64),
@@ -320,9 +397,47 @@ class ViLaMPVideoProcessor(BaseVideoProcessor):
         return BatchFeature(data=data, tensor_type=return_tensors)
 
 
-def _is_frame_list(videos) -> bool:
-    """Whether a list is one video given as PIL images."""
-    return len(videos) > 0 and all(isinstance(frame, Image.Image) for frame in videos)
+
+# Settings that processors saved before the video processor became an attribute kept flat in processor_config.json;
+# `ViLaMPProcessor(...)` still takes them and hands them to its video processor (`frame_size` becomes its `size`).
+LEGACY_VIDEO_SETTINGS = (
+    "num_keyframes",
+    "keyframe_relevance_threshold",
+    "keyframe_similarity_threshold",
+    "fps",
+    "max_frames",
+    "frame_size",
+)
 
 
-__all__ = ["ViLaMPVideoProcessor", "ViLaMPVideoProcessorInitKwargs", "check_video_settings", "video_to_frames"]
+def video_processor_with(video_processor: ViLaMPVideoProcessor | None, legacy_settings: dict) -> ViLaMPVideoProcessor:
+    """The video processor with flat `LEGACY_VIDEO_SETTINGS` applied (a new one when none is given)."""
+    unknown = set(legacy_settings) - set(LEGACY_VIDEO_SETTINGS)
+    if unknown:
+        raise TypeError(
+            f"ViLaMPProcessor got unexpected arguments {sorted(unknown)}; the settings it takes besides its "
+            f"components are {sorted(LEGACY_VIDEO_SETTINGS)}."
+        )
+    settings = {name: value for name, value in legacy_settings.items() if value is not None}
+    if "frame_size" in settings:
+        frame_size = settings.pop("frame_size")
+        if not isinstance(frame_size, int) or frame_size < 1:
+            raise ValueError(f"`frame_size` must be an integer of at least 1, got {frame_size!r}.")
+        settings["size"] = {"height": frame_size, "width": frame_size}
+    if video_processor is None:
+        return ViLaMPVideoProcessor(**settings)
+    return ViLaMPVideoProcessor(**{**video_processor.to_dict(), **settings}) if settings else video_processor
+
+
+__all__ = [
+    "LEGACY_VIDEO_SETTINGS",
+    "LoadedVideo",
+    "ProgressCallback",
+    "ViLaMPVideoProcessor",
+    "ViLaMPVideoProcessorInitKwargs",
+    "check_video_settings",
+    "clip_resize_and_crop",
+    "flatten_videos",
+    "video_processor_with",
+    "video_to_frames",
+]
