@@ -34,7 +34,14 @@ MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1
 VIT_B_32_CONFIG = {
     "embed_dim": 512,
     "quick_gelu": True,
-    "vision_cfg": {"image_size": 224, "patch_size": 32, "width": 768, "layers": 12, "head_width": 64, "mlp_ratio": 4.0},
+    "vision_cfg": {
+        "image_size": 224,
+        "patch_size": 32,
+        "width": 768,
+        "layers": 12,
+        "head_width": 64,
+        "mlp_ratio": 4.0,
+    },
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12, "mlp_ratio": 4.0},
 }
 # what the LoRA benches train next to the adapters, by configuration name
@@ -220,7 +227,9 @@ def exact_length_generate_kwargs(model: ViLaMPForConditionalGeneration, max_new_
 @dataclass
 class GenerateTimes:
     vision_seconds: float  # from `generate` to the language model's first forward: SigLIP, projector, pooling, DFM
-    language_model_seconds: float  # from the language model's first forward to the end: prefill and every decoding step
+    language_model_seconds: (
+        float  # from the language model's first forward to the end: prefill and every decoding step
+    )
 
     @property
     def total_seconds(self) -> float:

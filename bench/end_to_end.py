@@ -88,7 +88,9 @@ COLUMNS = [
 
 def parse_args(argv=None) -> Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--video", type=Path, action="append", help="a video file to measure (repeatable); none: write them")
+    parser.add_argument(
+        "--video", type=Path, action="append", help="a video file to measure (repeatable); none: write them"
+    )
     parser.add_argument("--resolutions", nargs="+", default=["720p", "1080p"], choices=["720p", "1080p"])
     parser.add_argument("--minutes", nargs="+", type=float, default=[10.0], help="lengths of the written videos")
     parser.add_argument("--video-dir", type=Path, help="where written videos are kept and reused (default: temporary)")
@@ -258,7 +260,9 @@ def same_frames_as_original(path: Path, args: Namespace, processor: ViLaMPProces
     if result is None:
         return None, "no OpenCV"
     seconds, frame_indices, digests = result
-    ours = decode_video(path, fps=processor.video_processor.fps, max_frames=args.max_frames, frame_transform=frame_digest)
+    ours = decode_video(
+        path, fps=processor.video_processor.fps, max_frames=args.max_frames, frame_transform=frame_digest
+    )
     same_indices = ours.metadata.frames_indices == frame_indices
     same_pixels = ours.frames == digests
     return seconds, f"numbers {'yes' if same_indices else 'NO'}, pixels {'yes' if same_pixels else 'NO'}"
@@ -279,7 +283,9 @@ def measure(path: Path, model, processor: ViLaMPProcessor, args: Namespace) -> l
     gpu_peak = peak_memory_gib(device)
     host_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
-    decoded, decode_seconds = timed(device, decode_video, path, fps=processor.video_processor.fps, max_frames=args.max_frames)
+    decoded, decode_seconds = timed(
+        device, decode_video, path, fps=processor.video_processor.fps, max_frames=args.max_frames
+    )
     loaded, load_seconds = timed(device, processor.load_video, str(path))
     assert loaded.metadata.frames_indices == decoded.metadata.frames_indices
     selection, clip_seconds = timed(device, processor.select_keyframes, loaded.clip_frames, QUESTION)
@@ -313,11 +319,15 @@ def decoder_rows(path: Path, processor: ViLaMPProcessor, args: Namespace) -> lis
     reference = processor.load_video(str(path), decode_device="cpu", num_decoders=1)
     rows = []
     for device, count in args.decoders:
-        loaded, seconds = timed(torch.device("cpu"), processor.load_video, str(path), decode_device=device, num_decoders=count)
+        loaded, seconds = timed(
+            torch.device("cpu"), processor.load_video, str(path), decode_device=device, num_decoders=count
+        )
         same = torch.equal(loaded.siglip_frames, reference.siglip_frames) and torch.equal(
             loaded.clip_frames, reference.clip_frames
         )
-        rows.append([path.name, "NVDEC" if device == "cuda" else "CPU", str(count), f"{seconds:.2f}", "yes" if same else "NO"])
+        rows.append(
+            [path.name, "NVDEC" if device == "cuda" else "CPU", str(count), f"{seconds:.2f}", "yes" if same else "NO"]
+        )
     return rows
 
 
@@ -355,7 +365,9 @@ def main(argv=None) -> int:
             paths.append(path)
             print(markdown_row(measure(path, model, processor, args)), flush=True)
         if args.decoders:
-            print_table_start(["video", "decoder", "decoders at once", "load_video s", "same frames as one CPU decoder"])
+            print_table_start(
+                ["video", "decoder", "decoders at once", "load_video s", "same frames as one CPU decoder"]
+            )
             for path in paths:
                 for row in decoder_rows(path, processor, args):
                     print(markdown_row(row), flush=True)

@@ -56,14 +56,20 @@ def process_counts(text: str) -> list[int]:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="the tiny random model of the tests on small videos")
-    parser.add_argument("--processes", type=process_counts, default=[1, 2], help="process counts, one GPU each (default 1,2)")
+    parser.add_argument(
+        "--processes", type=process_counts, default=[1, 2], help="process counts, one GPU each (default 1,2)"
+    )
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: gloo processes, for a dry run")
-    parser.add_argument("--work-dir", type=Path, default=Path("bench-evaluation"), help="task, model and runs (reused)")
+    parser.add_argument(
+        "--work-dir", type=Path, default=Path("bench-evaluation"), help="task, model and runs (reused)"
+    )
     parser.add_argument("--samples", type=int, help="questions (default 48, 8 with --tiny)")
     parser.add_argument("--videos", type=int, default=8, help="distinct videos the questions cycle over (default 8)")
     parser.add_argument("--video-seconds", type=int, default=600, help="length of each full-size video (default 600)")
     parser.add_argument("--video-fps", type=int, default=2, help="frame rate of the full-size videos (default 2)")
-    parser.add_argument("--video-size", default="640x360", help="WIDTHxHEIGHT of the full-size videos (default 640x360)")
+    parser.add_argument(
+        "--video-size", default="640x360", help="WIDTHxHEIGHT of the full-size videos (default 640x360)"
+    )
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--decode-workers", type=int, default=2, help="decoding processes per GPU (default 2)")
     parser.add_argument("--max-new-tokens", type=int, default=1, help="tokens per answer (default 1, Video-MME's)")
@@ -132,8 +138,17 @@ def write_task(work_dir: Path, videos: list[Path], samples: int, max_new_tokens:
     rows = []
     for index in range(samples):
         question = QUESTIONS[index % len(QUESTIONS)]
-        prompt = f"{question}\n" + "\n".join(OPTIONS) + "\nAnswer with the option's letter from the given choices directly."
-        rows.append({"video": str(videos[index % len(videos)].resolve()), "question": question, "prompt": prompt, "answer": "A"})
+        prompt = (
+            f"{question}\n" + "\n".join(OPTIONS) + "\nAnswer with the option's letter from the given choices directly."
+        )
+        rows.append(
+            {
+                "video": str(videos[index % len(videos)].resolve()),
+                "question": question,
+                "prompt": prompt,
+                "answer": "A",
+            }
+        )
     data = task_dir / "data.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     (task_dir / f"{TASK}.yaml").write_text(
@@ -154,19 +169,56 @@ def free_port() -> int:
 def run_lmms_eval(model_dir: Path, task_dir: Path, output_dir: Path, processes: int, args: argparse.Namespace) -> dict:
     """One lmms-eval run; returns its slowest process's answering time, wall time and predictions by doc id."""
     model_args = f"pretrained={model_dir.resolve()},dtype={args.dtype},decode_workers={args.decode_workers}"
-    lmms_eval_args = ["--model", "vilamp", "--model_args", model_args, "--tasks", TASK, "--include_path", str(task_dir),
-                      "--batch_size", str(args.batch_size), "--log_samples", "--output_path", str(output_dir)]
+    lmms_eval_args = [
+        "--model",
+        "vilamp",
+        "--model_args",
+        model_args,
+        "--tasks",
+        TASK,
+        "--include_path",
+        str(task_dir),
+        "--batch_size",
+        str(args.batch_size),
+        "--log_samples",
+        "--output_path",
+        str(output_dir),
+    ]
     if args.device == "cpu":
         lmms_eval_args += ["--device", "cpu"]
     if processes == 1:
         launcher = [sys.executable, "-m", "lmms_eval"]
     elif args.device == "cpu":
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                    "--master_port", str(free_port()), "-m", "lmms_eval"]
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "lmms_eval",
+        ]
     else:
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                    "--main_process_port", str(free_port()), "-m", "lmms_eval"]
+        launcher = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            "-m",
+            "lmms_eval",
+        ]
     # lmms-eval imports `vilamp` as this process does: installed, or the checkout through `PYTHONPATH=.`
     env = {
         **os.environ,
@@ -191,7 +243,11 @@ def run_lmms_eval(model_dir: Path, task_dir: Path, output_dir: Path, processes: 
         raise SystemExit(f"lmms-eval failed with {processes} processes; see {output_dir / 'log.txt'}")
     samples = [json.loads(line) for line in samples_paths[0].read_text(encoding="utf-8").splitlines()]
     # steady: after each process's first batch of `--batch-size` requests (its decoding workers' start and first video)
-    steady = [(requests - args.batch_size) / (seconds - first) for requests, seconds, first in timings.values() if seconds > first]
+    steady = [
+        (requests - args.batch_size) / (seconds - first)
+        for requests, seconds, first in timings.values()
+        if seconds > first
+    ]
     return {
         "answering_seconds": max(seconds for _, seconds, _ in timings.values()),
         "first_batch_seconds": max(first for _, _, first in timings.values()),
@@ -242,8 +298,18 @@ def main(argv=None):
     task_dir = write_task(args.work_dir, videos, args.samples, args.max_new_tokens)
     print_header(args, model_dir, build_seconds)
 
-    columns = ["processes", "samples", "answering s", "first batch s", "samples/s", "speed-up", "steady samples/s",
-               "steady speed-up", "wall s", "predictions equal the first run's"]
+    columns = [
+        "processes",
+        "samples",
+        "answering s",
+        "first batch s",
+        "samples/s",
+        "speed-up",
+        "steady samples/s",
+        "steady speed-up",
+        "wall s",
+        "predictions equal the first run's",
+    ]
     print_table_start(columns)
     first = None
     for processes in args.processes:
@@ -254,9 +320,18 @@ def main(argv=None):
         speed_up = first["answering_seconds"] / run["answering_seconds"]
         steady_speed_up = run["steady_samples_per_second"] / first["steady_samples_per_second"]
         identical = "yes" if run["predictions"] == first["predictions"] else "NO"
-        cells = [processes, args.samples, f"{run['answering_seconds']:.1f}", f"{run['first_batch_seconds']:.1f}",
-                 f"{samples_per_second:.2f}", f"{speed_up:.2f}x", f"{run['steady_samples_per_second']:.2f}",
-                 f"{steady_speed_up:.2f}x", f"{run['wall_seconds']:.0f}", identical]
+        cells = [
+            processes,
+            args.samples,
+            f"{run['answering_seconds']:.1f}",
+            f"{run['first_batch_seconds']:.1f}",
+            f"{samples_per_second:.2f}",
+            f"{speed_up:.2f}x",
+            f"{run['steady_samples_per_second']:.2f}",
+            f"{steady_speed_up:.2f}x",
+            f"{run['wall_seconds']:.0f}",
+            identical,
+        ]
         print(markdown_row(cells), flush=True)
 
 

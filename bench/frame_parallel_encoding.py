@@ -117,8 +117,12 @@ def main():
                 )
             model.enable_frame_parallel()
             reset_peak_memory(device)
-            parallel_seconds, tokens = timed_on_ranks(lambda: model.get_video_features(**video_args).pooler_output[0], device, None)
-            first_token_seconds, _ = timed_on_ranks(lambda: model.generate(**inputs, max_new_tokens=1, do_sample=False), device, None)
+            parallel_seconds, tokens = timed_on_ranks(
+                lambda: model.get_video_features(**video_args).pooler_output[0], device, None
+            )
+            first_token_seconds, _ = timed_on_ranks(
+                lambda: model.generate(**inputs, max_new_tokens=1, do_sample=False), device, None
+            )
             peak = torch.tensor([peak_memory_gib(device) or 0.0], device=device)
             dist.all_reduce(peak, op=dist.ReduceOp.MAX)
             if rank == 0:

@@ -75,7 +75,9 @@ def main(argv=None):
     import open_clip
 
     model_config = TINY_KEYFRAME_SELECTOR_CONFIG if args.tiny else VIT_B_32_CONFIG
-    selector = KeyframeSelector(open_clip.model.CLIP(**model_config), model_config, frame_batch_size=args.frame_batch_size)
+    selector = KeyframeSelector(
+        open_clip.model.CLIP(**model_config), model_config, frame_batch_size=args.frame_batch_size
+    )
     selector.to(device)
     video_processor = ViLaMPVideoProcessor()
     rows = []
@@ -89,7 +91,9 @@ def main(argv=None):
             seconds, _, decoded = best_of(device, lambda: decode_video(path, max_frames=args.max_frames))
             num_sampled = len(decoded.frames)
             total = decoded.metadata.total_num_frames
-            rows.append(("decode + 1 fps sampling (PyAV)", num_sampled, seconds, f"{total / seconds:.0f} video frames/s", None))
+            rows.append(
+                ("decode + 1 fps sampling (PyAV)", num_sampled, seconds, f"{total / seconds:.0f} video frames/s", None)
+            )
 
             def decode_and_resize():
                 return decode_video(
@@ -151,11 +155,15 @@ def main(argv=None):
     command = shlex.join(["python", "bench/keyframe_selection_speed.py", *sys.argv[1:]])
     device_text = device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {device_text}; dtype: float32; torch {torch.__version__}; transformers {transformers.__version__}")
-    print(f"CLIP: {'tiny' if args.tiny else 'ViT-B-32'} (random weights); K = {args.num_keyframes}; command: `{command}`")
+    print(
+        f"CLIP: {'tiny' if args.tiny else 'ViT-B-32'} (random weights); K = {args.num_keyframes}; command: `{command}`"
+    )
     if not has_av:
         print("PyAV is not installed: the decode rows are skipped.")
     elif args.minutes > 0:
-        print(f"video: {args.minutes:g} min, {args.video_fps} fps, {args.width}x{args.height}, max_frames {args.max_frames}")
+        print(
+            f"video: {args.minutes:g} min, {args.video_fps} fps, {args.width}x{args.height}, max_frames {args.max_frames}"
+        )
     print_table_start(COLUMNS)
     for stage, num_frames, seconds, note, peak in rows:
         peak_text = "" if peak is None else f"{peak:.2f}"

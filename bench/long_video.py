@@ -81,7 +81,9 @@ def parse_args() -> argparse.Namespace:
         "--attn-implementation", help="attention of both towers (default flash_attention_2 if installed, else sdpa)"
     )
     parser.add_argument("--vision-chunk-size", type=int, help="frames per vision chunk (default: from free memory)")
-    parser.add_argument("--compile", action="store_true", help="compile the vision tower (`model.compile_vision_tower()`)")
+    parser.add_argument(
+        "--compile", action="store_true", help="compile the vision tower (`model.compile_vision_tower()`)"
+    )
     parser.add_argument(
         "--cache-implementation",
         choices=CACHE_IMPLEMENTATIONS,
@@ -205,7 +207,9 @@ def warm_up(model: ViLaMPForConditionalGeneration, frames: torch.Tensor, args: a
         chunk_size = model.model.get_vision_chunk_size(num_frames)
         chunk_shapes |= {chunk_size, num_frames % chunk_size} - {0}
     for num_frames in sorted(chunk_shapes):
-        measure_video_features(model, video_inputs(model.config, frames, num_frames, args.num_keyframes, device), device)
+        measure_video_features(
+            model, video_inputs(model.config, frames, num_frames, args.num_keyframes, device), device
+        )
     inputs = video_inputs(model.config, frames, max(chunk_shapes), args.num_keyframes, device)
     timed_generate(model, inputs, 2, device, args.cache_implementation)
 

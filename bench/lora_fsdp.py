@@ -206,16 +206,24 @@ def format_losses(losses: list[float]) -> str:
 def print_header(args: argparse.Namespace, world_size: int, device: torch.device):
     print("# ViLaMP: LoRA fine-tuning with FSDP against one process\n")
     print(f"- command: `torchrun --nproc_per_node {world_size} {shlex.join(sys.argv)}`")
-    print(f"- device: {world_size} x {device_name(device)}; backend: {dist.get_backend()}; dtype: {args.dtype}; "
-          f"attention {args.attn_implementation}")
+    print(
+        f"- device: {world_size} x {device_name(device)}; backend: {dist.get_backend()}; dtype: {args.dtype}; "
+        f"attention {args.attn_implementation}"
+    )
     print(f"- torch {torch.__version__}, transformers {transformers.__version__}")
     checkpointing = "on" if args.gradient_checkpointing else "off"
-    print(f"- model: {'tiny' if args.tiny else 'full size'}, random weights; K = {args.num_keyframes}; vision chunks "
-          f"of {args.vision_chunk_size} frames; gradient checkpointing {checkpointing}")
-    print(f"- trained: {args.trainable}, LoRA rank {args.lora_rank}; AdamW, learning rate {args.learning_rate}; "
-          f"answer of {ANSWER_LENGTH} tokens; global batch of {world_size} videos, {args.steps} steps")
-    print(f"- FSDP: `training.shard_model`, each rank one video per step; 1 process: rank 0 alone, the {world_size} "
-          "videos one after the other with gradient accumulation")
+    print(
+        f"- model: {'tiny' if args.tiny else 'full size'}, random weights; K = {args.num_keyframes}; vision chunks "
+        f"of {args.vision_chunk_size} frames; gradient checkpointing {checkpointing}"
+    )
+    print(
+        f"- trained: {args.trainable}, LoRA rank {args.lora_rank}; AdamW, learning rate {args.learning_rate}; "
+        f"answer of {ANSWER_LENGTH} tokens; global batch of {world_size} videos, {args.steps} steps"
+    )
+    print(
+        f"- FSDP: `training.shard_model`, each rank one video per step; 1 process: rank 0 alone, the {world_size} "
+        "videos one after the other with gradient accumulation"
+    )
     tolerance = LOSS_TOLERANCE[args.dtype]
     print(f"- equal: every step's loss within {tolerance:g} of one process's ({args.dtype})", flush=True)
 
@@ -228,8 +236,10 @@ def log(message: str):
 
 def log_results(what: str, results: dict):
     for num_frames, (losses, seconds, peak) in results.items():
-        log(f"{what}, {num_frames} frames: losses {format_losses(losses)}; {seconds:.2f} s / step; peak "
-            f"{format_number(peak, 1)} GiB (rank 0)")
+        log(
+            f"{what}, {num_frames} frames: losses {format_losses(losses)}; {seconds:.2f} s / step; peak "
+            f"{format_number(peak, 1)} GiB (rank 0)"
+        )
 
 
 def main():

@@ -50,7 +50,9 @@ COLUMNS = ["frames", "trainable", "tokens", "trainable params", "peak GPU GiB", 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--frames", type=frame_counts, help=f"comma-separated frame counts (default {FULL_FRAMES}; {TINY_FRAMES} with --tiny)"
+        "--frames",
+        type=frame_counts,
+        help=f"comma-separated frame counts (default {FULL_FRAMES}; {TINY_FRAMES} with --tiny)",
     )
     parser.add_argument(
         "--trainable",
@@ -59,7 +61,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--dtype", default="bfloat16", choices=DTYPES)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--attn-implementation", help="language model attention (default flash_attention_2 if installed, else sdpa)")
+    parser.add_argument(
+        "--attn-implementation", help="language model attention (default flash_attention_2 if installed, else sdpa)"
+    )
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument(
         "--gradient-checkpointing",
@@ -100,7 +104,8 @@ def measure_row(base_model, frames: torch.Tensor, num_frames: int, trainable: st
     device = torch.device(args.device)
     inputs = training_inputs(base_model.config, frames, num_frames, args.num_keyframes, device)
     model = get_peft_model(
-        base_model, lora_config(r=args.lora_rank, modules_to_save=TRAINABLE_CONFIGURATIONS[trainable], lora_dropout=0.0)
+        base_model,
+        lora_config(r=args.lora_rank, modules_to_save=TRAINABLE_CONFIGURATIONS[trainable], lora_dropout=0.0),
     )
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     cells = [num_frames, trainable, inputs["input_ids"].shape[1], f"{sum(p.numel() for p in parameters):,}"]
@@ -129,8 +134,10 @@ def main():
     print("# ViLaMP: one LoRA training step (forward + backward + AdamW step)")
     print(f"- device: {device_name(device)}; dtype {args.dtype}; attention {args.attn_implementation}")
     print(f"- torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"- LoRA rank {args.lora_rank} on every language-model projection; vision tower frozen; "
-          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; answer of {ANSWER_LENGTH} tokens")
+    print(
+        f"- LoRA rank {args.lora_rank} on every language-model projection; vision tower frozen; "
+        f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; answer of {ANSWER_LENGTH} tokens"
+    )
     print(f"- command: python {shlex.join(sys.argv)}")
     base_model = build_training_model(args)
     frames = repeated_frames(max(args.frames), base_model.config.vision_config.image_size)

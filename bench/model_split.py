@@ -408,7 +408,9 @@ def print_header(args: argparse.Namespace, config: ViLaMPConfig, checkpoint_note
         f"- frames: synthetic uint8 {vision.image_size}x{vision.image_size} on the host, repeated; K = "
         f"{args.num_keyframes} keyframes spread evenly; vision chunk: {args.vision_chunk_size or 'from free memory'}"
     )
-    print(f"- decoding: greedy, {args.max_new_tokens} tokens; splits: {', '.join(split.name for split in args.splits)}")
+    print(
+        f"- decoding: greedy, {args.max_new_tokens} tokens; splits: {', '.join(split.name for split in args.splits)}"
+    )
     print(
         "- first stage that differs: the first output of the prefill step, in the order of the calls, whose bits "
         "differ from one device's (checksums of the query projection, SigLIP embeddings and encoder, projector and DFM "

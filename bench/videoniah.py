@@ -95,7 +95,9 @@ def choice_letter(response: str, options: list[str]) -> str | None:
     match = re.match(r"\s*\(?([A-Za-z])(?:[\s.):,]|$)", response)
     if match and match.group(1).upper() in letters:
         return match.group(1).upper()
-    named = [letters[index] for index, option in enumerate(options) if normalize_text(option) in normalize_text(response)]
+    named = [
+        letters[index] for index, option in enumerate(options) if normalize_text(option) in normalize_text(response)
+    ]
     return named[0] if len(named) == 1 else None
 
 
@@ -113,7 +115,9 @@ def score_answer(response: str, answer: str, options: list[str] | None = None) -
         if expected not in letters:
             normalized = [normalize_text(option) for option in options]
             if normalize_text(answer) not in normalized:
-                raise ValueError(f"The answer {answer!r} is neither an option letter ({letters}) nor one of {options}.")
+                raise ValueError(
+                    f"The answer {answer!r} is neither an option letter ({letters}) nor one of {options}."
+                )
             expected = letters[normalized.index(normalize_text(answer))]
         predicted = choice_letter(response, options)
         return {"correct": predicted == expected, "predicted": predicted}
@@ -133,7 +137,9 @@ def read_needle_specs(path: Path) -> list[dict]:
             raise ValueError(f"{path}:{line_number} is not JSON ({error}).") from error
         missing = [key for key in ("needle", "question", "answer") if not isinstance(spec.get(key), str)]
         if missing:
-            raise ValueError(f"{path}:{line_number} needs string fields {missing}; see `needle`, `question`, `answer`.")
+            raise ValueError(
+                f"{path}:{line_number} needs string fields {missing}; see `needle`, `question`, `answer`."
+            )
         if "options" in spec and not (isinstance(spec["options"], list) and len(spec["options"]) >= 2):
             raise ValueError(f"{path}:{line_number}: `options` must be a list of at least two strings.")
         clip = Path(spec["needle"])
@@ -220,7 +226,9 @@ def accuracy_grid(results: list[dict], lengths: list[int], depths: list[float]) 
     grid = np.full((len(lengths), len(depths)), np.nan)
     for row, length in enumerate(lengths):
         for column, depth in enumerate(depths):
-            scores = [result["correct"] for result in results if result["length"] == length and result["depth"] == depth]
+            scores = [
+                result["correct"] for result in results if result["length"] == length and result["depth"] == depth
+            ]
             if scores:
                 grid[row, column] = float(np.mean(scores))
     return grid
@@ -279,7 +287,9 @@ def parse_args(argv=None):
     parser.add_argument("--needles", type=Path, help="the needles JSONL (see above)")
     parser.add_argument("--haystacks", type=Path, nargs="+", help="haystack video files")
     parser.add_argument("--lengths", type=lambda text: parse_list(text, int, "--lengths"), default=[600, 2000, 10000])
-    parser.add_argument("--depths", type=lambda text: parse_list(text, float, "--depths"), default=[0, 0.25, 0.5, 0.75, 1])
+    parser.add_argument(
+        "--depths", type=lambda text: parse_list(text, float, "--depths"), default=[0, 0.25, 0.5, 0.75, 1]
+    )
     parser.add_argument("--keyframes", type=int, help="keyframes per video K (default: the processor's)")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--device", default="auto")
@@ -289,7 +299,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.tiny:
         if args.model or args.needles or args.haystacks:
-            parser.error("--tiny builds its own model, needles and haystack; leave out --model, --needles, --haystacks")
+            parser.error(
+                "--tiny builds its own model, needles and haystack; leave out --model, --needles, --haystacks"
+            )
         args.lengths = args.lengths if "--lengths" in (argv or sys.argv) else list(TINY_LENGTHS)
         args.depths = args.depths if "--depths" in (argv or sys.argv) else list(TINY_DEPTHS)
         args.max_new_tokens = min(args.max_new_tokens, 4)

@@ -60,15 +60,20 @@ def check(constraints: str) -> int:
             problems.append(f"{name}=={version} is installed but not pinned")
         elif expected[name] != version:
             problems.append(f"{name} is {version}, pinned {expected[name]}")
-    problems += [f"{name}=={version} is pinned but not installed" for name, version in sorted(expected.items())
-                 if name not in found]
+    problems += [
+        f"{name}=={version} is pinned but not installed"
+        for name, version in sorted(expected.items())
+        if name not in found
+    ]
     prefix = Path(sys.prefix).resolve()
     for module_name in IMPORTS_CHECKED:
         module = importlib.import_module(module_name)
         location = Path(module.__file__).resolve()
         print(f"{module_name} {module.__version__} from {location}")
         if module.__version__ != expected.get(canonical(module_name)):
-            problems.append(f"import {module_name} gives {module.__version__}, pinned {expected.get(canonical(module_name))}")
+            problems.append(
+                f"import {module_name} gives {module.__version__}, pinned {expected.get(canonical(module_name))}"
+            )
         if prefix not in location.parents:
             problems.append(f"import {module_name} comes from {location}, outside this environment ({prefix})")
     for problem in problems:

@@ -41,9 +41,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="converted ViLaMP directory (model and processor)")
     parser.add_argument("--data", type=Path, help="JSON or JSONL dataset of video, question, answer rows")
-    parser.add_argument("--output", type=Path, help="JSONL predictions (default with --tiny: WORK_DIR/predictions.jsonl)")
+    parser.add_argument(
+        "--output", type=Path, help="JSONL predictions (default with --tiny: WORK_DIR/predictions.jsonl)"
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny random model and synthetic videos: runs anywhere")
-    parser.add_argument("--work-dir", type=Path, default=Path("vilamp-tiny-eval"), help="where --tiny writes its videos")
+    parser.add_argument(
+        "--work-dir", type=Path, default=Path("vilamp-tiny-eval"), help="where --tiny writes its videos"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument(
         "--cache-implementation",
@@ -53,12 +57,19 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--max-frames", type=int, help="frames sampled per video (default: the processor's, 600)")
     parser.add_argument(
-        "--decode-workers", type=int, default=2, help="processes that decode the next videos while the model runs; 0: none"
+        "--decode-workers",
+        type=int,
+        default=2,
+        help="processes that decode the next videos while the model runs; 0: none",
     )
     parser.add_argument(
-        "--device", default="auto", help="auto (default: this process's GPU, else the CPU), cpu, cuda (this process's GPU)"
+        "--device",
+        default="auto",
+        help="auto (default: this process's GPU, else the CPU), cpu, cuda (this process's GPU)",
     )
-    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="auto: bfloat16 on a GPU, float32 on the CPU")
+    parser.add_argument(
+        "--dtype", choices=["auto", *DTYPES], default="auto", help="auto: bfloat16 on a GPU, float32 on the CPU"
+    )
     args = parser.parse_args()
     if args.tiny and (args.model is not None or args.data is not None):
         parser.error("`--tiny` builds its own model and data: leave out `--model` and `--data`.")
@@ -95,7 +106,9 @@ def part_path(output: Path, rank: int) -> Path:
 
 def part_paths(output: Path) -> list[Path]:
     """The part files of `output` left by any process of any run, whatever its number of processes."""
-    parts = [path for path in output.parent.glob(f"{output.name}.part*") if path.name[len(output.name) + 5 :].isdigit()]
+    parts = [
+        path for path in output.parent.glob(f"{output.name}.part*") if path.name[len(output.name) + 5 :].isdigit()
+    ]
     return sorted(parts, key=lambda path: int(path.name[len(output.name) + 5 :]))
 
 
@@ -215,7 +228,9 @@ def main():
             for path in parts:
                 path.unlink()
         evaluated = sum(counts)
-        print(f"Evaluated {evaluated} rows ({len(rows) - evaluated} already done); wrote {len(merged)} predictions to {output}")
+        print(
+            f"Evaluated {evaluated} rows ({len(rows) - evaluated} already done); wrote {len(merged)} predictions to {output}"
+        )
     state.wait_for_everyone()
     state.destroy_process_group()
     if state.is_main_process and missing:

@@ -23,8 +23,8 @@ from transformers import AutoModel, AutoProcessor, Trainer, TrainingArguments
 
 import vilamp  # noqa: F401  (registers ViLaMP with the Auto classes)
 from vilamp.processing import ViLaMPDataCollator, read_video_qa_file
-from vilamp.training import enable_gradient_checkpointing, lora_config, save_adapter, shard_model
 from vilamp.testing import build_tiny_model, build_tiny_processor, write_tiny_video_qa_dataset
+from vilamp.training import enable_gradient_checkpointing, lora_config, save_adapter, shard_model
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,7 +43,9 @@ def parse_args() -> argparse.Namespace:
         help="modules trained in full next to the adapters (default: the projector, as the original training did)",
     )
     parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (default: --epochs; 12 with --tiny)")
+    parser.add_argument(
+        "--max-steps", type=int, help="stop after this many optimizer steps (default: --epochs; 12 with --tiny)"
+    )
     parser.add_argument("--learning-rate", type=float, help="peak learning rate (default 2e-4; 5e-3 with --tiny)")
     parser.add_argument("--batch-size", type=int, default=1, help="videos per device and step")
     parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
@@ -136,6 +138,7 @@ def main():
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
         print(f"first loss {losses[0]:.4f}, last loss {losses[-1]:.4f}, {result.global_step} steps")
         print(f"Saved the adapter and the processor to {args.output_dir}")
+
 
 if __name__ == "__main__":
     main()

@@ -58,7 +58,9 @@ def tokenizer_dir(tmp_path_factory) -> Path:
 def converted_dir(reference_dir, tokenizer_dir, tmp_path_factory) -> Path:
     """The reference checkpoint converted once per session; tests copy it before changing it."""
     return convert_checkpoint(
-        reference_dir / "original_tiny", tmp_path_factory.mktemp("converted") / "vilamp-tiny", tokenizer_dir=tokenizer_dir
+        reference_dir / "original_tiny",
+        tmp_path_factory.mktemp("converted") / "vilamp-tiny",
+        tokenizer_dir=tokenizer_dir,
     )
 
 

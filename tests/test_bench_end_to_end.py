@@ -17,5 +17,8 @@ def test_tiny_cpu_run_prints_every_stage_and_each_decoder_setting(tmp_path):
         assert float(row[column]) >= 0
     # the original evaluation's OpenCV loop keeps the same frame numbers and pixels as this package
     assert row["same frames as original"] == "numbers yes, pixels yes"
-    assert [(row["decoders at once"], row["same frames as one CPU decoder"]) for row in decoders] == [("1", "yes"), ("3", "yes")]
+    assert [(row["decoders at once"], row["same frames as one CPU decoder"]) for row in decoders] == [
+        ("1", "yes"),
+        ("3", "yes"),
+    ]
     assert (tmp_path / "camera_tiny.mp4").is_file()

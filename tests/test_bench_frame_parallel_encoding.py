@@ -10,7 +10,16 @@ def test_tiny_gloo_run_gives_one_rank_tokens_for_each_frame_count():
     frame_counts = ",".join(str(count) for count in FRAME_COUNTS)
     result = run_bench(
         *["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3"],
-        *["bench/frame_parallel_encoding.py", "--tiny", "--device", "cpu", "--dtype", "float32", "--frames", frame_counts],
+        *[
+            "bench/frame_parallel_encoding.py",
+            "--tiny",
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--frames",
+            frame_counts,
+        ],
         timeout=300,
     )
     assert result.returncode == 0, result.stderr

@@ -41,7 +41,9 @@ def test_tiny_cpu_splits_give_the_one_device_ids_at_every_frame_count(tmp_path):
 
 
 def test_gpu_split_with_cpu_device_is_refused_naming_the_split(tmp_path):
-    result = run_model_split("--tiny", "--device", "cpu", "--work-dir", str(tmp_path), "--split", "vision=1,language=0")
+    result = run_model_split(
+        "--tiny", "--device", "cpu", "--work-dir", str(tmp_path), "--split", "vision=1,language=0"
+    )
     assert result.returncode == 2
     assert "`--split vision=1,language=0` places the model on GPUs" in result.stderr
     assert not any(tmp_path.iterdir())  # refused before anything is built

@@ -17,7 +17,9 @@ from pathlib import Path
 import transformers
 
 PACKAGE = "transformers_upstream_tests"
-CACHE_DIR = Path(os.environ.get("VILAMP_TRANSFORMERS_TESTS_DIR", Path.home() / ".cache" / "vilamp" / "transformers-tests"))
+CACHE_DIR = Path(
+    os.environ.get("VILAMP_TRANSFORMERS_TESTS_DIR", Path.home() / ".cache" / "vilamp" / "transformers-tests")
+)
 
 
 class GenerationTesterMixin:
@@ -59,8 +61,17 @@ def transformers_tests_dir(version: str = transformers.__version__) -> Path:
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE_DIR) as download_dir:
         command = [
-            sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-            "--dest", download_dir, f"transformers=={version}",
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--dest",
+            download_dir,
+            f"transformers=={version}",
         ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:

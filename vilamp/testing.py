@@ -95,7 +95,9 @@ def build_tiny_tokenizer():
 
 def byte_level_alphabet() -> dict[str, int]:
     """GPT-2's byte-level alphabet (the `ByteLevel` pre-tokenizer's): each symbol and the byte it stands for."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     codes, shift = list(printable), 0
     for byte in range(256):
         if byte not in printable:
@@ -199,7 +201,14 @@ def random_original_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     (`model.mm_projector.0/2`), the DFM (`model.composer_projector.*`), `model.image_newline` and the keyframe
     selector's CLIP (`model.frame_selector.model.*`).
     """
-    from transformers import CLIPConfig, CLIPModel, Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+    from transformers import (
+        CLIPConfig,
+        CLIPModel,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
 
     torch.manual_seed(seed)
     text_config = {name: value for name, value in ORIGINAL_TINY_TEXT_CONFIG.items() if name != "rope_theta"}
@@ -304,7 +313,9 @@ def write_tiny_video_qa_dataset(path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for index, row in enumerate(TINY_VIDEO_QA_ROWS):
-        video = write_synthetic_video(path.parent / f"video_{index}.mp4", num_frames=16 + 8 * index, level_step=4 + index)
+        video = write_synthetic_video(
+            path.parent / f"video_{index}.mp4", num_frames=16 + 8 * index, level_step=4 + index
+        )
         rows.append({"video": video.name, **row})
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path

@@ -34,11 +34,15 @@ def damaged_dir(converted_dir, tmp_path) -> Path:
 
 
 def ask(model_dir: Path, video: Path) -> subprocess.CompletedProcess:
-    return run_vilamp("ask", model_dir, video, "What is shown?", "--device", "cpu", "--max-new-tokens", "2", "--no-progress")
+    return run_vilamp(
+        "ask", model_dir, video, "What is shown?", "--device", "cpu", "--max-new-tokens", "2", "--no-progress"
+    )
 
 
 @pytest.mark.parametrize(
-    "damage", [lambda data: b"not safetensors" * 100, lambda data: data[: len(data) // 2]], ids=["garbage", "truncated"]
+    "damage",
+    [lambda data: b"not safetensors" * 100, lambda data: data[: len(data) // 2]],
+    ids=["garbage", "truncated"],
 )
 def test_ask_with_damaged_weights_names_the_file(damage, damaged_dir, make_video_file):
     """A damaged `model.safetensors` in MODEL_DIR (garbage or truncated) exits 1 naming the file and how to convert again."""
@@ -85,13 +89,25 @@ def test_ask_on_a_truncated_video_warns_in_one_line_and_answers(converted_dir, t
     from vilamp.testing import synthetic_frames, write_video
 
     intact = write_video(
-        tmp_path / "intact.mp4", synthetic_frames(48, width=64, height=48), fps=8, codec="libx264",
-        options={"preset": "ultrafast"}, container_options={"movflags": "faststart"},
+        tmp_path / "intact.mp4",
+        synthetic_frames(48, width=64, height=48),
+        fps=8,
+        codec="libx264",
+        options={"preset": "ultrafast"},
+        container_options={"movflags": "faststart"},
     )
     truncated = tmp_path / "truncated.mp4"
     truncated.write_bytes(intact.read_bytes()[: intact.stat().st_size // 2])
     result = run_vilamp(
-        "ask", converted_dir, truncated, "What is shown?", "--device", "cpu", "--max-new-tokens", "2", "--no-progress",
+        "ask",
+        converted_dir,
+        truncated,
+        "What is shown?",
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "2",
+        "--no-progress",
         "--json",
     )
     assert result.returncode == 0, result.stderr

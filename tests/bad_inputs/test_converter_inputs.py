@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vilamp.conversion.convert_original_to_hf import ConversionError
 from vilamp.cli.main import convert_command as convert_main
 from vilamp.cli.main import main as vilamp_main
+from vilamp.conversion.convert_original_to_hf import ConversionError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENTRY_POINTS = ("vilamp-convert", "vilamp convert")
@@ -45,7 +45,9 @@ def error_line(capsys) -> str:
 
 def snapshot(directory: Path) -> dict[str, bytes]:
     """Every file under `directory` (hidden ones included) with its content."""
-    return {str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*")) if path.is_file()
+    }
 
 
 def hidden_siblings(output_dir: Path) -> list[str]:
@@ -66,9 +68,15 @@ def test_output_overlapping_the_input_is_refused_whatever_overwrite_says(
     entry_point, relation, unreadable_checkpoint, tokenizer_dir, capsys
 ):
     """An output that is the input, holds it or lies inside it is refused with --overwrite, before any weight is read."""
-    output_dir = {"is": unreadable_checkpoint, "holds": unreadable_checkpoint.parent, "lies inside": unreadable_checkpoint / "hf"}
+    output_dir = {
+        "is": unreadable_checkpoint,
+        "holds": unreadable_checkpoint.parent,
+        "lies inside": unreadable_checkpoint / "hf",
+    }
     before = snapshot(unreadable_checkpoint.parent)
-    status = convert(entry_point, unreadable_checkpoint, output_dir[relation], "--tokenizer", tokenizer_dir, "--overwrite")
+    status = convert(
+        entry_point, unreadable_checkpoint, output_dir[relation], "--tokenizer", tokenizer_dir, "--overwrite"
+    )
     assert status == 2
     error = error_line(capsys)
     assert f"{output_dir[relation]} {relation} the input directory {unreadable_checkpoint}" in error
@@ -109,7 +117,9 @@ def test_overwrite_keeps_an_earlier_conversion_holding_other_files(
     (output_dir / "results.txt").write_text("accuracy 0.61")
     (output_dir / "adapter").mkdir()
     before = snapshot(output_dir)
-    assert convert("vilamp-convert", unreadable_checkpoint, output_dir, "--tokenizer", tokenizer_dir, "--overwrite") == 2
+    assert (
+        convert("vilamp-convert", unreadable_checkpoint, output_dir, "--tokenizer", tokenizer_dir, "--overwrite") == 2
+    )
     error = error_line(capsys)
     assert "files a conversion never writes (adapter, results.txt)" in error and "move those files out" in error
     assert snapshot(output_dir) == before
@@ -139,7 +149,15 @@ def test_existing_conversion_without_overwrite_is_refused_before_reading(
         (["--max-shard-size", "5 apples"], "`--max-shard-size` '5 apples' is not a size"),
         (["--max-shard-size", "0GB"], "`--max-shard-size` '0GB' is not a size"),
     ],
-    ids=["tokenizer-missing", "tokenizer-file", "tower-missing", "clip-missing", "reference-missing", "size-words", "size-zero"],
+    ids=[
+        "tokenizer-missing",
+        "tokenizer-file",
+        "tower-missing",
+        "clip-missing",
+        "reference-missing",
+        "size-words",
+        "size-zero",
+    ],
 )
 def test_argument_problems_exit_2_before_reading(flags, message, unreadable_checkpoint, tmp_path, capsys):
     """A missing --tokenizer, tower config or reference directory, or a --max-shard-size that is no size, exits 2 before the weights are read."""
@@ -161,7 +179,10 @@ def test_input_that_is_not_a_directory_exits_2(name, tmp_path, capsys):
 def test_output_inside_a_file_exits_2(unreadable_checkpoint, tokenizer_dir, tmp_path, capsys):
     """An output whose parent is a file cannot be written and exits 2 before the weights are read."""
     (tmp_path / "file.txt").write_text("a file")
-    assert convert("vilamp-convert", unreadable_checkpoint, tmp_path / "file.txt" / "out", "--tokenizer", tokenizer_dir) == 2
+    assert (
+        convert("vilamp-convert", unreadable_checkpoint, tmp_path / "file.txt" / "out", "--tokenizer", tokenizer_dir)
+        == 2
+    )
     assert "is not a writable directory" in error_line(capsys)
 
 
@@ -184,8 +205,12 @@ class RunsCode:
         return open, (str(self.path), "w")
 
 
-@pytest.mark.parametrize("make_object", [lambda marker: RunsCode(marker), lambda marker: Namespace(lr=1e-5)], ids=["code", "namespace"])
-def test_pickle_that_weights_only_refuses_is_refused_safely(make_object, checkpoint_copy, tokenizer_dir, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "make_object", [lambda marker: RunsCode(marker), lambda marker: Namespace(lr=1e-5)], ids=["code", "namespace"]
+)
+def test_pickle_that_weights_only_refuses_is_refused_safely(
+    make_object, checkpoint_copy, tokenizer_dir, tmp_path, capsys
+):
     """A `.bin` pickling objects other than tensors is refused, never unpickled, and the message never advises `weights_only=False`."""
     marker = tmp_path / "code-ran"
     state_dict = load_file(checkpoint_copy / "model.safetensors")
@@ -218,7 +243,9 @@ def test_failed_conversion_check_exits_1(entry_point, checkpoint_copy, tokenizer
     assert not (tmp_path / "out").exists() and not hidden_siblings(tmp_path / "out")
 
 
-def test_previous_output_left_by_a_killed_replacement_is_pointed_at(converted_dir, checkpoint_copy, tokenizer_dir, capsys):
+def test_previous_output_left_by_a_killed_replacement_is_pointed_at(
+    converted_dir, checkpoint_copy, tokenizer_dir, capsys
+):
     """After a conversion killed (SIGKILL) between its two renames, the next run refuses and says where the previous output is kept."""
     output_dir = checkpoint_copy.parent / "vilamp-tiny"
     kept = checkpoint_copy.parent / ".vilamp-tiny.replaced.x1y2z3" / "vilamp-tiny"
@@ -250,7 +277,15 @@ def test_help_gives_the_exit_statuses(capsys):
 def start_conversion(entry_point: str, input_dir: Path, output_dir: Path, *flags) -> subprocess.Popen:
     """Starts `python -m vilamp.conversion.convert_original_to_hf` (what `vilamp-convert` runs) or `python -m vilamp.cli convert`."""
     if entry_point == "vilamp-convert":
-        command = ["-m", "vilamp.conversion.convert_original_to_hf", "--input", input_dir, "--output", output_dir, *flags]
+        command = [
+            "-m",
+            "vilamp.conversion.convert_original_to_hf",
+            "--input",
+            input_dir,
+            "--output",
+            output_dir,
+            *flags,
+        ]
     else:
         command = ["-m", "vilamp.cli", "convert", input_dir, output_dir, *flags]
     return subprocess.Popen(
@@ -281,8 +316,16 @@ def lay_earlier_output(converted_dir: Path, output_dir: Path):
 
 @pytest.mark.parametrize(
     ("entry_point", "signum", "earlier_output"),
-    [("vilamp-convert", signal.SIGTERM, False), ("vilamp-convert", signal.SIGINT, True), ("vilamp convert", signal.SIGTERM, True)],
-    ids=["vilamp-convert-sigterm-new-output", "vilamp-convert-sigint-overwrite", "vilamp-convert-subcommand-sigterm-overwrite"],
+    [
+        ("vilamp-convert", signal.SIGTERM, False),
+        ("vilamp-convert", signal.SIGINT, True),
+        ("vilamp convert", signal.SIGTERM, True),
+    ],
+    ids=[
+        "vilamp-convert-sigterm-new-output",
+        "vilamp-convert-sigint-overwrite",
+        "vilamp-convert-subcommand-sigterm-overwrite",
+    ],
 )
 def test_interrupt_while_writing_leaves_the_output_as_it_was(
     entry_point, signum, earlier_output, converted_dir, checkpoint_copy, tokenizer_dir

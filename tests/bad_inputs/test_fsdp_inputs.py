@@ -12,8 +12,8 @@ from torch import nn
 
 peft = pytest.importorskip("peft", reason="LoRA fine-tuning needs peft (the `peft` extra)")
 
+from vilamp.testing import build_tiny_model  # noqa: E402
 from vilamp.training import lora_config, shard_model  # noqa: E402
-from vilamp.testing import build_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

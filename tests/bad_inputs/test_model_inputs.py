@@ -141,7 +141,9 @@ def test_placeholders_of_another_keyframe_pooled_size_are_named(saved_model_dir,
     other_processor_dir = tmp_path / "processor-3x3"
     build_tiny_processor().save_pretrained(other_processor_dir)
     edit_json(other_processor_dir / "processor_config.json", keyframe_pooled_size=3)
-    inputs = AutoProcessor.from_pretrained(other_processor_dir)(text="What moves?", videos=video_file, return_tensors="pt")
+    inputs = AutoProcessor.from_pretrained(other_processor_dir)(
+        text="What moves?", videos=video_file, return_tensors="pt"
+    )
     with pytest.raises(
         ValueError,
         match=r"found 23 in `input_ids`.* 23 is the count for `keyframe_pooled_size` = 3: .* "

@@ -18,7 +18,9 @@ def faststart_video(tmp_path_factory):
     path = tmp_path_factory.mktemp("videos") / "faststart.mp4"
     frames = synthetic_frames(NUM_FRAMES, width=64, height=48)
     options = {"preset": "ultrafast"}
-    return write_video(path, frames, fps=FPS, codec="libx264", options=options, container_options={"movflags": "faststart"})
+    return write_video(
+        path, frames, fps=FPS, codec="libx264", options=options, container_options={"movflags": "faststart"}
+    )
 
 
 def truncated_copy(source, destination, fraction: float):
@@ -34,7 +36,9 @@ def test_truncated_file_warns_and_samples_over_the_frames_that_decoded(faststart
     """A file cut short after a front index: warning with the count, frames sampled by the original's rule over those
     that decoded, pixels equal to the intact file's (whether or not spans were asked for)."""
     truncated = truncated_copy(faststart_video, tmp_path / "truncated.mp4", 0.3)
-    with pytest.warns(VideoDecodingWarning, match=r"truncated.mp4` is damaged or truncated: only (\d+) of the 48 frames"):
+    with pytest.warns(
+        VideoDecodingWarning, match=r"truncated.mp4` is damaged or truncated: only (\d+) of the 48 frames"
+    ):
         decoded = decode_video(truncated, fps=FPS, max_frames=12, num_decoders=num_decoders)
     num_decoded = decoded.metadata.total_num_frames
     assert 0 < num_decoded < NUM_FRAMES

@@ -30,7 +30,16 @@ def test_ask_json_reports_answer_keyframe_times_and_timings(run_vilamp, model_di
 
 
 def test_ask_streams_the_same_answer_and_shows_progress(run_vilamp, model_dir, video_file):
-    arguments = ["ask", model_dir, video_file, "What colour is the square?", "--max-new-tokens", "4", "--device", "cpu"]
+    arguments = [
+        "ask",
+        model_dir,
+        video_file,
+        "What colour is the square?",
+        "--max-new-tokens",
+        "4",
+        "--device",
+        "cpu",
+    ]
     streamed = run_vilamp(*arguments)
     assert streamed.returncode == 0, streamed.stderr
     as_json = json.loads(run_vilamp(*arguments, "--json", "--no-progress").stdout)
@@ -41,7 +50,16 @@ def test_ask_streams_the_same_answer_and_shows_progress(run_vilamp, model_dir, v
 
 
 def test_ask_with_a_static_cache_gives_the_default_greedy_answer(run_vilamp, model_dir, video_file):
-    arguments = ["ask", model_dir, video_file, "What colour is the square?", "--max-new-tokens", "6", "--device", "cpu"]
+    arguments = [
+        "ask",
+        model_dir,
+        video_file,
+        "What colour is the square?",
+        "--max-new-tokens",
+        "6",
+        "--device",
+        "cpu",
+    ]
     arguments += ["--dtype", "float32", "--json", "--no-progress"]
     default = run_vilamp(*arguments)
     static = run_vilamp(*arguments, "--cache-implementation", "static")

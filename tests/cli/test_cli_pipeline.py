@@ -5,7 +5,9 @@ from vilamp.cli.pipeline import generate_answer, prepare_video
 from vilamp.runner import ViLaMPRunner
 
 
-def test_prepared_video_keeps_the_keyframe_selection_and_the_answer_streams_as_generate_gives_it(model_dir, video_file):
+def test_prepared_video_keeps_the_keyframe_selection_and_the_answer_streams_as_generate_gives_it(
+    model_dir, video_file
+):
     runner = ViLaMPRunner.from_pretrained(model_dir, device="cpu", dtype="float32")
     model, processor = runner.model, runner.processor
     question = "What colour is the square?"
@@ -24,7 +26,10 @@ def test_prepared_video_keeps_the_keyframe_selection_and_the_answer_streams_as_g
     assert {"encoding", "prefill", "generation"} <= set(prepared.timings_seconds)
     expected = processor(text=question, videos=str(video_file))
     expected_ids = model.generate(**expected, max_new_tokens=4, do_sample=False)
-    assert processor.tokenizer.decode(expected_ids[0, expected["input_ids"].shape[1] :], skip_special_tokens=True) == answer
+    assert (
+        processor.tokenizer.decode(expected_ids[0, expected["input_ids"].shape[1] :], skip_special_tokens=True)
+        == answer
+    )
     # the progress hooks are removed
     assert not model.model.multi_modal_projector._forward_hooks
     assert not model.model.language_model._forward_pre_hooks

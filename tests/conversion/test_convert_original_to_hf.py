@@ -136,8 +136,14 @@ def test_missing_shard_is_refused_and_nothing_is_written(checkpoint_copy, tokeni
     state_dict = load_file(checkpoint_copy / "model.safetensors")
     (checkpoint_copy / "model.safetensors").unlink()
     keys = sorted(state_dict)
-    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
-    save_file({key: state_dict[key] for key in shards["model-00001-of-00002.safetensors"]}, checkpoint_copy / "model-00001-of-00002.safetensors")
+    shards = {
+        "model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+        "model-00002-of-00002.safetensors": keys[len(keys) // 2 :],
+    }
+    save_file(
+        {key: state_dict[key] for key in shards["model-00001-of-00002.safetensors"]},
+        checkpoint_copy / "model-00001-of-00002.safetensors",
+    )
     weight_map = {key: shard for shard, shard_keys in shards.items() for key in shard_keys}
     (checkpoint_copy / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     output_dir = tmp_path / "out"
@@ -168,7 +174,10 @@ def rewrite_weights(checkpoint_dir: Path, change):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda weights: weights.update({"model.extra_head.weight": torch.zeros(2)}), r"no rule maps: \['model.extra_head.weight'\]"),
+        (
+            lambda weights: weights.update({"model.extra_head.weight": torch.zeros(2)}),
+            r"no rule maps: \['model.extra_head.weight'\]",
+        ),
         (lambda weights: weights.pop("model.image_newline"), r"uninitialised: \['model.image_newline'\]"),
         (
             lambda weights: weights.update({"model.mm_projector.2.bias": torch.zeros(63)}),
@@ -204,12 +213,21 @@ def test_unimplemented_original_setting_is_refused(checkpoint_copy, tokenizer_di
         convert_checkpoint(checkpoint_copy, tmp_path / "out", tokenizer_dir=tokenizer_dir)
 
 
-def test_earlier_conversion_is_replaced_only_with_overwrite(converted_dir, reference_dir, tokenizer_dir, tmp_path, capsys):
+def test_earlier_conversion_is_replaced_only_with_overwrite(
+    converted_dir, reference_dir, tokenizer_dir, tmp_path, capsys
+):
     output_dir = tmp_path / "out"
     shutil.copytree(converted_dir, output_dir)
     config = json.loads((output_dir / "config.json").read_text())
     (output_dir / "config.json").write_text(json.dumps({**config, "written_by": "the earlier conversion"}))
-    arguments = ["--input", str(reference_dir / "original_tiny"), "--output", str(output_dir), "--tokenizer", str(tokenizer_dir)]
+    arguments = [
+        "--input",
+        str(reference_dir / "original_tiny"),
+        "--output",
+        str(output_dir),
+        "--tokenizer",
+        str(tokenizer_dir),
+    ]
     assert main(arguments) == 2
     assert "holds an earlier conversion; pass --overwrite to replace it" in capsys.readouterr().err
     assert json.loads((output_dir / "config.json").read_text())["written_by"] == "the earlier conversion"
@@ -223,7 +241,10 @@ def test_earlier_conversion_is_replaced_only_with_overwrite(converted_dir, refer
 def test_tower_configs_are_found_beside_the_checkpoint_or_given_explicitly(reference_dir, tokenizer_dir, tmp_path):
     checkpoint_dir = tmp_path / "alone" / "original_tiny"
     shutil.copytree(reference_dir / "original_tiny", checkpoint_dir)
-    with pytest.raises(ConversionError, match="Cannot find the config of `mm_vision_tower` 'siglip-tiny-patch14-384'.*--vision-tower-config"):
+    with pytest.raises(
+        ConversionError,
+        match="Cannot find the config of `mm_vision_tower` 'siglip-tiny-patch14-384'.*--vision-tower-config",
+    ):
         convert_checkpoint(checkpoint_dir, tmp_path / "out", tokenizer_dir=tokenizer_dir)
     converted = convert_checkpoint(
         checkpoint_dir,

@@ -12,7 +12,9 @@ import pytest
 import torch
 from transformers import AutoModel, AutoProcessor
 
-pytest.importorskip("lmms_eval", reason="lmms-eval is not installed: pip install -e '.[lmms-eval]' (the lmms-eval CI lane)")
+pytest.importorskip(
+    "lmms_eval", reason="lmms-eval is not installed: pip install -e '.[lmms-eval]' (the lmms-eval CI lane)"
+)
 
 from vilamp.evaluation.lmms_eval_vilamp import question_alone  # noqa: E402
 
@@ -72,14 +74,41 @@ def run_lmms_eval(task_dir: Path, output_dir: Path, model_args: str, *, processe
     launcher = [sys.executable, "-m", "lmms_eval"]
     if processes > 1:
         # on GPUs `accelerate launch --num_processes N` does the same; on the CPU it would start one process
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                    "--master_port", str(free_port()), "-m", "lmms_eval"]
-    arguments = ["--model", "vilamp", "--model_args", model_args, "--tasks", f"{GENERATION_TASK},{CHOICE_TASK}",
-                 "--include_path", str(task_dir), "--batch_size", "2", "--device", "cpu", "--log_samples",
-                 "--output_path", str(output_dir)]
-    result = subprocess.run([*launcher, *arguments], cwd=output_dir, env=env, capture_output=True, text=True, timeout=900)
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "lmms_eval",
+        ]
+    arguments = [
+        "--model",
+        "vilamp",
+        "--model_args",
+        model_args,
+        "--tasks",
+        f"{GENERATION_TASK},{CHOICE_TASK}",
+        "--include_path",
+        str(task_dir),
+        "--batch_size",
+        "2",
+        "--device",
+        "cpu",
+        "--log_samples",
+        "--output_path",
+        str(output_dir),
+    ]
+    result = subprocess.run(
+        [*launcher, *arguments], cwd=output_dir, env=env, capture_output=True, text=True, timeout=900
+    )
     # lmms-eval logs a failed evaluation and still exits 0: the results file is the proof
-    assert result.returncode == 0 and list(output_dir.glob("*/*_results.json")), result.stdout[-3000:] + result.stderr[-5000:]
+    assert result.returncode == 0 and list(output_dir.glob("*/*_results.json")), (
+        result.stdout[-3000:] + result.stderr[-5000:]
+    )
 
 
 def free_port() -> int:
@@ -120,7 +149,9 @@ def single_process_run(tmp_path_factory, task_dir, converted_dir) -> dict:
 
 @pytest.fixture(scope="module")
 def model_and_processor(converted_dir):
-    return AutoModel.from_pretrained(converted_dir, dtype=torch.float32).eval(), AutoProcessor.from_pretrained(converted_dir)
+    return AutoModel.from_pretrained(converted_dir, dtype=torch.float32).eval(), AutoProcessor.from_pretrained(
+        converted_dir
+    )
 
 
 def test_results_file_holds_both_tasks_for_the_vilamp_model(single_process_run, question_rows, converted_dir):
@@ -136,7 +167,9 @@ def test_results_file_holds_both_tasks_for_the_vilamp_model(single_process_run, 
         assert sorted(single_process_run["samples"][task]) == list(range(len(question_rows)))
 
 
-def test_generated_answers_equal_the_processor_and_generate_called_directly(single_process_run, question_rows, model_and_processor):
+def test_generated_answers_equal_the_processor_and_generate_called_directly(
+    single_process_run, question_rows, model_and_processor
+):
     model, processor = model_and_processor
     samples = single_process_run["samples"][GENERATION_TASK]
     for doc_id, row in enumerate(question_rows):
@@ -159,7 +192,9 @@ def test_choice_losses_equal_a_direct_forward_of_each_option(single_process_run,
             choice_ids = processor.tokenizer(f" {choice}", add_special_tokens=False, return_tensors="pt").input_ids
             input_ids = torch.cat([inputs["input_ids"], choice_ids], dim=1)
             with torch.no_grad():
-                logits = model(**{**inputs, "input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}).logits
+                logits = model(
+                    **{**inputs, "input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+                ).logits
             choice_logits = logits[0, inputs["input_ids"].shape[1] - 1 : -1]
             losses.append(torch.nn.functional.cross_entropy(choice_logits, choice_ids[0]).item())
         logged_losses = [float(loss) for loss, _ in samples[doc_id]["filtered_resps"]]

@@ -44,11 +44,15 @@ def test_decoding_workers_start_when_made_and_serve_every_later_prepare(answerer
         assert len(set(multiprocessing.active_children()) - children) == 2
         for batches in ([questions[:1], questions[1:2], questions[2:]], [questions[2:], questions[:1]]):
             for inputs, batch in zip(workers.map(batches), batches, strict=True):
-                assert torch.equal(inputs["input_ids"], process_questions(answerer.processor, batch, "cpu")["input_ids"])
+                assert torch.equal(
+                    inputs["input_ids"], process_questions(answerer.processor, batch, "cpu")["input_ids"]
+                )
     assert set(multiprocessing.active_children()) <= children
 
 
-def test_a_video_that_fails_to_decode_in_a_worker_raises_its_error_and_the_workers_go_on(answerer, questions, tmp_path):
+def test_a_video_that_fails_to_decode_in_a_worker_raises_its_error_and_the_workers_go_on(
+    answerer, questions, tmp_path
+):
     damaged = tmp_path / "damaged.mp4"
     damaged.write_bytes(b"not a video" * 100)
     batches = [questions[:1], [VideoQuestion(video=str(damaged), prompt="What moves?", query="What moves?")]]
@@ -65,14 +69,19 @@ def test_decoding_workers_take_a_positive_count(answerer):
         DecodingWorkers(answerer.processor, torch.device("cpu"), num_workers=0)
 
 
-def test_answers_equal_generate_on_the_processor_call_with_the_question_as_keyframe_query(converted_dir, answerer, questions):
+def test_answers_equal_generate_on_the_processor_call_with_the_question_as_keyframe_query(
+    converted_dir, answerer, questions
+):
     answers = answerer.answer(questions, max_new_tokens=4, batch_size=1)
     model = AutoModel.from_pretrained(converted_dir, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(converted_dir)
     for question, answer in zip(questions, answers):
         inputs = processor(text=question.prompt, videos=question.video, query=question.query)
         output_ids = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-        assert processor.tokenizer.decode(output_ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True) == answer
+        assert (
+            processor.tokenizer.decode(output_ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            == answer
+        )
 
 
 def test_continuation_losses_equal_a_full_forward_of_prompt_and_continuation(answerer, questions):
@@ -82,7 +91,9 @@ def test_continuation_losses_equal_a_full_forward_of_prompt_and_continuation(ans
     scores = answerer.continuation_losses(inputs, continuations)
     assert len(scores) == 3
     for continuation, (loss, is_greedy) in zip(continuations, scores):
-        continuation_ids = answerer.processor.tokenizer(continuation, add_special_tokens=False, return_tensors="pt").input_ids
+        continuation_ids = answerer.processor.tokenizer(
+            continuation, add_special_tokens=False, return_tensors="pt"
+        ).input_ids
         full = {**inputs, "input_ids": torch.cat([inputs["input_ids"], continuation_ids], dim=1)}
         full["attention_mask"] = torch.ones_like(full["input_ids"])
         with torch.no_grad():

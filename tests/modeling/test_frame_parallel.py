@@ -75,7 +75,9 @@ def encode_on_rank(rank, world_size, port, inputs_by_case, output_dir):
 def single_process_results(inputs_by_case):
     results = {}
     for rule in RULES:
-        results.update(encoding_results(build_tiny_model(seed=0, dfm_reference_rule=rule).eval(), inputs_by_case, rule))
+        results.update(
+            encoding_results(build_tiny_model(seed=0, dfm_reference_rule=rule).eval(), inputs_by_case, rule)
+        )
     return results
 
 
@@ -96,9 +98,13 @@ def frames_compared_across_spans(keyframe_masks, rule, world_size) -> list[int]:
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_frame_parallel_encoding_equals_one_process(world_size, video_inputs, tmp_path):
     config = build_tiny_model(seed=0).config
-    inputs_by_case = {name: video_inputs(config, masks, seed=index) for index, (name, masks) in enumerate(CASES.items())}
+    inputs_by_case = {
+        name: video_inputs(config, masks, seed=index) for index, (name, masks) in enumerate(CASES.items())
+    }
     for rule in RULES:
-        assert frames_compared_across_spans(CASES[f"cut_{'two' if world_size == 2 else 'three'}_ranks"], rule, world_size)
+        assert frames_compared_across_spans(
+            CASES[f"cut_{'two' if world_size == 2 else 'three'}_ranks"], rule, world_size
+        )
     if world_size == 3:
         assert frames_compared_across_spans(CASES["shorter_than_ranks"], "paper", 3) == [1]
 

@@ -103,7 +103,9 @@ def test_greedy_decoding_options_give_the_default_ids(model, batch, decoding):
 def test_assisted_decoding_gives_the_default_ids(model, processor, videos, assistance):
     # transformers runs assisted decoding one prompt at a time; the assistant is another tiny ViLaMP on the same video
     inputs = processor(text=QUESTIONS[1], videos=videos[1], return_tensors="pt")
-    assisted = {"assistant_model": build_tiny_model(seed=2).eval()} if assistance == "assistant_model" else {assistance: 2}
+    assisted = (
+        {"assistant_model": build_tiny_model(seed=2).eval()} if assistance == "assistant_model" else {assistance: 2}
+    )
     expected = model.generate(**inputs, max_new_tokens=6, do_sample=False)
     generated = model.generate(**inputs, max_new_tokens=6, do_sample=False, **assisted)
     assert generated.tolist() == expected.tolist()
@@ -123,12 +125,16 @@ def test_inputs_embeds_without_input_ids_generate_as_input_ids(model, batch, num
     inputs = dict(batch)
     inputs_embeds = model.get_input_embeddings()(inputs.pop("input_ids"))
     expected = model.generate(**batch, max_new_tokens=4, do_sample=False, num_beams=num_beams)
-    generated = model.generate(inputs_embeds=inputs_embeds, **inputs, max_new_tokens=4, do_sample=False, num_beams=num_beams)
+    generated = model.generate(
+        inputs_embeds=inputs_embeds, **inputs, max_new_tokens=4, do_sample=False, num_beams=num_beams
+    )
     assert generated.tolist() == expected[:, batch["input_ids"].shape[1] :].tolist()
 
 
 def test_beams_over_prompts_without_placeholders_are_refused(model, batch):
     inputs = dict(batch)
     inputs_embeds = torch.zeros(*inputs.pop("input_ids").shape, model.config.text_config.hidden_size)
-    with pytest.raises(ValueError, match=r"2 videos were passed but the prompts hold placeholders for 0; pass `input_ids`"):
+    with pytest.raises(
+        ValueError, match=r"2 videos were passed but the prompts hold placeholders for 0; pass `input_ids`"
+    ):
         model.generate(inputs_embeds=inputs_embeds, **inputs, max_new_tokens=1, num_beams=2)

@@ -89,7 +89,9 @@ def test_generate_with_and_without_cache_match(tiny_model, video_inputs):
 def test_generate_first_step_equals_forward(tiny_model, video_inputs):
     model = tiny_model()
     inputs = video_inputs(model.config, [KEYFRAMES_TWO_OF_FIVE])
-    generated = model.generate(**inputs, max_new_tokens=1, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    generated = model.generate(
+        **inputs, max_new_tokens=1, do_sample=False, output_logits=True, return_dict_in_generate=True
+    )
     with torch.no_grad():
         last_logits = model(**inputs).logits[:, -1]
     torch.testing.assert_close(generated.logits[0], last_logits, rtol=0, atol=1e-5)
@@ -123,7 +125,9 @@ def test_text_only_prompt_in_batch_with_a_video(tiny_model, video_inputs):
         [inputs["attention_mask"], torch.nn.functional.pad(torch.ones_like(text_only), (width - 4, 0))]
     )
     batched = model.generate(**inputs, max_new_tokens=4, do_sample=False)[1, width:]
-    alone = model.generate(input_ids=text_only, attention_mask=torch.ones_like(text_only), max_new_tokens=4, do_sample=False)
+    alone = model.generate(
+        input_ids=text_only, attention_mask=torch.ones_like(text_only), max_new_tokens=4, do_sample=False
+    )
     alone = alone[0, 4:]
     torch.testing.assert_close(batched[: len(alone)], alone, rtol=0, atol=0)
 
@@ -225,13 +229,17 @@ def test_streamed_encoding_equals_one_piece_for_every_chunk_size(tiny_model, vid
     model = tiny_model(dfm_reference_rule=rule)
     mask = [frame in keyframe_positions for frame in range(10)]
     inputs = video_inputs(model.config, [mask, [True, False, False]])
-    video_args = [inputs[name] for name in ("pixel_values_videos", "keyframe_mask", "query_embeds", "video_frame_counts")]
+    video_args = [
+        inputs[name] for name in ("pixel_values_videos", "keyframe_mask", "query_embeds", "video_frame_counts")
+    ]
     with torch.no_grad():
         model.config.vision_chunk_size = 13
         one_piece = torch.cat(model.get_video_features(*video_args).pooler_output)
         for chunk_size in range(1, 13):
             model.config.vision_chunk_size = chunk_size
-            torch.testing.assert_close(torch.cat(model.get_video_features(*video_args).pooler_output), one_piece, rtol=0, atol=1e-5)
+            torch.testing.assert_close(
+                torch.cat(model.get_video_features(*video_args).pooler_output), one_piece, rtol=0, atol=1e-5
+            )
 
 
 def test_paper_rule_changes_only_the_tokens_of_non_keyframes(tiny_model, video_inputs):
@@ -249,7 +257,9 @@ def test_paper_rule_changes_only_the_tokens_of_non_keyframes(tiny_model, video_i
         paper_tokens = torch.cat(paper.get_video_features(*video_args).pooler_output)
     # layout: frames 0, 1 (1 token each), keyframe 2 (4 tokens), frames 3, 4, keyframe 5, newline
     keyframes_and_newline = [2, 3, 4, 5, 8, 9, 10, 11, 12]
-    torch.testing.assert_close(paper_tokens[keyframes_and_newline], original_tokens[keyframes_and_newline], rtol=0, atol=0)
+    torch.testing.assert_close(
+        paper_tokens[keyframes_and_newline], original_tokens[keyframes_and_newline], rtol=0, atol=0
+    )
     # frames 0 and 1 are their own reference in the original code and have none in the paper
     assert not torch.allclose(paper_tokens[:2], original_tokens[:2])
     # frames 3 and 4 are compared with frame 0 by the original code and with keyframe 2 by the paper's rule
@@ -260,7 +270,9 @@ def test_compiled_vision_tower_gives_the_same_video_tokens(tiny_model, video_inp
     eager = tiny_model()
     compiled = tiny_model(compile_vision_tower=True, vision_chunk_size=4)
     inputs = video_inputs(eager.config, [KEYFRAMES_TWO_OF_FIVE, KEYFRAMES_TWO_OF_THREE])
-    video_args = [inputs[name] for name in ("pixel_values_videos", "keyframe_mask", "query_embeds", "video_frame_counts")]
+    video_args = [
+        inputs[name] for name in ("pixel_values_videos", "keyframe_mask", "query_embeds", "video_frame_counts")
+    ]
     with torch.no_grad():
         torch.testing.assert_close(
             compiled.get_video_features(*video_args).pooler_output,

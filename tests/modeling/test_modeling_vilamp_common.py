@@ -12,9 +12,9 @@ from unittest.mock import patch
 import torch
 from parameterized import parameterized
 
+from tests.transformers_suite import GenerationTesterMixin, import_transformers_test_module
 from vilamp.modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration, ViLaMPModel
 from vilamp.processing import num_video_tokens
-from tests.transformers_suite import GenerationTesterMixin, import_transformers_test_module
 from vilamp.testing import tiny_config
 
 common = import_transformers_test_module("test_modeling_common")
@@ -44,7 +44,9 @@ class ViLaMPVisionText2TextModelTester:
         self.image_size = config.vision_config.image_size
         self.patch_size = config.vision_config.patch_size
         self.keyframe_mask = [frame in (0, frames_per_video - 1) for frame in range(frames_per_video)]
-        self.num_video_tokens = num_video_tokens(frames_per_video, sum(self.keyframe_mask), config.keyframe_pooled_size)
+        self.num_video_tokens = num_video_tokens(
+            frames_per_video, sum(self.keyframe_mask), config.keyframe_pooled_size
+        )
         self.text_length = text_length
         self.seq_length = text_length + self.num_video_tokens
 
@@ -61,7 +63,9 @@ class ViLaMPVisionText2TextModelTester:
         inputs_dict = {
             "input_ids": input_ids,
             "attention_mask": torch.ones_like(input_ids),
-            "pixel_values_videos": torch.randint(0, 256, (num_frames, 3, self.image_size, self.image_size), dtype=torch.uint8),
+            "pixel_values_videos": torch.randint(
+                0, 256, (num_frames, 3, self.image_size, self.image_size), dtype=torch.uint8
+            ),
             "keyframe_mask": torch.tensor(self.keyframe_mask * self.batch_size),
             "query_embeds": torch.randn(self.batch_size, config.query_embed_dim),
             "video_frame_counts": torch.full((self.batch_size,), self.frames_per_video),
@@ -130,7 +134,9 @@ class ViLaMPModelTest(common.ModelTesterMixin, GenerationTesterMixin, unittest.T
                 self, name, dtype, padding_side, use_attention_mask, output_attentions, enable_kernels
             )
 
-    @unittest.skip("ViLaMP takes no images: the test checks `image_outputs` only (its own FIXME: videos not yet covered)")
+    @unittest.skip(
+        "ViLaMP takes no images: the test checks `image_outputs` only (its own FIXME: videos not yet covered)"
+    )
     def test_multimodal_outputs_are_returned(self):
         pass
 

@@ -203,7 +203,9 @@ def test_select_keyframes_equals_original_loop_and_readme_fill_on_random_cases()
         selection = greedy_keyframe_selection(frame_embeds, query_embeds, **settings)
         keyframe_mask = select_keyframes(frame_embeds, query_embeds, **settings)
         assert selection.long().tolist() == expected_selection, f"case {case}"
-        assert keyframe_mask.long().tolist() == readme_distribute_frames(expected_selection, num_keyframes), f"case {case}"
+        assert keyframe_mask.long().tolist() == readme_distribute_frames(expected_selection, num_keyframes), (
+            f"case {case}"
+        )
         assert int(keyframe_mask.sum()) == min(num_keyframes, num_frames)
 
 
@@ -234,7 +236,10 @@ def test_relevance_threshold_is_strict():
     settings = dict(num_keyframes=3, similarity_threshold=1.0)
     at_score = greedy_keyframe_selection(frame_embeds, query_embeds, relevance_threshold=score, **settings)
     above_score = greedy_keyframe_selection(
-        frame_embeds, query_embeds, relevance_threshold=float(np.nextafter(np.float32(score), np.float32(2))), **settings
+        frame_embeds,
+        query_embeds,
+        relevance_threshold=float(np.nextafter(np.float32(score), np.float32(2))),
+        **settings,
     )
     assert at_score.tolist() == [True, True, False]
     assert above_score.tolist() == [True, False, False]
@@ -274,7 +279,9 @@ def test_encode_frames_rejects_normalised_pixels(tiny_keyframe_selector_dir):
 
 def test_encode_frames_batches_give_the_same_embeddings(tiny_keyframe_selector_dir):
     selector = KeyframeSelector.from_pretrained(tiny_keyframe_selector_dir)
-    clip_frames = torch.randint(0, 256, (5, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    clip_frames = torch.randint(
+        0, 256, (5, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     all_at_once = selector.encode_frames(clip_frames)
     selector.frame_batch_size = 2
     torch.testing.assert_close(selector.encode_frames(clip_frames), all_at_once, rtol=0, atol=1e-6)

@@ -76,7 +76,9 @@ def test_reference_case_end_to_end_matches_original(reference_dir, tiny_tokenize
 
 
 def test_chat_template_matches_qwen_1_5_format(processor):
-    prompt = processor.apply_chat_template(video_message("clip.mp4", "What color is the ball?"), add_generation_prompt=True)
+    prompt = processor.apply_chat_template(
+        video_message("clip.mp4", "What color is the ball?"), add_generation_prompt=True
+    )
     assert prompt == QWEN_1_5_PROMPT.format(question="What color is the ball?")
 
 
@@ -96,7 +98,10 @@ def test_chat_template_renders_assistant_turn_and_further_messages(processor):
 
 def test_video_file_gives_contract_outputs(processor, make_video_file):
     inputs = processor.apply_chat_template(
-        video_message(str(make_video_file(num_frames=40, fps=8))), add_generation_prompt=True, tokenize=True, return_dict=True
+        video_message(str(make_video_file(num_frames=40, fps=8))),
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
     )
     assert inputs["pixel_values_videos"].shape == (5, 3, 384, 384)
     assert inputs["pixel_values_videos"].dtype == torch.uint8
@@ -135,7 +140,11 @@ def test_batch_with_text_only_prompt_is_left_padded(processor, make_video_file):
     inputs = processor(text=["Just text, no video.", "<video>\nWhat moves?", "<video>\nAgain?"], videos=[video, video])
     assert inputs["video_frame_counts"].tolist() == [3, 3]
     assert inputs["keyframe_mask"].view(2, 3).sum(dim=1).tolist() == [2, 2]
-    assert (inputs["input_ids"] == VIDEO_TOKEN_ID).sum(dim=1).tolist() == [0, num_video_tokens(3, 2, 3), num_video_tokens(3, 2, 3)] == [0, 20, 20]
+    assert (
+        (inputs["input_ids"] == VIDEO_TOKEN_ID).sum(dim=1).tolist()
+        == [0, num_video_tokens(3, 2, 3), num_video_tokens(3, 2, 3)]
+        == [0, 20, 20]
+    )
     assert inputs["attention_mask"][0, 0] == 0 and inputs["attention_mask"][:, -1].all()
 
 
@@ -148,7 +157,9 @@ def test_batch_of_two_videos_equals_each_alone(processor, make_video_file):
     ]
     assert torch.equal(batch["pixel_values_videos"], torch.cat([item["pixel_values_videos"] for item in alone]))
     assert torch.equal(batch["keyframe_mask"], torch.cat([item["keyframe_mask"] for item in alone]))
-    torch.testing.assert_close(batch["query_embeds"], torch.cat([item["query_embeds"] for item in alone]), rtol=0, atol=0)
+    torch.testing.assert_close(
+        batch["query_embeds"], torch.cat([item["query_embeds"] for item in alone]), rtol=0, atol=0
+    )
     for row, item in enumerate(alone):
         assert batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist() == item["input_ids"][0].tolist()
 
@@ -253,7 +264,12 @@ def test_per_call_video_kwargs_flat_nested_and_in_chat_template_leave_settings_u
     flat = processor(text="<video>\nWhat moves?", videos=video, max_frames=3, num_keyframes=1)
     nested = processor(text="<video>\nWhat moves?", videos=video, videos_kwargs={"max_frames": 3, "num_keyframes": 1})
     chat = processor.apply_chat_template(
-        video_message(video), add_generation_prompt=True, tokenize=True, return_dict=True, max_frames=3, num_keyframes=1
+        video_message(video),
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        max_frames=3,
+        num_keyframes=1,
     )
     assert default["video_frame_counts"].tolist() == [6]
     for inputs in (flat, nested, chat):
@@ -282,7 +298,9 @@ def test_per_call_settings_are_checked_like_init_settings(processor, tiny_tokeni
         processor(text="<video>\nWhat?", videos=video, num_keyframes=0)
     with pytest.raises(ValueError, match="`num_keyframes` must be an integer of at least 1, got 0"):
         ViLaMPProcessor(tokenizer=tiny_tokenizer, num_keyframes=0)
-    with pytest.raises(ValueError, match=r"`keyframe_similarity_threshold` is a cosine similarity and must lie in \[-1, 1\], got 2"):
+    with pytest.raises(
+        ValueError, match=r"`keyframe_similarity_threshold` is a cosine similarity and must lie in \[-1, 1\], got 2"
+    ):
         processor(text="<video>\nWhat?", videos=video, keyframe_similarity_threshold=2)
     with pytest.raises(ValueError, match="`fps` must be positive, got -1"):
         processor(text="<video>\nWhat?", videos=video, fps=-1)
@@ -338,7 +356,10 @@ def test_chat_template_variables_reach_the_template(processor):
     template = "{{ greeting }}: {% for message in messages %}{{ message['content'] }}{% endfor %}"
     messages = [{"role": "user", "content": "Hi"}]
     assert processor.apply_chat_template(messages, chat_template=template, greeting="Hello") == "Hello: Hi"
-    assert processor.apply_chat_template(messages, chat_template=template, chat_template_kwargs={"greeting": "Hey"}) == "Hey: Hi"
+    assert (
+        processor.apply_chat_template(messages, chat_template=template, chat_template_kwargs={"greeting": "Hey"})
+        == "Hey: Hi"
+    )
 
 
 def test_assistant_masks_cover_the_answers_of_a_batch_with_uneven_videos(processor, make_video_file):
@@ -364,8 +385,12 @@ def test_processor_saved_with_flat_settings_still_loads(processor, tmp_path, mak
     config = json.loads(config_path.read_text())
     video_processor = config.pop("video_processor")
     config.update(
-        num_keyframes=video_processor["num_keyframes"], fps=1.0, max_frames=5, frame_size=56,
-        keyframe_relevance_threshold=0.2, keyframe_similarity_threshold=0.85,
+        num_keyframes=video_processor["num_keyframes"],
+        fps=1.0,
+        max_frames=5,
+        frame_size=56,
+        keyframe_relevance_threshold=0.2,
+        keyframe_similarity_threshold=0.85,
     )
     config_path.write_text(json.dumps(config))
     reloaded = ViLaMPProcessor.from_pretrained(tmp_path)
@@ -483,7 +508,9 @@ def test_asking_for_a_gpu_that_torch_does_not_see_is_an_error(processor, tmp_pat
         ViLaMPProcessor.from_pretrained(tmp_path, device="cuda")
 
 
-def test_video_processor_makes_both_frame_sizes_in_one_pass_and_clip_frames_only_when_asked(processor, make_video_file):
+def test_video_processor_makes_both_frame_sizes_in_one_pass_and_clip_frames_only_when_asked(
+    processor, make_video_file
+):
     video = make_video_file(num_frames=40, fps=8, width=64, height=48)
     both = processor.video_processor.load_video(video, keyframe_image_size=224)
     siglip_only = processor.video_processor.load_video(video)

@@ -5,8 +5,8 @@ import unittest
 import numpy as np
 
 import vilamp  # noqa: F401  registers ViLaMP with the Auto classes, `AutoVideoProcessor` included
-from vilamp.processing import ViLaMPProcessor, ViLaMPVideoProcessor
 from tests.transformers_suite import import_transformers_test_module
+from vilamp.processing import ViLaMPProcessor, ViLaMPVideoProcessor
 from vilamp.testing import build_tiny_keyframe_selector, build_tiny_tokenizer
 
 common = import_transformers_test_module("test_processing_common")

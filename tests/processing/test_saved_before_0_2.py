@@ -62,5 +62,7 @@ def test_saved_processor_gives_the_inputs_it_gave_before(saved_processor_dir, tm
         assert inputs["keyframe_mask"].int().tolist() == wanted["keyframe_mask"], case
         pixel_values_videos = inputs["pixel_values_videos"]
         assert list(pixel_values_videos.shape) == wanted["pixel_values_videos_shape"], case
-        assert hashlib.sha256(pixel_values_videos.numpy().tobytes()).hexdigest() == wanted["pixel_values_videos_sha256"]
+        assert (
+            hashlib.sha256(pixel_values_videos.numpy().tobytes()).hexdigest() == wanted["pixel_values_videos_sha256"]
+        )
         torch.testing.assert_close(inputs["query_embeds"], torch.tensor(wanted["query_embeds"]), rtol=0, atol=0)

@@ -18,8 +18,16 @@ def original_sampled_indices(total_num_frames: int, average_fps: float, max_fram
 
 @pytest.mark.parametrize(
     "total_num_frames, average_fps, max_frames",
-    [(3600, 30.0, 600), (3600, 29.97, 600), (18000, 25.0, 600), (100, 24.0, 600), (1, 30.0, 600), (7, 2.0, 3),
-     (3_000_000, 30.0, 100_000), (50, 1.0, 600)],
+    [
+        (3600, 30.0, 600),
+        (3600, 29.97, 600),
+        (18000, 25.0, 600),
+        (100, 24.0, 600),
+        (1, 30.0, 600),
+        (7, 2.0, 3),
+        (3_000_000, 30.0, 100_000),
+        (50, 1.0, 600),
+    ],
 )
 def test_sample_frame_indices_matches_original_evaluation(total_num_frames, average_fps, max_frames):
     indices = sample_frame_indices(total_num_frames, average_fps, fps=1.0, max_frames=max_frames)

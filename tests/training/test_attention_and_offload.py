@@ -54,7 +54,9 @@ def test_sdpa_is_the_default_attention(saved_model_dir):
 
 @pytest.mark.skipif(is_flash_attn_2_available(), reason="checks the message shown when flash-attn is missing")
 def test_flash_attention_2_without_flash_attn_fails_with_a_clear_message(saved_model_dir):
-    with pytest.raises(ImportError, match="FlashAttention2 .* the package for FlashAttention2 doesn't seem to be installed"):
+    with pytest.raises(
+        ImportError, match="FlashAttention2 .* the package for FlashAttention2 doesn't seem to be installed"
+    ):
         ViLaMPForConditionalGeneration.from_pretrained(saved_model_dir, attn_implementation="flash_attention_2")
 
 
@@ -81,7 +83,9 @@ def test_device_map_with_disk_offload_generates_the_same_ids(saved_model_dir, tr
 
 
 @pytest.mark.filterwarnings("ignore:The following device_map keys do not match any submodules")
-def test_device_map_auto_over_a_memory_limit_generates_the_same_ids(saved_model_dir, training_batch, generated_ids, tmp_path):
+def test_device_map_auto_over_a_memory_limit_generates_the_same_ids(
+    saved_model_dir, training_batch, generated_ids, tmp_path
+):
     plain = ViLaMPForConditionalGeneration.from_pretrained(saved_model_dir)
     # room for the vision side, the embeddings and one decoder layer: the rest of the language model goes to disk
     vision_side = [plain.model.vision_tower, plain.model.multi_modal_projector, plain.model.feature_merger]

@@ -24,7 +24,14 @@ def run_evaluation(work_dir: Path, *extra_arguments: str, processes: int = 1) ->
     }
     launcher = []
     if processes > 1:
-        launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(free_port())]
+        launcher = [
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_port",
+            str(free_port()),
+        ]
     arguments = ["--tiny", "--work-dir", str(work_dir), "--max-new-tokens", "6", "--device", "cpu", *extra_arguments]
     command = [sys.executable, *launcher, SCRIPT, *arguments]
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -52,7 +52,10 @@ def test_target_pattern_hits_only_language_model_projections(tiny_model):
         f"model.language_model.layers.{layer}.self_attn.q_proj" for layer in range(2)
     ]
     only_qv = language_model_target_pattern(["q_proj", "v_proj"])
-    assert sorted(name.rsplit(".", 1)[1] for name in names if re.fullmatch(only_qv, name)) == ["q_proj"] * 2 + ["v_proj"] * 2
+    assert (
+        sorted(name.rsplit(".", 1)[1] for name in names if re.fullmatch(only_qv, name))
+        == ["q_proj"] * 2 + ["v_proj"] * 2
+    )
 
 
 def test_unknown_projection_or_module_is_rejected():

@@ -18,7 +18,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def run_script(*command: str) -> subprocess.CompletedProcess:
     # the repository root on the path: the scripts import the package's folders from it
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, *command], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, *command], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_finetune_lora_example_tiny_mode_trains_and_saves_an_adapter(tmp_path):
@@ -60,7 +62,9 @@ def test_lora_step_bench_tiny_mode_prints_one_row_per_frame_count_and_configurat
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     start = lines.index("| frames | trainable | tokens | trainable params | peak GPU GiB | s / step |")
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[start + 2 :] if line.startswith("|")]
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")] for line in lines[start + 2 :] if line.startswith("|")
+    ]
     assert [(row[0], row[1]) for row in rows] == [
         ("4", "lora"), ("4", "lora+projector+dfm"), ("8", "lora"), ("8", "lora+projector+dfm")
     ]  # fmt: skip

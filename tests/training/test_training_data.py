@@ -62,7 +62,10 @@ def test_labels_follow_left_padding_too(processor, training_rows, training_batch
 
 def test_labels_of_a_multi_turn_conversation_keep_every_answer(processor, training_rows):
     conversation = [
-        {"role": "user", "content": [{"type": "video", "path": training_rows[0]["video"]}, {"type": "text", "text": "Hi?"}]},
+        {
+            "role": "user",
+            "content": [{"type": "video", "path": training_rows[0]["video"]}, {"type": "text", "text": "Hi?"}],
+        },
         {"role": "assistant", "content": "Yes."},
         {"role": "user", "content": "And?"},
         {"role": "assistant", "content": [{"type": "text", "text": "No."}]},
@@ -91,7 +94,12 @@ def test_return_labels_needs_a_tokenized_dict(processor, training_rows):
 
 
 def test_conversation_without_answer_is_rejected(processor, training_rows):
-    conversation = [{"role": "user", "content": [{"type": "video", "path": training_rows[0]["video"]}, {"type": "text", "text": "Hi?"}]}]
+    conversation = [
+        {
+            "role": "user",
+            "content": [{"type": "video", "path": training_rows[0]["video"]}, {"type": "text", "text": "Hi?"}],
+        }
+    ]
     with pytest.raises(ValueError, match="Conversation 0 has no assistant message"):
         processor.apply_chat_template(conversation, tokenize=True, return_dict=True, return_labels=True)
 
@@ -103,7 +111,10 @@ def test_collator_row_without_answer_names_the_row(processor, training_rows):
 
 
 def test_read_video_qa_file_json_and_jsonl_resolve_relative_videos(tmp_path):
-    rows = [{"video": "clips/a.mp4", "question": "What?", "answer": "This."}, {"video": "b.mp4", "question": "Q", "answer": "A"}]
+    rows = [
+        {"video": "clips/a.mp4", "question": "What?", "answer": "This."},
+        {"video": "b.mp4", "question": "Q", "answer": "A"},
+    ]
     (tmp_path / "data.json").write_text(json.dumps(rows), encoding="utf-8")
     (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n\n", encoding="utf-8")
     for name in ("data.json", "data.jsonl"):

@@ -77,10 +77,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, with_video: bool = T
         parser.add_argument("video", metavar="VIDEO", type=existing_file, help="the video file")
         parser.add_argument("question", metavar="QUESTION", help="the question about the video")
     parser.add_argument(
-        "--max-frames", type=positive_int, help="at most this many frames, sampled at 1 fps (default: the processor's, 600)"
+        "--max-frames",
+        type=positive_int,
+        help="at most this many frames, sampled at 1 fps (default: the processor's, 600)",
     )
     parser.add_argument("--keyframes", type=positive_int, help="keyframes per video K (default: the processor's, 32)")
-    parser.add_argument("--device", default="auto", help="where the models run: auto (default), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--device", default="auto", help="where the models run: auto (default), cpu, cuda, cuda:1, ..."
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
 
@@ -113,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     add_model_arguments(ask)
     ask.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS, help="default 128")
-    ask.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="auto: bfloat16 on a GPU, float32 on the CPU")
+    ask.add_argument(
+        "--dtype", choices=DTYPE_CHOICES, default="auto", help="auto: bfloat16 on a GPU, float32 on the CPU"
+    )
     ask.add_argument(
         "--cache-implementation", choices=CACHE_IMPLEMENTATION_CHOICES, default="dynamic",
         help="generate's KV cache (default dynamic); static compiles the decoding step on a GPU: faster per token after "
@@ -132,8 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the processor and its CLIP keyframe selector run, not the language model.",
     )  # fmt: skip
     add_model_arguments(keyframes)
-    keyframes.add_argument("--out", type=Path, default=Path("timeline.png"), help="the PNG to write (default timeline.png)")
-    keyframes.add_argument("--dpi", type=positive_int, default=100, help="the PNG is 12x6 inches at this dpi (default 100)")
+    keyframes.add_argument(
+        "--out", type=Path, default=Path("timeline.png"), help="the PNG to write (default timeline.png)"
+    )
+    keyframes.add_argument(
+        "--dpi", type=positive_int, default=100, help="the PNG is 12x6 inches at this dpi (default 100)"
+    )
     keyframes.add_argument("--json", action="store_true", help="print the keyframe timestamps and scores as JSON")
     keyframes.set_defaults(handler=run_keyframes)
 
@@ -143,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
         "converts it with the converter, writes a short synthetic video and runs `ask` and `keyframes` on it. The "
         "answer is from random weights; the run proves the install works end to end.",
     )  # fmt: skip
-    demo.add_argument("--out-dir", type=Path, help="where to keep the checkpoint, video and picture (default: a temporary directory)")
+    demo.add_argument(
+        "--out-dir", type=Path, help="where to keep the checkpoint, video and picture (default: a temporary directory)"
+    )
     demo.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
     demo.add_argument("--max-new-tokens", type=positive_int, default=16, help="default 16")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
@@ -305,8 +317,12 @@ def draw_keyframes(model_dir: Path, video: Path, question: str, out: Path, args)
         "picture": str(out),
         "num_frames": len(prepared.timestamps_seconds),
         "keyframe_timestamps_seconds": [round(prepared.timestamps_seconds[index], 3) for index in keyframe_indices],
-        "ranked_keyframe_timestamps_seconds": [round(prepared.timestamps_seconds[index], 3) for index in ranked_indices],
-        "keyframe_relevance_scores": [round(float(keyframes.relevance_scores[index]), 4) for index in keyframe_indices],
+        "ranked_keyframe_timestamps_seconds": [
+            round(prepared.timestamps_seconds[index], 3) for index in ranked_indices
+        ],
+        "keyframe_relevance_scores": [
+            round(float(keyframes.relevance_scores[index]), 4) for index in keyframe_indices
+        ],
         "timings_seconds": {stage: round(seconds, 4) for stage, seconds in prepared.timings_seconds.items()},
     }
 

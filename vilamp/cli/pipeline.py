@@ -71,7 +71,9 @@ def probe_video(path) -> int | None:
                 raise VideoError(f"`{path}` has no decodable frames; pass a video with at least one frame.")
             return stream.frames or None
     except av.error.FFmpegError as error:
-        raise VideoError(f"`{path}` is not a readable video ({error}); pass a video file (mp4, mkv, webm, ...).") from error
+        raise VideoError(
+            f"`{path}` is not a readable video ({error}); pass a video file (mp4, mkv, webm, ...)."
+        ) from error
 
 
 def num_sampled_frames(path, processor) -> int | None:
@@ -86,7 +88,10 @@ def num_sampled_frames(path, processor) -> int | None:
         if not stream.frames or average_fps <= 0:
             return None
         indices = sample_frame_indices(
-            stream.frames, average_fps, fps=processor.video_processor.fps, max_frames=processor.video_processor.max_frames
+            stream.frames,
+            average_fps,
+            fps=processor.video_processor.fps,
+            max_frames=processor.video_processor.max_frames,
         )
         return len(indices)
 

@@ -93,13 +93,19 @@ def draw_keyframe_timeline(
 
     figure = Figure(figsize=FIGURE_SIZE_INCHES, dpi=dpi)
     FigureCanvasAgg(figure)
-    grid = figure.add_gridspec(2, 1, height_ratios=[1.5, 1.0], hspace=0.35, left=0.07, right=0.98, top=0.88, bottom=0.04)
+    grid = figure.add_gridspec(
+        2, 1, height_ratios=[1.5, 1.0], hspace=0.35, left=0.07, right=0.98, top=0.88, bottom=0.04
+    )
     curve = figure.add_subplot(grid[0])
-    curve.plot(times, scores, color="#4a6fa5", linewidth=1.2, marker="." if len(times) <= 200 else None, label="relevance")
+    curve.plot(
+        times, scores, color="#4a6fa5", linewidth=1.2, marker="." if len(times) <= 200 else None, label="relevance"
+    )
     curve.axhline(relevance_threshold, color="grey", linestyle="--", linewidth=0.8, label="relevance floor")
     for index in keyframe_indices:
         curve.axvline(times[index], color="#d62728" if ranked[index] else "#ff9f1c", alpha=0.25, linewidth=1)
-    curve.scatter(times[ranked], scores[ranked], color="#d62728", zorder=3, s=36, label="keyframe: ranked by relevance")
+    curve.scatter(
+        times[ranked], scores[ranked], color="#d62728", zorder=3, s=36, label="keyframe: ranked by relevance"
+    )
     curve.scatter(
         times[filled], scores[filled], facecolors="none", edgecolors="#ff9f1c", zorder=3, s=36, linewidths=1.5,
         label="keyframe: even fill",
@@ -131,7 +137,9 @@ def draw_keyframe_timeline(
                 spine.set_linewidth(2)
             axis.set_title(format_seconds(times[index]), fontsize=8, color=color)
         if len(shown) < len(keyframe_indices):
-            figure.text(0.98, 0.005, f"{len(shown)} of {len(keyframe_indices)} keyframes shown", ha="right", fontsize=7)
+            figure.text(
+                0.98, 0.005, f"{len(shown)} of {len(keyframe_indices)} keyframes shown", ha="right", fontsize=7
+            )
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,12 @@ from vilamp.modeling_vilamp import ViLaMPConfig
 PROCESSOR_CONFIG_NAME = "processor_config.json"
 # The model's and the processor's code, copied next to the weights for `trust_remote_code`.
 MODEL_CODE_FILES = ("configuration_vilamp.py", "modeling_vilamp.py", "feature_merger.py", "frame_parallel.py")
-PROCESSOR_CODE_FILES = ("processing_vilamp.py", "video_processing_vilamp.py", "keyframe_selection.py", "video_decoding.py")
+PROCESSOR_CODE_FILES = (
+    "processing_vilamp.py",
+    "video_processing_vilamp.py",
+    "keyframe_selection.py",
+    "video_decoding.py",
+)
 # The files a conversion writes: the tokenizer's as any transformers 5 version saves them, `model-00001-of-00002`
 # shards aside. `--overwrite` replaces only a directory holding nothing else, so it never deletes a file of the user's.
 TOKENIZER_FILE_NAMES = (
@@ -133,7 +138,7 @@ def check_replaceable(output_dir: Path, overwrite: bool):
     if not is_earlier_conversion(output_dir):
         raise ConversionUsageError(
             f"The output directory {output_dir} exists and holds no earlier conversion (a config.json of `model_type` "
-            "\"vilamp\" and a processor_config.json), and --overwrite replaces only that: choose another output "
+            '"vilamp" and a processor_config.json), and --overwrite replaces only that: choose another output '
             "directory or remove it yourself."
         )
     foreign = [entry.name for entry in entries if not written_by_conversion(entry)]
@@ -276,7 +281,6 @@ def atomic_directory(output_dir: Path, overwrite: bool):
             with interrupts.deferred():
                 if temporary_dir is not None and temporary_dir.exists():
                     shutil.rmtree(temporary_dir)
-
 
 
 __all__ = [

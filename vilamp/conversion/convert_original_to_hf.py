@@ -190,7 +190,9 @@ def read_json(path: Path) -> dict:
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConversionError(f"{path} is not valid JSON ({error}); restore the file from the original checkpoint.") from None
+        raise ConversionError(
+            f"{path} is not valid JSON ({error}); restore the file from the original checkpoint."
+        ) from None
     if not isinstance(content, dict):
         raise ConversionError(f"{path} holds no JSON object; restore the file from the original checkpoint.")
     return content
@@ -228,7 +230,9 @@ def find_weight_files(checkpoint_dir: Path) -> list[Path]:
         if index_file.is_file():
             weight_map = read_json(index_file).get("weight_map")
             if not isinstance(weight_map, dict):
-                raise ConversionError(f"{index_file} has no `weight_map`; restore the file from the original checkpoint.")
+                raise ConversionError(
+                    f"{index_file} has no `weight_map`; restore the file from the original checkpoint."
+                )
             shard_names = sorted(set(weight_map.values()))
             missing = [name for name in shard_names if not (checkpoint_dir / name).is_file()]
             if missing:
@@ -264,7 +268,9 @@ def load_weight_file(path: Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as error:
         raise ConversionError(refused_pickle_message(path, str(error))) from None
     except Exception as error:  # torch.load raises RuntimeError, KeyError, EOFError, ... for a damaged file
-        raise ConversionError(f"Cannot read {path} as a PyTorch checkpoint ({error}); the file is damaged: copy it again.") from None
+        raise ConversionError(
+            f"Cannot read {path} as a PyTorch checkpoint ({error}); the file is damaged: copy it again."
+        ) from None
     if not isinstance(tensors, dict) or not all(isinstance(tensor, torch.Tensor) for tensor in tensors.values()):
         raise ConversionError(f"{path} holds no state dict of tensors; pass the original checkpoint's weights.")
     return tensors
@@ -396,7 +402,8 @@ def check_clip_config(clip_config: dict, state_dict: dict[str, torch.Tensor]):
         "projection_dim": config.projection_dim,
         "vision hidden_size": config.vision_config.hidden_size,
         "vision patch_size": config.vision_config.patch_size,
-        "vision patches per image + class": (config.vision_config.image_size // config.vision_config.patch_size) ** 2 + 1,
+        "vision patches per image + class": (config.vision_config.image_size // config.vision_config.patch_size) ** 2
+        + 1,
         "vision num_hidden_layers": config.vision_config.num_hidden_layers,
         "text hidden_size": config.text_config.hidden_size,
         "text num_hidden_layers": config.text_config.num_hidden_layers,
@@ -418,7 +425,9 @@ def check_clip_config(clip_config: dict, state_dict: dict[str, torch.Tensor]):
     )
 
 
-def convert_config(original_config: dict, vision_config: dict, *, video_token_index: int, vocab_size: int) -> ViLaMPConfig:
+def convert_config(
+    original_config: dict, vision_config: dict, *, video_token_index: int, vocab_size: int
+) -> ViLaMPConfig:
     """Builds the ViLaMPConfig of a converted checkpoint; the DFM keeps the original code's reference rule."""
     text_config = {name: original_config[name] for name in QWEN2_CONFIG_FIELDS if name in original_config}
     text_config.update(
@@ -427,7 +436,9 @@ def convert_config(original_config: dict, vision_config: dict, *, video_token_in
         rope_parameters={"rope_type": "default", "rope_theta": original_config.get("rope_theta", 10000.0)},
     )
     if original_config.get("rope_scaling"):
-        raise ConversionError(f"`rope_scaling` {original_config['rope_scaling']} is not supported; the released ViLaMP has none.")
+        raise ConversionError(
+            f"`rope_scaling` {original_config['rope_scaling']} is not supported; the released ViLaMP has none."
+        )
     vilamp_fields = {new: original_config[old] for old, new in ORIGINAL_TO_HF_CONFIG.items() if old in original_config}
     with config_errors("original config.json", "the original checkpoint's unchanged config.json"):
         return ViLaMPConfig(
@@ -560,10 +571,11 @@ def check_existing_path(path: Path | None, name: str, *, directory: bool):
     if path is None:
         return
     if not path.exists():
-        raise ConversionUsageError(f"{name} {path} does not exist; pass an existing {'directory' if directory else 'path'}.")
+        raise ConversionUsageError(
+            f"{name} {path} does not exist; pass an existing {'directory' if directory else 'path'}."
+        )
     if directory and not path.is_dir():
         raise ConversionUsageError(f"{name} {path} is not a directory; pass a directory.")
-
 
 
 def copy_remote_code(output_dir: Path):
@@ -616,7 +628,12 @@ def convert_checkpoint(
 
     original_config = read_original_config(input_dir)
     tower_config = load_tower_config(
-        original_config, "mm_vision_tower", input_dir, vision_tower_config, KNOWN_VISION_TOWERS, "--vision-tower-config"
+        original_config,
+        "mm_vision_tower",
+        input_dir,
+        vision_tower_config,
+        KNOWN_VISION_TOWERS,
+        "--vision-tower-config",
     )
     selector_config = load_tower_config(
         original_config, "clip_model_path", input_dir, clip_config, KNOWN_CLIP_MODELS, "--clip-config"
@@ -689,7 +706,9 @@ CLIP_TO_OPEN_CLIP_KEYS = [
 # open_clip keeps the projections as `x @ proj`, transformers as `nn.Linear` weights `(out, in)`.
 TRANSPOSED_OPEN_CLIP_KEYS = ("visual.proj", "text_projection")
 
-ATTENTION_PROJECTION_PATTERN = re.compile(r"^(?P<layer>.+)\.self_attn\.(?P<projection>[qkv])_proj\.(?P<kind>weight|bias)$")
+ATTENTION_PROJECTION_PATTERN = re.compile(
+    r"^(?P<layer>.+)\.self_attn\.(?P<projection>[qkv])_proj\.(?P<kind>weight|bias)$"
+)
 
 # open_clip builds its LayerNorms with the torch default epsilon.
 OPEN_CLIP_LAYER_NORM_EPS = 1e-5
@@ -724,7 +743,10 @@ def merge_attention_projections(state_dict: dict[str, torch.Tensor]) -> dict[str
 
 def transpose_output_projections(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Transposes the image and text projections from `nn.Linear` layout to open_clip's `x @ proj` layout."""
-    return {key: tensor.t().contiguous() if key in TRANSPOSED_OPEN_CLIP_KEYS else tensor for key, tensor in state_dict.items()}
+    return {
+        key: tensor.t().contiguous() if key in TRANSPOSED_OPEN_CLIP_KEYS else tensor
+        for key, tensor in state_dict.items()
+    }
 
 
 def count_layers(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
@@ -790,14 +812,18 @@ def convert_clip_to_open_clip(
     """
     if isinstance(clip_config, dict):
         clip_config = CLIPConfig.from_dict(clip_config)
-    clip_state_dict = {key[len(CLIP_PREFIX) :]: tensor for key, tensor in state_dict.items() if key.startswith(CLIP_PREFIX)}
+    clip_state_dict = {
+        key[len(CLIP_PREFIX) :]: tensor for key, tensor in state_dict.items() if key.startswith(CLIP_PREFIX)
+    }
     if not clip_state_dict:
         raise ValueError(
             f"No key of the state dict starts with `{CLIP_PREFIX}`; pass the original ViLaMP checkpoint, whose keyframe "
             "selector CLIP is stored under that prefix."
         )
     clip_state_dict = merge_attention_projections(clip_state_dict)
-    open_clip_state_dict = transpose_output_projections({rename_clip_key(key): tensor for key, tensor in clip_state_dict.items()})
+    open_clip_state_dict = transpose_output_projections(
+        {rename_clip_key(key): tensor for key, tensor in clip_state_dict.items()}
+    )
     return open_clip_state_dict, open_clip_model_config(open_clip_state_dict, clip_config)
 
 
@@ -832,15 +858,21 @@ def build_parser(
         input_name, output_name = "ORIGINAL_DIR", "OUTPUT_DIR"
         parser.add_argument("input", metavar=input_name, type=directory_type, help=INPUT_HELP)
         parser.add_argument("output", metavar=output_name, type=Path, help=OUTPUT_HELP)
-    parser.add_argument("--tokenizer", type=directory_type, help=f"the Qwen2 tokenizer directory (default: {input_name})")
+    parser.add_argument(
+        "--tokenizer", type=directory_type, help=f"the Qwen2 tokenizer directory (default: {input_name})"
+    )
     parser.add_argument("--vision-tower-config", type=Path, help="SigLIP config.json (default: `mm_vision_tower`)")
-    parser.add_argument("--clip-config", type=Path, help="keyframe selector CLIP config.json (default: `clip_model_path`)")
+    parser.add_argument(
+        "--clip-config", type=Path, help="keyframe selector CLIP config.json (default: `clip_model_path`)"
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
         help=f"replace an existing {output_name} written by an earlier conversion (never anything else)",
     )
-    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard, e.g. 5GB, 500MB (default 5GB)")
+    parser.add_argument(
+        "--max-shard-size", default="5GB", help="largest safetensors shard, e.g. 5GB, 500MB (default 5GB)"
+    )
     parser.add_argument(
         "--verify-reference",
         type=directory_type,

@@ -54,14 +54,20 @@ def load_reference_question(reference_dir: Path) -> str:
 
 def expand_reference_input_ids(reference_dir: Path, video_token_id: int, num_video_tokens: int) -> torch.Tensor:
     """The reference prompt ids `(1, sequence_length)` with the original video marker expanded to video tokens."""
-    input_ids = json.loads((Path(reference_dir) / "inputs" / "input_ids.json").read_text(encoding="utf-8"))["input_ids"]
+    input_ids = json.loads((Path(reference_dir) / "inputs" / "input_ids.json").read_text(encoding="utf-8"))[
+        "input_ids"
+    ]
     position = input_ids.index(ORIGINAL_IMAGE_TOKEN_INDEX)
     return torch.tensor([input_ids[:position] + [video_token_id] * num_video_tokens + input_ids[position + 1 :]])
 
 
 @torch.no_grad()
 def model_stage_outputs(
-    model, pixel_values_videos: torch.Tensor, keyframe_mask: torch.Tensor, query_embeds: torch.Tensor, reference_dir: Path
+    model,
+    pixel_values_videos: torch.Tensor,
+    keyframe_mask: torch.Tensor,
+    query_embeds: torch.Tensor,
+    reference_dir: Path,
 ) -> dict[str, torch.Tensor]:
     """
     Every model stage for the reference video, named like the golden tensors.
@@ -82,7 +88,9 @@ def model_stage_outputs(
     )
     input_ids = expand_reference_input_ids(reference_dir, model.config.video_token_id, video_tokens.shape[0])
     inputs_embeds = model.get_input_embeddings()(input_ids)
-    placeholder_mask = vision_model.get_placeholder_mask(input_ids, inputs_embeds, video_tokens, keyframe_mask, num_videos=1)
+    placeholder_mask = vision_model.get_placeholder_mask(
+        input_ids, inputs_embeds, video_tokens, keyframe_mask, num_videos=1
+    )
     inputs = {
         "input_ids": input_ids,
         "pixel_values_videos": pixel_values_videos,
@@ -90,7 +98,11 @@ def model_stage_outputs(
         "query_embeds": query_embeds,
     }
     generated = model.generate(
-        **inputs, do_sample=False, max_new_tokens=NUM_GENERATED_TOKENS, output_logits=True, return_dict_in_generate=True
+        **inputs,
+        do_sample=False,
+        max_new_tokens=NUM_GENERATED_TOKENS,
+        output_logits=True,
+        return_dict_in_generate=True,
     )
     return {
         "siglip_features": vision_model.get_vision_features(pixel_values_videos),
@@ -108,7 +120,12 @@ def model_stage_outputs(
 @torch.no_grad()
 def processor_stage_outputs(processor, reference_dir: Path) -> dict[str, torch.Tensor]:
     """The processor's stages for the reference frames and question, named like the golden tensors."""
-    from vilamp.processing import clip_resize_and_crop, frame_relevance_scores, greedy_keyframe_selection, normalize_clip_pixels
+    from vilamp.processing import (
+        clip_resize_and_crop,
+        frame_relevance_scores,
+        greedy_keyframe_selection,
+        normalize_clip_pixels,
+    )
 
     frames = load_reference_frames(reference_dir)
     question = load_reference_question(reference_dir)
@@ -152,15 +169,20 @@ def max_differences(outputs: dict[str, torch.Tensor], golden: dict[str, torch.Te
 
 def verify_converted(converted_dir: Path, reference_dir: Path) -> dict[str, float]:
     """Loads a converted directory with the Auto classes and returns each stage's max difference from the golden one."""
-    import vilamp  # noqa: F401  (registers the Auto classes)
     from transformers import AutoModel, AutoProcessor
+
+    import vilamp  # noqa: F401  (registers the Auto classes)
 
     model = AutoModel.from_pretrained(converted_dir, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(converted_dir)
     processor_outputs = processor_stage_outputs(processor, reference_dir)
     keyframe_mask = processor_outputs["keyframe_mask"].bool()
     model_outputs = model_stage_outputs(
-        model, processor_outputs["pixel_values_videos"], keyframe_mask, processor_outputs["clip_text_embeds"], reference_dir
+        model,
+        processor_outputs["pixel_values_videos"],
+        keyframe_mask,
+        processor_outputs["clip_text_embeds"],
+        reference_dir,
     )
     return max_differences({**processor_outputs, **model_outputs}, load_golden(reference_dir))
 
@@ -176,7 +198,11 @@ def format_report(differences: dict[str, float]) -> str:
 
 def stages_beyond_tolerance(differences: dict[str, float]) -> list[str]:
     """The stages whose max difference exceeds their tolerance."""
-    return [name for name, difference in differences.items() if difference > (0.0 if name in EXACT_STAGES else FLOAT_TOLERANCE)]
+    return [
+        name
+        for name, difference in differences.items()
+        if difference > (0.0 if name in EXACT_STAGES else FLOAT_TOLERANCE)
+    ]
 
 
 def report_verification(converted_dir: Path, reference_dir: Path) -> int:
@@ -197,7 +223,9 @@ def report_verification(converted_dir: Path, reference_dir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("converted_dir", type=Path, help="a directory written by vilamp.conversion.convert_original_to_hf")
+    parser.add_argument(
+        "converted_dir", type=Path, help="a directory written by vilamp.conversion.convert_original_to_hf"
+    )
     parser.add_argument("reference_dir", type=Path, help="the golden reference directory (inputs/, golden/)")
     args = parser.parse_args(argv)
     try:
@@ -220,4 +248,3 @@ __all__ = [
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

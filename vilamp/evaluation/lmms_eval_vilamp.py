@@ -94,13 +94,19 @@ class ViLaMP(lmms):
         super().__init__()
         batch_size = int(batch_size) if isinstance(batch_size, str) and batch_size.isdigit() else batch_size
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}; automatic sizes are not supported.")
+            raise ValueError(
+                f"`batch_size` must be a positive integer, got {batch_size!r}; automatic sizes are not supported."
+            )
         if max_batch_size is not None:
-            raise ValueError(f"`max_batch_size` is for automatic batch sizes, which ViLaMP does not do; got {max_batch_size!r}.")
+            raise ValueError(
+                f"`max_batch_size` is for automatic batch sizes, which ViLaMP does not do; got {max_batch_size!r}."
+            )
         if max_new_tokens not in ("original", "task") and not (
             isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool) and max_new_tokens > 0
         ):
-            raise ValueError(f"`max_new_tokens` must be 'original', 'task' or a positive integer, got {max_new_tokens!r}.")
+            raise ValueError(
+                f"`max_new_tokens` must be 'original', 'task' or a positive integer, got {max_new_tokens!r}."
+            )
         if keyframe_query not in ("question", "prompt"):
             raise ValueError(f"`keyframe_query` must be 'question' or 'prompt', got {keyframe_query!r}.")
 

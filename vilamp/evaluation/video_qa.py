@@ -230,8 +230,12 @@ class VideoQuestionAnswerer(ViLaMPRunner):
                     continuation, add_special_tokens=False, return_tensors="pt"
                 ).input_ids.to(self.device)
                 if continuation_ids.shape[1] == 0:
-                    raise ValueError(f"The continuation {continuation!r} has no tokens; pass a non-empty answer to score.")
-                attention_mask = torch.ones(1, prompt_length + continuation_ids.shape[1], dtype=torch.long, device=self.device)
+                    raise ValueError(
+                        f"The continuation {continuation!r} has no tokens; pass a non-empty answer to score."
+                    )
+                attention_mask = torch.ones(
+                    1, prompt_length + continuation_ids.shape[1], dtype=torch.long, device=self.device
+                )
                 continuation_logits = self.model(
                     input_ids=continuation_ids, attention_mask=attention_mask, use_cache=True, **cache_kwargs
                 ).logits

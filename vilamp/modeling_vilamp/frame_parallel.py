@@ -46,7 +46,9 @@ def encode_frames_across_ranks(
     Returns:
         `torch.Tensor` of shape `(num_video_tokens, hidden_size)`: the video tokens of the whole batch, on every rank.
     """
-    vision_parameters = [parameter for name, parameter in model.named_parameters() if not name.startswith("language_model.")]
+    vision_parameters = [
+        parameter for name, parameter in model.named_parameters() if not name.startswith("language_model.")
+    ]
     if torch.is_grad_enabled() and any(parameter.requires_grad for parameter in vision_parameters):
         raise ValueError(
             "Frame-parallel encoding gathers the other ranks' video tokens without their gradient, but gradients are "
@@ -80,7 +82,9 @@ def encode_frames_across_ranks(
     # every rank knows every span's token count from the layout, so no sizes need exchanging before the gather;
     # the collective takes tensors of one size, so each span is padded to the longest
     token_bounds = torch.cat([layout.token_starts, torch.tensor([layout.num_tokens])])
-    span_token_counts = [int(token_bounds[span_bounds[r + 1]] - token_bounds[span_bounds[r]]) for r in range(world_size)]
+    span_token_counts = [
+        int(token_bounds[span_bounds[r + 1]] - token_bounds[span_bounds[r]]) for r in range(world_size)
+    ]
     max_span_tokens = max(span_token_counts)
     padded_span_tokens = F.pad(span_tokens, (0, 0, 0, max_span_tokens - span_tokens.shape[0])).contiguous()
     gathered = [torch.empty_like(padded_span_tokens) for _ in range(world_size)]

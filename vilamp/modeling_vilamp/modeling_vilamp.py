@@ -467,7 +467,9 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         # the chunks are assembled on the projector's device, wherever a device map put the DFM
         projected_query = self.feature_merger.project_query(query_embeds.to(device)).to(device)
         if self.frame_parallel_group is None:
-            video_tokens = self.encode_frames(pixel_values_videos, keyframe_mask, layout, projected_query, 0, num_frames)
+            video_tokens = self.encode_frames(
+                pixel_values_videos, keyframe_mask, layout, projected_query, 0, num_frames
+            )
         else:
             video_tokens = encode_frames_across_ranks(
                 self, pixel_values_videos, keyframe_mask, layout, projected_query, self.frame_parallel_group
@@ -513,7 +515,9 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
             device=device,
         )
         newline_positions = layout.newline_positions
-        newline_positions = newline_positions[(newline_positions >= token_offset) & (newline_positions < token_bounds[end])]
+        newline_positions = newline_positions[
+            (newline_positions >= token_offset) & (newline_positions < token_bounds[end])
+        ]
         video_tokens[(newline_positions - token_offset).to(device)] = self.image_newline.to(device, video_tokens.dtype)
         pooled_offsets = torch.arange(num_keyframe_tokens)
         # patches of earlier frames that later non-keyframes still compare with, by global frame index
@@ -524,22 +528,33 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
             chunk_keyframes = keyframe_mask[chunk_start:chunk_end]
             chunk_token_starts = layout.token_starts[chunk_start:chunk_end] - token_offset
             references = [
-                -1 if keyframe_mask[frame] else layout.reference_frames[frame] for frame in range(chunk_start, chunk_end)
+                -1 if keyframe_mask[frame] else layout.reference_frames[frame]
+                for frame in range(chunk_start, chunk_end)
             ]
             earlier_references = sorted({reference for reference in references if 0 <= reference < chunk_start})
             frames_to_keep = [
                 frame for frame in range(chunk_start, chunk_end) if layout.last_reference_use[frame] >= chunk_end
             ]
-            chunk_query = projected_query[layout.frame_video_indices[chunk_start:chunk_end][~chunk_keyframes].to(device)]
+            chunk_query = projected_query[
+                layout.frame_video_indices[chunk_start:chunk_end][~chunk_keyframes].to(device)
+            ]
             encode_chunk_args = (
-                pixel_values_videos[chunk_start:chunk_end], chunk_start, chunk_keyframes, references, frames_to_keep, chunk_query
+                pixel_values_videos[chunk_start:chunk_end],
+                chunk_start,
+                chunk_keyframes,
+                references,
+                frames_to_keep,
+                chunk_query,
             )
             earlier_features = [kept_features[frame] for frame in earlier_references]
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 # non-reentrant: the chunk's only tensor input is uint8 frames, and the reentrant variant would then
                 # pass no gradient to the projector and the DFM
                 keyframe_tokens, non_keyframe_tokens, *new_kept = checkpoint(
-                    self.encode_chunk, *encode_chunk_args, dict(zip(earlier_references, earlier_features)), use_reentrant=False
+                    self.encode_chunk,
+                    *encode_chunk_args,
+                    dict(zip(earlier_references, earlier_features)),
+                    use_reentrant=False,
                 )
             else:
                 keyframe_tokens, non_keyframe_tokens, *new_kept = self.encode_chunk(
@@ -652,7 +667,9 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
             )
         return frame_counts
 
-    def placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor | None) -> torch.BoolTensor:
+    def placeholder_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor | None
+    ) -> torch.BoolTensor:
         """Where the `<video>` placeholders are, `(batch_size, sequence_length)`: in `input_ids`, or else where
         `inputs_embeds` holds the placeholder's embedding."""
         # `generate` given only `inputs_embeds` passes an empty `input_ids` alongside them: the prompt is the embeds
@@ -733,7 +750,10 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         """
         frame_counts = self._check_video_inputs(pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts)
         layout = plan_video_tokens(
-            keyframe_mask.bool().cpu(), frame_counts, self.config.keyframe_pooled_size**2, self.config.dfm_reference_rule
+            keyframe_mask.bool().cpu(),
+            frame_counts,
+            self.config.keyframe_pooled_size**2,
+            self.config.dfm_reference_rule,
         )
         video_token_counts = layout.video_token_counts
         videos_of_rows, next_video = [], 0

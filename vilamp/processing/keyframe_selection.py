@@ -317,7 +317,9 @@ class KeyframeSelector:
         self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=model_config["text_cfg"]["context_length"])
 
     @classmethod
-    def from_state_dict(cls, state_dict: dict[str, torch.Tensor], model_config: dict, device="cpu") -> "KeyframeSelector":
+    def from_state_dict(
+        cls, state_dict: dict[str, torch.Tensor], model_config: dict, device="cpu"
+    ) -> "KeyframeSelector":
         """Builds the open_clip model from its config and loads `state_dict` into it (every key must match)."""
         open_clip = _import_open_clip()
         model = open_clip.model.CLIP(**model_config)
@@ -325,7 +327,9 @@ class KeyframeSelector:
         return cls(model.to(device), model_config)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, device="cpu", **kwargs) -> "KeyframeSelector":
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, device="cpu", **kwargs
+    ) -> "KeyframeSelector":
         """
         Loads `keyframe_selector_config.json` and `keyframe_selector.safetensors` from a local directory or a Hub
         repository (`kwargs` go to `transformers.utils.cached_file`).
@@ -350,7 +354,9 @@ class KeyframeSelector:
             temporary_weights = file.name
         save_file(state_dict, temporary_weights)
         os.replace(temporary_weights, save_directory / KEYFRAME_SELECTOR_WEIGHTS_NAME)
-        with tempfile.NamedTemporaryFile("w", dir=save_directory, suffix=".tmp", delete=False, encoding="utf-8") as file:
+        with tempfile.NamedTemporaryFile(
+            "w", dir=save_directory, suffix=".tmp", delete=False, encoding="utf-8"
+        ) as file:
             json.dump(self.model_config, file, indent=2, sort_keys=True)
             temporary_config = file.name
         os.replace(temporary_config, save_directory / KEYFRAME_SELECTOR_CONFIG_NAME)

@@ -98,7 +98,14 @@ class ViLaMPProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        return ["input_ids", "attention_mask", "pixel_values_videos", "video_frame_counts", "keyframe_mask", "query_embeds"]
+        return [
+            "input_ids",
+            "attention_mask",
+            "pixel_values_videos",
+            "video_frame_counts",
+            "keyframe_mask",
+            "query_embeds",
+        ]
 
     def __call__(self, text=None, videos=None, query=None, **kwargs: Unpack[ViLaMPProcessorKwargs]) -> BatchFeature:
         """
@@ -136,7 +143,9 @@ class ViLaMPProcessor(ProcessorMixin):
         if videos:
             self._require_keyframe_selector()
         video_frames, keyframe_selections = [], []
-        for video_index, (video, video_query) in enumerate(zip(videos, self._video_queries(texts, len(videos), query))):
+        for video_index, (video, video_query) in enumerate(
+            zip(videos, self._video_queries(texts, len(videos), query))
+        ):
             try:
                 loaded_video = self.load_video(video, **videos_kwargs)
             except ValueError as error:
@@ -174,7 +183,9 @@ class ViLaMPProcessor(ProcessorMixin):
         return_tensors = text_kwargs.pop("return_tensors", None)
         output_kwargs["videos_kwargs"].pop("return_tensors", None)
         if return_tensors != "pt":
-            raise ValueError(f"`return_tensors` must be 'pt' (the video inputs are torch tensors), got {return_tensors!r}.")
+            raise ValueError(
+                f"`return_tensors` must be 'pt' (the video inputs are torch tensors), got {return_tensors!r}."
+            )
         return output_kwargs
 
     def _check_text(self, text) -> list[str]:
@@ -241,7 +252,9 @@ class ViLaMPProcessor(ProcessorMixin):
         `videos_kwargs`), with CLIP frames of the keyframe selector's image size. Returns a [`LoadedVideo`].
         """
         if videos_kwargs.get("do_resize") is False:
-            raise ValueError("`do_resize=False` is not supported: SigLIP takes frames of one size; set `size` instead.")
+            raise ValueError(
+                "`do_resize=False` is not supported: SigLIP takes frames of one size; set `size` instead."
+            )
         keyframe_image_size = self._require_keyframe_selector().image_size
         return self.video_processor.load_video(
             video, keyframe_image_size=keyframe_image_size, progress=progress, **videos_kwargs
@@ -515,7 +528,9 @@ class ViLaMPProcessor(ProcessorMixin):
         else:
             legacy = {name: processor_dict[name] for name in LEGACY_VIDEO_SETTINGS if name in processor_dict}
             video_processor_dict = video_processor_with(None, legacy).to_dict()
-        overrides = {name: kwargs[name] for name in ViLaMPVideoProcessor.valid_kwargs.__annotations__ if name in kwargs}
+        overrides = {
+            name: kwargs[name] for name in ViLaMPVideoProcessor.valid_kwargs.__annotations__ if name in kwargs
+        }
         video_processor = ViLaMPVideoProcessor.from_dict(video_processor_dict, **overrides)
         return [tokenizer, video_processor]
 

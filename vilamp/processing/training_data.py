@@ -13,7 +13,10 @@ VIDEO_QA_FIELDS = ("video", "question", "answer")
 def video_qa_conversation(row: dict) -> list[dict]:
     """The chat messages of one row: a user turn with the video and the question, an assistant turn with the answer."""
     return [
-        {"role": "user", "content": [{"type": "video", "video": row["video"]}, {"type": "text", "text": row["question"]}]},
+        {
+            "role": "user",
+            "content": [{"type": "video", "video": row["video"]}, {"type": "text", "text": row["question"]}],
+        },
         {"role": "assistant", "content": [{"type": "text", "text": row["answer"]}]},
     ]
 
@@ -21,10 +24,14 @@ def video_qa_conversation(row: dict) -> list[dict]:
 def check_video_qa_row(row, where: str):
     """Checks that a row has a video and non-empty `question` and `answer` strings."""
     if not isinstance(row, dict):
-        raise TypeError(f"{where} must be an object with the fields {list(VIDEO_QA_FIELDS)}, got {type(row).__name__}.")
+        raise TypeError(
+            f"{where} must be an object with the fields {list(VIDEO_QA_FIELDS)}, got {type(row).__name__}."
+        )
     missing = [field for field in VIDEO_QA_FIELDS if field not in row]
     if missing:
-        raise ValueError(f"{where} lacks the fields {missing}; each row needs {list(VIDEO_QA_FIELDS)}, got {sorted(row)}.")
+        raise ValueError(
+            f"{where} lacks the fields {missing}; each row needs {list(VIDEO_QA_FIELDS)}, got {sorted(row)}."
+        )
     for field in ("question", "answer"):
         if not isinstance(row[field], str) or not row[field].strip():
             raise ValueError(f"{where}: `{field}` must be a non-empty string, got {row[field]!r}.")
@@ -45,19 +52,29 @@ def read_video_qa_file(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
-        rows = [(f"{path}, line {number}", json.loads(line)) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+        rows = [
+            (f"{path}, line {number}", json.loads(line))
+            for number, line in enumerate(text.splitlines(), 1)
+            if line.strip()
+        ]
     elif path.suffix == ".json":
         data = json.loads(text)
         if not isinstance(data, list):
-            raise ValueError(f"{path} must hold a list of rows, got {type(data).__name__}; or use one row per line (.jsonl).")
+            raise ValueError(
+                f"{path} must hold a list of rows, got {type(data).__name__}; or use one row per line (.jsonl)."
+            )
         rows = [(f"{path}, row {number}", row) for number, row in enumerate(data)]
     else:
-        raise ValueError(f"The dataset {path} must be a .json file (a list of rows) or a .jsonl file (one row per line).")
+        raise ValueError(
+            f"The dataset {path} must be a .json file (a list of rows) or a .jsonl file (one row per line)."
+        )
     if not rows:
         raise ValueError(f"The dataset {path} has no rows.")
     for where, row in rows:
         check_video_qa_row(row, where)
-    return [{**row, "video": str(path.parent / row["video"])} if isinstance(row["video"], str) else row for _, row in rows]
+    return [
+        {**row, "video": str(path.parent / row["video"])} if isinstance(row["video"], str) else row for _, row in rows
+    ]
 
 
 class ViLaMPDataCollator:

@@ -54,7 +54,9 @@ def sample_frame_indices(total_num_frames: int, average_fps: float, *, fps: floa
         `np.ndarray` of shape `(num_frames,)`, strictly increasing frame numbers.
     """
     if fps <= 0 or max_frames < 1:
-        raise ValueError(f"`fps` must be positive and `max_frames` at least 1, got fps={fps} and max_frames={max_frames}.")
+        raise ValueError(
+            f"`fps` must be positive and `max_frames` at least 1, got fps={fps} and max_frames={max_frames}."
+        )
     stride = max(int(average_fps / fps), 1)
     frame_indices = np.arange(0, total_num_frames, stride)
     if len(frame_indices) > max_frames:
@@ -236,7 +238,9 @@ def _decode_span(
     return False
 
 
-def plan_decoding_spans(timestamps: _FrameTimestamps, frame_indices: list[int], num_spans: int) -> list[tuple[int, int]]:
+def plan_decoding_spans(
+    timestamps: _FrameTimestamps, frame_indices: list[int], num_spans: int
+) -> list[tuple[int, int]]:
     """
     Cuts the video at keyframes into at most `num_spans` spans `(start_pts, end_pts)` holding about as many wanted
     frames each; the first starts at the keyframe before the first wanted frame and the last is open-ended.
@@ -356,7 +360,9 @@ def decode_video(
                 if num_decoded == 0:
                     raise ValueError(f"`{path}` has no decodable frames; pass a video with at least one frame.")
                 if len(converter.results) < len(frame_indices):
-                    frame_indices = sample_frame_indices(num_decoded, average_fps, fps=fps, max_frames=max_frames).tolist()
+                    frame_indices = sample_frame_indices(
+                        num_decoded, average_fps, fps=fps, max_frames=max_frames
+                    ).tolist()
                     warnings.warn(
                         f"`{path}` is damaged or truncated: only {num_decoded} of the {total_num_frames} frames its "
                         f"header promises could be decoded; the frames are sampled from those ({len(frame_indices)} kept).",
@@ -385,4 +391,11 @@ def decode_video(
     return DecodedVideo(frames=frames, timestamps_seconds=timestamps_seconds, metadata=metadata)
 
 
-__all__ = ["DecodedVideo", "VideoDecodingWarning", "decode_video", "default_num_decoders", "plan_decoding_spans", "sample_frame_indices"]
+__all__ = [
+    "DecodedVideo",
+    "VideoDecodingWarning",
+    "decode_video",
+    "default_num_decoders",
+    "plan_decoding_spans",
+    "sample_frame_indices",
+]

@@ -88,7 +88,9 @@ def check_video_settings(settings: dict[str, Any]):
     if settings.get("decode_device") not in (None, "cpu", "cuda"):
         raise ValueError(f"`decode_device` must be 'cpu' or 'cuda' (NVDEC), got {settings['decode_device']!r}.")
     num_decoders = settings.get("num_decoders")
-    if num_decoders is not None and (not isinstance(num_decoders, int) or isinstance(num_decoders, bool) or num_decoders < 1):
+    if num_decoders is not None and (
+        not isinstance(num_decoders, int) or isinstance(num_decoders, bool) or num_decoders < 1
+    ):
         raise ValueError(f"`num_decoders` must be an integer of at least 1, got {num_decoders!r}.")
 
 
@@ -165,7 +167,6 @@ def clip_resize_and_crop(image: Image.Image, size: int = 224) -> torch.Tensor:
     top, left = (new_height - size) // 2, (new_width - size) // 2
     cropped = np.asarray(resized)[top : top + size, left : left + size]
     return torch.from_numpy(cropped.copy()).permute(2, 0, 1)
-
 
 
 @dataclass
@@ -395,7 +396,6 @@ class ViLaMPVideoProcessor(BaseVideoProcessor):
             "video_frame_counts": torch.tensor([len(frames) for frames in pixel_values_videos], dtype=torch.int64),
         }
         return BatchFeature(data=data, tensor_type=return_tensors)
-
 
 
 # Settings that processors saved before the video processor became an attribute kept flat in processor_config.json;
