@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import distributed as dist
+from transformers import PreTrainedModel
 from transformers.utils import is_flash_attn_2_available
 
 from vilamp.modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
@@ -211,9 +212,9 @@ def peak_memory_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def exact_length_generate_kwargs(model: ViLaMPForConditionalGeneration, max_new_tokens: int) -> dict:
+def exact_length_generate_kwargs(model: PreTrainedModel, max_new_tokens: int) -> dict:
     """Greedy `generate` arguments for exactly `max_new_tokens` tokens."""
-    eos_token_id = model.config.text_config.eos_token_id
+    eos_token_id = model.config.get_text_config().eos_token_id
     # random weights may pick the end-of-sequence token: decode exactly `max_new_tokens` anyway
     return {
         "do_sample": False,
@@ -237,7 +238,7 @@ class GenerateTimes:
 
 
 def timed_generate(
-    model: ViLaMPForConditionalGeneration,
+    model: PreTrainedModel,
     inputs: dict,
     max_new_tokens: int,
     device: torch.device,
@@ -256,7 +257,7 @@ def timed_generate(
         marks["language_model_start"] = time.perf_counter()
         handle.remove()
 
-    handle = model.model.language_model.register_forward_pre_hook(mark_language_model_start)
+    handle = model.get_decoder().register_forward_pre_hook(mark_language_model_start)
     try:
         synchronize(device)
         start_time = time.perf_counter()
@@ -311,6 +312,7 @@ __all__ = [
     "ANSWER_LENGTH",
     "DTYPES",
     "FULL_NUM_KEYFRAMES",
+    "PROMPT_TEXT_IDS",
     "TRAINABLE_CONFIGURATIONS",
     "VIT_B_32_CONFIG",
     "GenerateTimes",

@@ -8,9 +8,11 @@ Then it encodes the frames unstreamed (`vision_chunk_size` = number of frames, t
 of memory.
 
 Decoding is timed as a user gets it: generate with `--max-new-tokens` N+1 tokens and with 1 token, and take the
-difference per token, with no clock, streamer or device synchronisation inside the decoding loop. With
-`--cache-implementation static`, `generate` compiles the decoding step on its first call for each prompt length; that
-first call is timed apart (the `decode warm-up s` column) from the steady-state figures.
+difference per token, with no clock, streamer or device synchronisation inside the decoding loop. The first N-token
+`generate` of each prompt length is a cold start (with `--cache-implementation static` it compiles the decoding step);
+it is timed apart (the `decode cold extra s` column) from the steady-state figure, which comes from a second call. The
+same steady figure is measured for transformers' own `Qwen2ForCausalLM` over the same language model weights (the
+same modules, no copy) on a text prompt of the same length, in the same run (`Qwen2 decode ms/token`).
 
     python bench/long_video.py                                # full size, one GPU
     python bench/long_video.py --frames 600 --unstreamed-frames "" --cache-implementation static
@@ -30,6 +32,8 @@ from bench_utils import (
     DTYPES,
     FRAME_POOL_SIZE,
     FULL_NUM_KEYFRAMES,
+    PROMPT_TEXT_IDS,
+    GenerateTimes,
     build_config,
     build_random_model,
     default_attn_implementation,
@@ -46,6 +50,7 @@ from bench_utils import (
     timed_generate,
     video_inputs,
 )
+from transformers import Qwen2ForCausalLM
 
 from vilamp.modeling_vilamp import ViLaMPForConditionalGeneration
 
@@ -63,7 +68,8 @@ STREAMED_COLUMNS = [
     "prefill s",
     "first token s",
     "decode ms/token",
-    "decode warm-up s",
+    "Qwen2 decode ms/token",
+    "decode cold extra s",
     "frames/s",
     "SigLIP-only frames/s",
     "ratio",
@@ -142,8 +148,8 @@ class GenerationTimes:
     vision_seconds: float
     prefill_seconds: float  # from the language model's first forward to the first token
     first_token_seconds: float  # vision and prefill: what a 1-token `generate` takes
-    decode_ms_per_token: float | None  # None when `--max-new-tokens` is 1
-    decode_warm_up_seconds: float | None  # the first long `generate`'s time beyond a steady one's (static cache only)
+    decode_ms_per_token: float | None  # steady state; None when `--max-new-tokens` is 1
+    decode_cold_extra_seconds: float | None  # the first long `generate`'s time beyond a steady one's
 
 
 def measure_generation(
@@ -151,8 +157,8 @@ def measure_generation(
 ) -> GenerationTimes:
     """
     Times a 1-token `generate` (vision, prefill, first token) and an N-token one, N = `--max-new-tokens`: decode
-    ms/token = (language-model time of N tokens - that of 1 token) / (N - 1). With a static cache, a first untimed
-    N-token `generate` compiles the decoding step for this prompt length; its extra time is the warm-up.
+    ms/token = (language-model time of N tokens - that of 1 token) / (N - 1), from a second N-token call; the first
+    one's extra time is the cold start (with a static cache, the decoding step's compilation for this prompt length).
     """
     device = torch.device(args.device)
     first = timed_generate(model, inputs, 1, device, args.cache_implementation)
@@ -161,18 +167,43 @@ def measure_generation(
         prefill_seconds=first.language_model_seconds,
         first_token_seconds=first.total_seconds,
         decode_ms_per_token=None,
-        decode_warm_up_seconds=None,
+        decode_cold_extra_seconds=None,
     )
     if args.max_new_tokens == 1:
         return times
     long_generate = (model, inputs, args.max_new_tokens, device, args.cache_implementation)
-    warm_up = timed_generate(*long_generate) if args.cache_implementation == "static" else None
+    cold = timed_generate(*long_generate)
     steady = timed_generate(*long_generate)
-    decode_seconds = steady.language_model_seconds - first.language_model_seconds
-    times.decode_ms_per_token = 1000 * decode_seconds / (args.max_new_tokens - 1)
-    if warm_up is not None:
-        times.decode_warm_up_seconds = warm_up.total_seconds - steady.total_seconds
+    times.decode_ms_per_token = decode_ms_per_token(first, steady, args.max_new_tokens)
+    times.decode_cold_extra_seconds = cold.total_seconds - steady.total_seconds
     return times
+
+
+def decode_ms_per_token(first: GenerateTimes, steady: GenerateTimes, max_new_tokens: int) -> float:
+    """Milliseconds per decoded token: the language-model time of an N-token `generate` less a 1-token one's."""
+    return 1000 * (steady.language_model_seconds - first.language_model_seconds) / (max_new_tokens - 1)
+
+
+def transformers_qwen2(model: ViLaMPForConditionalGeneration) -> Qwen2ForCausalLM:
+    """transformers' own Qwen2 causal LM made of ViLaMP's language model and head: the same modules, no copy."""
+    with torch.device("meta"):
+        qwen2 = Qwen2ForCausalLM(model.config.text_config)
+    qwen2.model, qwen2.lm_head = model.model.language_model, model.lm_head
+    return qwen2.eval()
+
+
+def measure_qwen2_decoding(qwen2: Qwen2ForCausalLM, prompt_length: int, args: argparse.Namespace) -> float | None:
+    """Steady decode ms/token of transformers' Qwen2 on a text prompt of `prompt_length` tokens, timed as
+    `measure_generation` times ViLaMP's; None when `--max-new-tokens` is 1."""
+    if args.max_new_tokens == 1:
+        return None
+    device = torch.device(args.device)
+    input_ids = torch.tensor([[PROMPT_TEXT_IDS[index % len(PROMPT_TEXT_IDS)] for index in range(prompt_length)]])
+    inputs = {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids, device=device)}
+    first = timed_generate(qwen2, inputs, 1, device, args.cache_implementation)
+    timed_generate(qwen2, inputs, args.max_new_tokens, device, args.cache_implementation)
+    steady = timed_generate(qwen2, inputs, args.max_new_tokens, device, args.cache_implementation)
+    return decode_ms_per_token(first, steady, args.max_new_tokens)
 
 
 def measure_siglip_only(
@@ -226,6 +257,7 @@ def streamed_row(
     try:
         times = measure_generation(model, inputs, args)
         peak_gib = peak_memory_gib(device)
+        qwen2_ms_per_token = measure_qwen2_decoding(transformers_qwen2(model), inputs["input_ids"].shape[1], args)
         siglip_frames = frames[: min(num_frames, args.siglip_only_max_frames or num_frames)]
         siglip_seconds = measure_siglip_only(model, siglip_frames, chunk_size, device)
     except torch.cuda.OutOfMemoryError:
@@ -238,7 +270,8 @@ def streamed_row(
         f"{times.prefill_seconds:.2f}",
         f"{times.first_token_seconds:.2f}",
         format_number(times.decode_ms_per_token, 1),
-        format_number(times.decode_warm_up_seconds, 1),
+        format_number(qwen2_ms_per_token, 1),
+        format_number(times.decode_cold_extra_seconds, 1),
         f"{frames_per_second:.0f}",
         f"{siglip_frames_per_second:.0f}",
         f"{frames_per_second / siglip_frames_per_second:.2f}",
@@ -254,8 +287,10 @@ def print_streamed_table(model: ViLaMPForConditionalGeneration, frames: torch.Te
     print(
         "\nvision+DFM: from `generate` to the language model's first forward; prefill: from there to the first token; "
         f"first token = both (a 1-token `generate`). decode ms/token: (language-model time of a {args.max_new_tokens}"
-        f"-token `generate` - that of the 1-token one) / {args.max_new_tokens - 1}, nothing timed per token. decode "
-        "warm-up: the first long `generate`'s extra time (the static cache's compilation), n/a with a dynamic cache. "
+        f"-token `generate`, the second of two (steady state), - that of the 1-token one) / {args.max_new_tokens - 1}, "
+        "nothing timed per token; Qwen2 decode ms/token: the same for transformers' own Qwen2ForCausalLM over "
+        "the same weights on a text prompt of the row's length. decode cold extra: the first long `generate`'s extra "
+        "time over the steady one (with a static cache, the decoding step's compilation). "
         f"SigLIP-only: the vision tower alone, same chunks, on {ceiling_frames} of the row's frames; ratio = "
         "vision+DFM frames/s / SigLIP-only frames/s.",
         flush=True,
