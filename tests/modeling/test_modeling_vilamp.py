@@ -337,7 +337,7 @@ def test_a_chunk_cut_short_by_free_memory_is_announced(tiny_model, video_inputs,
     model = tiny_model(vision_chunk_size=None)
     inputs = video_inputs(model.config, [[frame in (3, 40) for frame in range(48)]])
     video_args = (inputs["pixel_values_videos"], inputs["keyframe_mask"], inputs["query_embeds"])
-    logger = logging.get_logger("modeling_vilamp.modeling_vilamp")
+    logger = logging.get_logger("vilamp.modeling_vilamp.modeling_vilamp")
     with torch.no_grad(), CaptureLogger(logger) as captured:
         model.get_video_features(*video_args)
     assert "Vision chunks of" not in captured.out
