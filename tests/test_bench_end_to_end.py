@@ -1,9 +1,12 @@
 """The file-to-answer benchmark runs in its tiny CPU mode on a video it writes; its timings are printed, never
 asserted."""
 
+import pytest
+
 from tests.bench_output import markdown_tables, run_bench
 
 
+@pytest.mark.slow
 def test_tiny_cpu_run_prints_every_stage_and_each_decoder_setting(tmp_path):
     command = ["bench/end_to_end.py", "--tiny", "--device", "cpu", "--max-new-tokens", "3"]
     command += ["--video-dir", str(tmp_path), "--decoders", "cpu:1", "cpu:3"]

@@ -1,11 +1,14 @@
 """The frame-parallel benchmark runs under `torchrun` in its tiny CPU (gloo) mode; its timings are printed, never
 asserted (rule 19)."""
 
+import pytest
+
 from tests.bench_output import markdown_tables, run_bench
 
 FRAME_COUNTS = [2, 16]
 
 
+@pytest.mark.slow
 def test_tiny_gloo_run_gives_one_rank_tokens_for_each_frame_count():
     frame_counts = ",".join(str(count) for count in FRAME_COUNTS)
     result = run_bench(

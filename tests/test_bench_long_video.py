@@ -18,6 +18,7 @@ def table_rows(lines: list[str], header_start: str) -> list[list[str]]:
     return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
 def test_tiny_cpu_run_prints_one_row_per_frame_count(cache_implementation):
     frame_counts = ",".join(str(count) for count in FRAME_COUNTS)

@@ -3,6 +3,8 @@ memory are printed, never asserted (rule 19)."""
 
 import subprocess
 
+import pytest
+
 from tests.bench_output import markdown_tables, run_bench
 
 FRAME_COUNTS = [5, 16]
@@ -13,6 +15,7 @@ def run_model_split(*arguments: str) -> subprocess.CompletedProcess:
     return run_bench("bench/model_split.py", *arguments, timeout=300)
 
 
+@pytest.mark.slow
 def test_tiny_cpu_splits_give_the_one_device_ids_at_every_frame_count(tmp_path):
     arguments = ["--tiny", "--device", "cpu", "--work-dir", str(tmp_path), "--max-new-tokens", "3"]
     arguments += ["--frames", ",".join(str(count) for count in FRAME_COUNTS)]

@@ -95,6 +95,7 @@ def frames_compared_across_spans(keyframe_masks, rule, world_size) -> list[int]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_frame_parallel_encoding_equals_one_process(world_size, video_inputs, tmp_path):
     config = build_tiny_model(seed=0).config

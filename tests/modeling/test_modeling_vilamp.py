@@ -312,6 +312,7 @@ class PeakTensorBytes(TorchDispatchMode):
         return output
 
 
+@pytest.mark.slow
 def test_streamed_memory_grows_with_frames_only_by_the_output_tokens(tiny_model, video_inputs):
     model = tiny_model(vision_chunk_size=8)
     hidden_size = model.config.text_config.hidden_size

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = "examples/evaluate_videos.py"
 NUM_TINY_ROWS = 4
@@ -56,6 +58,7 @@ def read_output(work_dir: Path) -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
+@pytest.mark.slow
 def test_one_and_two_processes_write_the_same_predictions_in_index_order_and_a_rerun_skips_them(tmp_path):
     single = run_evaluation(tmp_path / "single")
     assert evaluated_rows(single) == NUM_TINY_ROWS
@@ -80,6 +83,7 @@ def test_one_and_two_processes_write_the_same_predictions_in_index_order_and_a_r
     assert (tmp_path / "double" / "predictions.jsonl").read_text(encoding="utf-8") == output_text
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_from_its_part_files(tmp_path):
     work_dir = tmp_path / "run"
     run_evaluation(work_dir)
@@ -96,6 +100,7 @@ def test_an_interrupted_run_resumes_from_its_part_files(tmp_path):
     assert not list(work_dir.glob("predictions.jsonl.part*"))
 
 
+@pytest.mark.slow
 def test_a_static_cache_gives_the_default_greedy_predictions(tmp_path):
     run_evaluation(tmp_path / "dynamic")
     run_evaluation(tmp_path / "static", "--cache-implementation", "static")

@@ -82,6 +82,7 @@ def train_in_one_process(batches: list[dict]):
     return torch.tensor(losses), model
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_train_as_one_process_and_save_an_adapter_that_loads(processor, training_rows, tmp_path):
     # one video per rank, of 3 and 6 frames: different numbers of tokens and of vision chunks
     batches = [dict(ViLaMPDataCollator(processor)([row])) for row in training_rows]

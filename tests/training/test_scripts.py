@@ -23,6 +23,7 @@ def run_script(*command: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_finetune_lora_example_tiny_mode_trains_and_saves_an_adapter(tmp_path):
     from peft import PeftModel
 
@@ -43,6 +44,7 @@ def test_finetune_lora_example_tiny_mode_trains_and_saves_an_adapter(tmp_path):
         assert not torch.allclose(model(**batch).logits, build_tiny_model().eval()(**batch).logits)
 
 
+@pytest.mark.slow
 def test_finetune_lora_example_under_torchrun_on_cpus_trains_one_data_parallel_job(tmp_path):
     output_dir = tmp_path / "run"
     result = run_script(
@@ -55,6 +57,7 @@ def test_finetune_lora_example_under_torchrun_on_cpus_trains_one_data_parallel_j
     assert (output_dir / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_lora_step_bench_tiny_mode_prints_one_row_per_frame_count_and_configuration():
     result = run_script(
         "bench/lora_step.py", "--tiny", "--device", "cpu", "--dtype", "float32", "--frames", "4,8", "--steps", "1"
@@ -71,6 +74,7 @@ def test_lora_step_bench_tiny_mode_prints_one_row_per_frame_count_and_configurat
     assert all(row[4] == "n/a" and float(row[5]) > 0 for row in rows)
 
 
+@pytest.mark.slow
 def test_lora_fsdp_bench_tiny_gloo_run_gives_one_process_losses_for_each_frame_count():
     result = run_script(
         "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
