@@ -192,7 +192,8 @@ def model_dir_errors(model_dir: Path):
         yield
     except (SafetensorError, StrictDataclassError, OSError, ValueError, TypeError) as error:
         damaged = damaged_safetensors_files(model_dir) if isinstance(error, SafetensorError) else []
-        reason = f"{', '.join(damaged)} damaged ({error})" if damaged else str(error).rstrip(".")
+        # `from_pretrained` names the damaged file and the fix itself; here safetensors' own reason is enough
+        reason = f"{', '.join(damaged)} damaged ({error.__cause__ or error})" if damaged else str(error).rstrip(".")
         raise CommandError(
             f"MODEL_DIR `{model_dir}` does not load: {reason}; repair it, or convert the original checkpoint again "
             f"(`vilamp convert ORIGINAL_DIR {model_dir} --overwrite`)."
