@@ -373,8 +373,8 @@ def test_interrupt_after_the_last_write_exits_with_the_signal_and_keeps_the_new_
     entry_point, signum, earlier_output, converted_dir, checkpoint_copy, tokenizer_dir
 ):
     """
-    SIGINT or SIGTERM once the new output is renamed into place (nothing left to write) still exits 128 + signal, in one
-    line saying that the conversion completed: the output is the whole new conversion, no temporary folder is left.
+    SIGINT or SIGTERM once the new output is renamed into place (nothing left to write) still exits 128 + signal, in
+    one line saying that the conversion completed: the output is the whole new conversion, no temporary folder left.
     """
     output_dir = checkpoint_copy.parent / "vilamp-tiny"
     flags = ["--tokenizer", tokenizer_dir, *(["--overwrite"] if earlier_output else [])]
@@ -392,12 +392,12 @@ def test_interrupt_after_the_last_write_exits_with_the_signal_and_keeps_the_new_
 
 
 def test_pause_at_an_unknown_step_is_refused(unreadable_checkpoint, tokenizer_dir, monkeypatch, capsys):
-    """A `VILAMP_CONVERT_PAUSE_AT` (the testing hook) naming no step exits 2 naming the steps, before reading weights."""
+    """A `VILAMP_CONVERT_PAUSE_AT` (the testing hook) naming no step exits 2 listing the steps, before any read."""
     monkeypatch.setenv(PAUSE_AT_VARIABLE, "saving")
     output_dir = unreadable_checkpoint.parent / "vilamp-tiny"
     assert convert("vilamp-convert", unreadable_checkpoint, output_dir, "--tokenizer", tokenizer_dir) == 2
     assert (
-        "`VILAMP_CONVERT_PAUSE_AT` is 'saving', which is no step of the converter; set it to one of writing, renaming, "
-        "renamed, or unset it." in error_line(capsys)
+        "`VILAMP_CONVERT_PAUSE_AT` is 'saving', which is no step of the converter; set it to one of writing, "
+        "renaming, renamed, or unset it." in error_line(capsys)
     )
     assert not output_dir.exists() and not hidden_siblings(output_dir)

@@ -103,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(conversion/convert_original_to_hf.py; `vilamp-convert --input ... --output ...` is the same command). "
         "OUTPUT_DIR is never the input, inside it or holding it; --overwrite replaces only a directory that an earlier "
         "conversion wrote (config.json of model_type vilamp, processor_config.json, and no file a conversion never "
-        "writes). Ctrl-C or SIGTERM leaves OUTPUT_DIR as it was. Exit status: 2 for a usage error (a path that does "
-        "not exist, an OUTPUT_DIR it will not write), 1 when the conversion, its check or --verify-reference fails, "
-        "130 on Ctrl-C, 143 on SIGTERM.",
+        "writes). Ctrl-C or SIGTERM before the new OUTPUT_DIR is renamed into place leaves it as it was. Exit "
+        "status: 2 for a usage error (a path that does not exist, an OUTPUT_DIR it will not write), 1 when the "
+        "conversion, its check or --verify-reference fails, 130 on Ctrl-C, 143 on SIGTERM.",
     )
     build_conversion_parser(convert, directory_type=existing_dir)
     convert.set_defaults(handler=run_convert)

@@ -253,7 +253,7 @@ class ViLaMPPreTrainedModel(PreTrainedModel):
         """
         Loads a saved model as `PreTrainedModel.from_pretrained` does, and checks that the processor saved with it lays
         out the video tokens as its config does (see `check_saved_processor`). A damaged weights file of a local
-        directory raises safetensors' `SafetensorError` as transformers does, with a message naming the file and the fix.
+        directory raises safetensors' `SafetensorError` as in transformers, with a message naming the file and the fix.
         """
         hub_kwargs = {name: kwargs[name] for name in HUB_KWARGS if name in kwargs}
         config = kwargs.get("config")
