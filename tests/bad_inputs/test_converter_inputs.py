@@ -3,11 +3,11 @@ no tokenizer, refused pickles, damaged weights, weights that do not fit, interru
 the documented exit status (usage 2, failed work 1, 128 + the signal when interrupted)."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from argparse import Namespace
 from pathlib import Path
 
@@ -17,14 +17,13 @@ from safetensors.torch import load_file, save_file
 
 from vilamp.cli.main import convert_command as convert_main
 from vilamp.cli.main import main as vilamp_main
+from vilamp.conversion.atomic_output import PAUSE_AT_VARIABLE
 from vilamp.conversion.convert_original_to_hf import ConversionError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENTRY_POINTS = ("vilamp-convert", "vilamp convert")
-# the reference checkpoint converts in a few seconds; a stopped subprocess is given far longer
+# the reference checkpoint converts in a few seconds; a subprocess is given far longer, so that only a hang fails
 SUBPROCESS_TIMEOUT_SECONDS = 300
-# attempts at stopping a conversion while it writes (its write phase is short on the tiny checkpoint)
-STOP_ATTEMPTS = 5
 
 
 def convert(entry_point: str, input_dir: Path, output_dir: Path, *flags) -> int:
@@ -274,8 +273,11 @@ def test_help_gives_the_exit_statuses(capsys):
         assert "a failed conversion check" in help_text and "130" in help_text
 
 
-def start_conversion(entry_point: str, input_dir: Path, output_dir: Path, *flags) -> subprocess.Popen:
-    """Starts `python -m vilamp.conversion.convert_original_to_hf` (what `vilamp-convert` runs) or `python -m vilamp.cli convert`."""
+def start_conversion(entry_point: str, input_dir: Path, output_dir: Path, *flags, pause_at: str) -> subprocess.Popen:
+    """
+    Starts `python -m vilamp.conversion.convert_original_to_hf` (what `vilamp-convert` runs) or `python -m vilamp.cli
+    convert`, told by the testing hook to pause at the step `pause_at` until it is signalled.
+    """
     if entry_point == "vilamp-convert":
         command = [
             "-m",
@@ -289,22 +291,31 @@ def start_conversion(entry_point: str, input_dir: Path, output_dir: Path, *flags
     else:
         command = ["-m", "vilamp.cli", "convert", input_dir, output_dir, *flags]
     return subprocess.Popen(
-        [sys.executable, *map(str, command)], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, *map(str, command)],
+        cwd=REPO_ROOT,
+        env={**os.environ, PAUSE_AT_VARIABLE: pause_at},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
-def stop_while_writing(process: subprocess.Popen, output_dir: Path) -> bool:
+def signal_when_paused(process: subprocess.Popen, step: str, signum: int) -> tuple[int, str]:
     """
-    Freezes the process (SIGSTOP) as soon as its temporary directory appears; returns whether it was frozen while
-    writing there, before it began renaming (no `.NAME.replaced.` directory yet, the temporary one still there).
+    Reads the converter's stderr up to the line saying that it paused at `step` (it then waits, writing nothing, so no
+    timing decides what it has done), sends `signum`, and returns the exit status and the whole of stderr.
     """
-    while process.poll() is None:
-        if any(not name.startswith(f".{output_dir.name}.replaced.") for name in hidden_siblings(output_dir)):
-            process.send_signal(signal.SIGSTOP)
-            names = hidden_siblings(output_dir)
-            return bool(names) and not any(name.startswith(f".{output_dir.name}.replaced.") for name in names)
-        time.sleep(0.001)
-    return False
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if line.startswith(f"{PAUSE_AT_VARIABLE}: paused at {step}: "):
+            process.send_signal(signum)
+            break
+    _, rest = process.communicate(timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    stderr = "".join(lines) + rest
+    assert f"paused at {step}: " in stderr, f"the converter never paused at {step}: {stderr}"
+    return process.returncode, stderr
 
 
 def lay_earlier_output(converted_dir: Path, output_dir: Path):
@@ -315,40 +326,35 @@ def lay_earlier_output(converted_dir: Path, output_dir: Path):
 
 
 @pytest.mark.parametrize(
-    ("entry_point", "signum", "earlier_output"),
+    ("entry_point", "signum", "earlier_output", "step"),
     [
-        ("vilamp-convert", signal.SIGTERM, False),
-        ("vilamp-convert", signal.SIGINT, True),
-        ("vilamp convert", signal.SIGTERM, True),
+        ("vilamp-convert", signal.SIGTERM, False, "writing"),
+        ("vilamp-convert", signal.SIGINT, True, "writing"),
+        ("vilamp convert", signal.SIGTERM, True, "writing"),
+        ("vilamp-convert", signal.SIGINT, True, "renaming"),
     ],
     ids=[
         "vilamp-convert-sigterm-new-output",
         "vilamp-convert-sigint-overwrite",
         "vilamp-convert-subcommand-sigterm-overwrite",
+        "vilamp-convert-sigint-overwrite-before-renaming",
     ],
 )
 def test_interrupt_while_writing_leaves_the_output_as_it_was(
-    entry_point, signum, earlier_output, converted_dir, checkpoint_copy, tokenizer_dir
+    entry_point, signum, earlier_output, step, converted_dir, checkpoint_copy, tokenizer_dir
 ):
-    """SIGINT or SIGTERM while the converter writes removes its temporary folder and leaves the output as it was: one line, exit 128 + signal."""
+    """
+    SIGINT or SIGTERM while the converter writes (the model written, the processor not yet) or once all is written but
+    not yet renamed removes its temporary folder and leaves the output as it was: one line, exit 128 + signal.
+    """
     output_dir = checkpoint_copy.parent / "vilamp-tiny"
     flags = ["--tokenizer", tokenizer_dir, "--max-shard-size", "100KB", *(["--overwrite"] if earlier_output else [])]
-    for _ in range(STOP_ATTEMPTS):
-        shutil.rmtree(output_dir, ignore_errors=True)
-        if earlier_output:
-            lay_earlier_output(converted_dir, output_dir)
-        before = snapshot(output_dir) if earlier_output else None
-        process = start_conversion(entry_point, checkpoint_copy, output_dir, *flags)
-        stopped_while_writing = stop_while_writing(process, output_dir)
-        if stopped_while_writing:
-            process.send_signal(signum)
-        process.send_signal(signal.SIGCONT)
-        _, stderr = process.communicate(timeout=SUBPROCESS_TIMEOUT_SECONDS)
-        if stopped_while_writing:
-            break
-    else:
-        pytest.fail(f"the conversion was never caught while writing in {STOP_ATTEMPTS} attempts")
-    assert process.returncode == 128 + signum, stderr
+    if earlier_output:
+        lay_earlier_output(converted_dir, output_dir)
+    before = snapshot(output_dir) if earlier_output else None
+    process = start_conversion(entry_point, checkpoint_copy, output_dir, *flags, pause_at=step)
+    returncode, stderr = signal_when_paused(process, step, signum)
+    assert returncode == 128 + signum, stderr
     assert stderr.strip().splitlines()[-1] == f"{entry_point}: interrupted"
     assert "Traceback" not in stderr
     assert not hidden_siblings(output_dir)
@@ -356,3 +362,42 @@ def test_interrupt_while_writing_leaves_the_output_as_it_was(
         assert snapshot(output_dir) == before
     else:
         assert not output_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("entry_point", "signum", "earlier_output"),
+    [("vilamp-convert", signal.SIGINT, True), ("vilamp convert", signal.SIGTERM, False)],
+    ids=["vilamp-convert-sigint-overwrite", "vilamp-convert-subcommand-sigterm-new-output"],
+)
+def test_interrupt_after_the_last_write_exits_with_the_signal_and_keeps_the_new_output(
+    entry_point, signum, earlier_output, converted_dir, checkpoint_copy, tokenizer_dir
+):
+    """
+    SIGINT or SIGTERM once the new output is renamed into place (nothing left to write) still exits 128 + signal, in
+    one line saying that the conversion completed: the output is the whole new conversion, no temporary folder left.
+    """
+    output_dir = checkpoint_copy.parent / "vilamp-tiny"
+    flags = ["--tokenizer", tokenizer_dir, *(["--overwrite"] if earlier_output else [])]
+    if earlier_output:
+        lay_earlier_output(converted_dir, output_dir)
+    process = start_conversion(entry_point, checkpoint_copy, output_dir, *flags, pause_at="renamed")
+    returncode, stderr = signal_when_paused(process, "renamed", signum)
+    assert returncode == 128 + signum, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"{entry_point}: interrupted after the conversion completed: {output_dir} holds it"
+    )
+    assert "Traceback" not in stderr
+    assert not hidden_siblings(output_dir)
+    assert snapshot(output_dir) == snapshot(converted_dir)
+
+
+def test_pause_at_an_unknown_step_is_refused(unreadable_checkpoint, tokenizer_dir, monkeypatch, capsys):
+    """A `VILAMP_CONVERT_PAUSE_AT` (the testing hook) naming no step exits 2 listing the steps, before any read."""
+    monkeypatch.setenv(PAUSE_AT_VARIABLE, "saving")
+    output_dir = unreadable_checkpoint.parent / "vilamp-tiny"
+    assert convert("vilamp-convert", unreadable_checkpoint, output_dir, "--tokenizer", tokenizer_dir) == 2
+    assert (
+        "`VILAMP_CONVERT_PAUSE_AT` is 'saving', which is no step of the converter; set it to one of writing, "
+        "renaming, renamed, or unset it." in error_line(capsys)
+    )
+    assert not output_dir.exists() and not hidden_siblings(output_dir)

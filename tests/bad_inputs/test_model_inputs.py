@@ -1,14 +1,17 @@
-"""Bad inputs to loading and to the model's forward: incomplete or mistyped saved configs, a processor saved with the
-model that lays out the video tokens differently, and placeholders and videos that do not come together.
+"""Bad inputs to loading and to the model's forward: damaged weight files, incomplete or mistyped saved configs, a
+processor saved with the model that lays out the video tokens differently, and placeholders and videos that do not come
+together.
 
 Each test saves a tiny model and its processor to `tmp_path` and loads them as a user would, with `AutoModel` and
 `AutoProcessor` (`import modeling_vilamp` registers them).
 """
 
 import json
+import re
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from vilamp.modeling_vilamp import ViLaMPForConditionalGeneration
@@ -44,6 +47,40 @@ def edit_json(path, **changes):
         else:
             content[name] = value
     path.write_text(json.dumps(content), encoding="utf-8")
+
+
+DAMAGES = {
+    "garbage": lambda data: b"not safetensors" * 100,
+    "truncated": lambda data: data[: len(data) // 2],
+    "empty": lambda data: b"",
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+@pytest.mark.parametrize("model_class", [AutoModel, ViLaMPForConditionalGeneration])
+def test_damaged_weights_file_is_named_with_the_fix(saved_model_dir, model_class, damage):
+    """A `model.safetensors` with a garbage header, cut short or empty is refused, naming the file and the fix."""
+    weights = saved_model_dir / "model.safetensors"
+    weights.write_bytes(DAMAGES[damage](weights.read_bytes()))
+    message = (
+        rf"^{re.escape(str(weights))} cannot be read as safetensors \(Error while deserializing header: .*\): the "
+        r"file is damaged or incomplete\. Download the checkpoint again, or .*"
+        + re.escape(f"`vilamp convert ORIGINAL_DIR {saved_model_dir} --overwrite`")
+    )
+    with pytest.raises(SafetensorError, match=message):
+        model_class.from_pretrained(saved_model_dir)
+
+
+def test_damaged_shard_of_a_sharded_checkpoint_is_named(tmp_path):
+    """In a checkpoint saved in shards (`model.safetensors.index.json`), only the damaged shard is named."""
+    directory = tmp_path / "vilamp-tiny-sharded"
+    build_tiny_model().save_pretrained(directory, max_shard_size="100KB")
+    build_tiny_processor().save_pretrained(directory)
+    shards = sorted(directory.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and (directory / "model.safetensors.index.json").is_file()
+    shards[1].write_bytes(shards[1].read_bytes()[:1000])
+    with pytest.raises(SafetensorError, match=rf"^{re.escape(str(shards[1]))} cannot be read as safetensors \("):
+        AutoModel.from_pretrained(directory)
 
 
 @pytest.mark.parametrize(

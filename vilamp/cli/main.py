@@ -103,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(conversion/convert_original_to_hf.py; `vilamp-convert --input ... --output ...` is the same command). "
         "OUTPUT_DIR is never the input, inside it or holding it; --overwrite replaces only a directory that an earlier "
         "conversion wrote (config.json of model_type vilamp, processor_config.json, and no file a conversion never "
-        "writes). Ctrl-C or SIGTERM leaves OUTPUT_DIR as it was. Exit status: 2 for a usage error (a path that does "
-        "not exist, an OUTPUT_DIR it will not write), 1 when the conversion, its check or --verify-reference fails, "
-        "130 on Ctrl-C, 143 on SIGTERM.",
+        "writes). Ctrl-C or SIGTERM before the new OUTPUT_DIR is renamed into place leaves it as it was. Exit "
+        "status: 2 for a usage error (a path that does not exist, an OUTPUT_DIR it will not write), 1 when the "
+        "conversion, its check or --verify-reference fails, 130 on Ctrl-C, 143 on SIGTERM.",
     )
     build_conversion_parser(convert, directory_type=existing_dir)
     convert.set_defaults(handler=run_convert)
@@ -192,7 +192,8 @@ def model_dir_errors(model_dir: Path):
         yield
     except (SafetensorError, StrictDataclassError, OSError, ValueError, TypeError) as error:
         damaged = damaged_safetensors_files(model_dir) if isinstance(error, SafetensorError) else []
-        reason = f"{', '.join(damaged)} damaged ({error})" if damaged else str(error).rstrip(".")
+        # `from_pretrained` names the damaged file and the fix itself; here safetensors' own reason is enough
+        reason = f"{', '.join(damaged)} damaged ({error.__cause__ or error})" if damaged else str(error).rstrip(".")
         raise CommandError(
             f"MODEL_DIR `{model_dir}` does not load: {reason}; repair it, or convert the original checkpoint again "
             f"(`vilamp convert ORIGINAL_DIR {model_dir} --overwrite`)."

@@ -5,7 +5,12 @@ into place, and SIGINT/SIGTERM handling.
 an earlier conversion left half-replaced, and an existing one unless `--overwrite` is passed and an earlier conversion
 wrote it (`config.json` of `model_type` "vilamp", `processor_config.json`, and no file a conversion never writes).
 `atomic_directory` yields a temporary sibling to write into and renames it into place once complete; a failure, SIGINT
-or SIGTERM removes it and leaves the output as it was.
+or SIGTERM removes it and leaves the output as it was. From the rename on, the conversion is complete: a signal that
+arrives during the rename or after it (the last write) still raises `Interrupted`, whose `completed_output` names the
+output, which holds the whole new conversion; the command line exits 128 + the signal for it and says so.
+
+Testing hook: with `VILAMP_CONVERT_PAUSE_AT=STEP` (one of `PAUSE_STEPS`) the converter stops at that step, prints one
+line on stderr and waits for SIGINT or SIGTERM, so that a test signals it exactly there instead of racing it.
 """
 
 import json
@@ -13,8 +18,10 @@ import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -52,6 +59,13 @@ CONVERTED_FILE_NAMES = frozenset(
 )
 SHARD_FILE_PATTERN = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PAUSE_AT_VARIABLE = "VILAMP_CONVERT_PAUSE_AT"
+# The steps `VILAMP_CONVERT_PAUSE_AT` may name, in the order the converter reaches them, with the state at each.
+PAUSE_STEPS = {
+    "writing": "the model's weights are in the temporary directory, the processor's files not yet",
+    "renaming": "every file is written and the output checked again, the temporary directory not yet renamed",
+    "renamed": "the new output is in place and nothing is left to write, the converter not yet returned",
+}
 
 
 class ConversionError(ValueError):
@@ -66,11 +80,15 @@ class ConversionUsageError(ConversionError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM during the conversion, raised like Ctrl-C's `KeyboardInterrupt` so that cleanup runs."""
+    """
+    SIGINT or SIGTERM during the conversion, raised like Ctrl-C's `KeyboardInterrupt` so that cleanup runs;
+    `completed_output` is the output directory when the signal came once the new conversion was in place, else None.
+    """
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, completed_output: Path | None = None):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.completed_output = completed_output
 
 
 def check_apart_from_input(output_dir: Path, input_dir: Path):
@@ -156,7 +174,9 @@ def check_replaceable(output_dir: Path, overwrite: bool):
 
 
 def check_output_dir(output_dir: Path, input_dir: Path, overwrite: bool):
-    """Raises, before anything is read, unless the conversion can write `output_dir` without losing anything."""
+    """Raises, before anything is read, unless the conversion can write `output_dir` without losing anything (and
+    unless the testing hook names no step)."""
+    requested_pause_step()
     check_apart_from_input(output_dir, input_dir)
     kept = interrupted_replacement(output_dir)
     if kept is not None:
@@ -177,13 +197,15 @@ class InterruptHandler:
     """
     While its `with` block runs (in the main thread), turns SIGINT and SIGTERM into `Interrupted`; inside `deferred()`
     a signal waits until that block ends, so a rename pair or a cleanup is never cut in half. A signal set to be ignored
-    stays ignored, and the previous handlers come back at the end.
+    stays ignored, and the previous handlers come back at the end. Once `completed_output` is set (the new output is in
+    place), every `Interrupted` it raises carries it, and so do those of an enclosing `InterruptHandler` afterwards.
     """
 
     def __init__(self):
         self.previous_handlers = {}
         self.deferring = False
         self.pending_signum = None
+        self.completed_output = None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -194,6 +216,10 @@ class InterruptHandler:
 
     def __exit__(self, *exc_info):
         for signum, handler in self.previous_handlers.items():
+            enclosing = getattr(handler, "__self__", None)
+            # the enclosing handler comes back: a signal after the rename must still say that the output is complete
+            if isinstance(enclosing, InterruptHandler) and self.completed_output is not None:
+                enclosing.completed_output = self.completed_output
             signal.signal(signum, handler)
 
     def interrupt(self, signum: int, frame):
@@ -201,7 +227,7 @@ class InterruptHandler:
         if self.deferring:
             self.pending_signum = signum
         else:
-            raise Interrupted(signum)
+            raise Interrupted(signum, self.completed_output)
 
     @contextmanager
     def deferred(self):
@@ -213,7 +239,34 @@ class InterruptHandler:
             self.deferring = False
         if self.pending_signum is not None:
             signum, self.pending_signum = self.pending_signum, None
-            raise Interrupted(signum)
+            raise Interrupted(signum, self.completed_output)
+
+
+def requested_pause_step() -> str | None:
+    """The step that `VILAMP_CONVERT_PAUSE_AT` names, or None when it is unset; raises when it names no step."""
+    requested = os.environ.get(PAUSE_AT_VARIABLE) or None
+    if requested is not None and requested not in PAUSE_STEPS:
+        raise ConversionUsageError(
+            f"`{PAUSE_AT_VARIABLE}` is {requested!r}, which is no step of the converter; set it to one of "
+            f"{', '.join(PAUSE_STEPS)}, or unset it."
+        )
+    return requested
+
+
+def pause_for_testing(step: str):
+    """
+    The testing hook: when `VILAMP_CONVERT_PAUSE_AT` names `step`, prints `VILAMP_CONVERT_PAUSE_AT: paused at STEP`
+    and the state there on stderr, and waits until a signal handler raises (the converter's handlers raise
+    `Interrupted` for SIGINT and SIGTERM). Called only where signals are not deferred, so a signal sent before the wait
+    begins ends it as well.
+    """
+    if requested_pause_step() != step:
+        return
+    print(f"{PAUSE_AT_VARIABLE}: paused at {step}: {PAUSE_STEPS[step]}", file=sys.stderr, flush=True)
+    # short sleeps rather than `signal.pause()`: a signal the kernel hands to another thread wakes no pause, but its
+    # handler still runs in the main thread at the next wake-up
+    while True:
+        time.sleep(0.05)
 
 
 def make_temporary_sibling(output_dir: Path) -> Path:
@@ -265,7 +318,8 @@ def atomic_directory(output_dir: Path, overwrite: bool):
     """
     Yields a hidden temporary sibling of `output_dir` to write into and renames it into place once the block succeeds.
     A failure, SIGINT or SIGTERM removes it and leaves `output_dir` as it was; `output_dir` is checked again right
-    before it is replaced (`check_replaceable`), in case files appeared in it meanwhile.
+    before it is replaced (`check_replaceable`), in case files appeared in it meanwhile. A signal that arrives during
+    the rename or after it raises `Interrupted` with `completed_output` set: the output is then the new conversion.
     """
     temporary_dir = None
     with InterruptHandler() as interrupts:
@@ -275,8 +329,11 @@ def atomic_directory(output_dir: Path, overwrite: bool):
             yield temporary_dir
             give_new_file_permissions(temporary_dir)
             check_replaceable(output_dir, overwrite)
+            pause_for_testing("renaming")
             with interrupts.deferred():
                 move_into_place(temporary_dir, output_dir)
+                interrupts.completed_output = output_dir
+            pause_for_testing("renamed")
         finally:
             with interrupts.deferred():
                 if temporary_dir is not None and temporary_dir.exists():
@@ -289,6 +346,9 @@ __all__ = [
     "ConversionUsageError",
     "InterruptHandler",
     "Interrupted",
+    "PAUSE_AT_VARIABLE",
+    "PAUSE_STEPS",
     "atomic_directory",
     "check_output_dir",
+    "pause_for_testing",
 ]

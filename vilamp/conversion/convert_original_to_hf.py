@@ -11,7 +11,9 @@ writes). Then it reads the original config, the tower configs and the tokenizer,
 processor in open_clip layout (`convert_clip_to_open_clip`), adds the `<video>` token to the tokenizer, checks
 everything (`check_converted`) and only then writes the model, the processor and the code for `trust_remote_code`
 into a hidden temporary sibling directory renamed into place. SIGINT or SIGTERM while it writes removes the temporary
-directory and leaves the output as it was (the output checks, the write and the signals are `atomic_output`'s).
+directory and leaves the output as it was; from the rename on the conversion is complete, and a signal then still exits
+128 + the signal with a line saying that the output holds the new conversion (the output checks, the write and the
+signals are `atomic_output`'s).
 
 Exit status: 0 on success; 2 for a usage error (a bad flag, a path that does not exist, an output it will not write);
 1 when the work fails (an input it cannot convert, weights it refuses to unpickle, a failed conversion check, a stage
@@ -54,6 +56,7 @@ from .atomic_output import (
     InterruptHandler,
     atomic_directory,
     check_output_dir,
+    pause_for_testing,
 )
 from .verify_reference import check_reference_dir, report_verification
 
@@ -662,6 +665,7 @@ def convert_checkpoint(
     )
     with atomic_directory(target_dir, overwrite) as temporary_dir:
         model.save_pretrained(temporary_dir, max_shard_size=max_shard_bytes)
+        pause_for_testing("writing")
         processor.save_pretrained(temporary_dir)
         copy_remote_code(temporary_dir)
     return output_dir
@@ -911,7 +915,9 @@ def run_command(args: argparse.Namespace, prog: str) -> int:
         with InterruptHandler():
             return run_conversion(args)
     except KeyboardInterrupt as interrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        completed_output = getattr(interrupt, "completed_output", None)
+        completed = "" if completed_output is None else f" after the conversion completed: {completed_output} holds it"
+        print(f"{prog}: interrupted{completed}", file=sys.stderr)
         return 128 + getattr(interrupt, "signum", signal.SIGINT)
     except INPUT_ERRORS as error:
         if os.environ.get("VILAMP_TRACEBACK"):

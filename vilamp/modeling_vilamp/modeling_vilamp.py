@@ -6,8 +6,10 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
@@ -120,6 +122,21 @@ def read_saved_json(pretrained_model_name_or_path, filename: str, **hub_kwargs) 
         return None
     with open(resolved_file, encoding="utf-8") as file:
         return json.load(file)
+
+
+def damaged_weight_files(pretrained_model_name_or_path, subfolder: str = "") -> list[Path]:
+    """The model's safetensors files (`model*.safetensors`) in a local checkpoint directory whose header or size is
+    wrong; empty for a Hub repository."""
+    if pretrained_model_name_or_path is None or not os.path.isdir(pretrained_model_name_or_path):
+        return []
+    damaged = []
+    for path in sorted(Path(pretrained_model_name_or_path, subfolder).glob("model*.safetensors")):
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except (SafetensorError, OSError):
+            damaged.append(path)
+    return damaged
 
 
 def check_saved_processor(config: ViLaMPConfig, pretrained_model_name_or_path, **hub_kwargs):
@@ -235,14 +252,26 @@ class ViLaMPPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """
         Loads a saved model as `PreTrainedModel.from_pretrained` does, and checks that the processor saved with it lays
-        out the video tokens as its config does (see `check_saved_processor`).
+        out the video tokens as its config does (see `check_saved_processor`). A damaged weights file of a local
+        directory raises safetensors' `SafetensorError` as in transformers, with a message naming the file and the fix.
         """
         hub_kwargs = {name: kwargs[name] for name in HUB_KWARGS if name in kwargs}
         config = kwargs.get("config")
         # `AutoModel` hands over the loaded config: then the check comes before any weight is read
         if isinstance(config, PreTrainedConfig) and pretrained_model_name_or_path is not None:
             check_saved_processor(config, pretrained_model_name_or_path, **hub_kwargs)
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        try:
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except SafetensorError as error:
+            # safetensors' own message ("header too large") names no file
+            damaged = damaged_weight_files(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
+            if not damaged:
+                raise
+            raise SafetensorError(
+                f"{', '.join(map(str, damaged))} cannot be read as safetensors ({error}): the file is damaged or "
+                "incomplete. Download the checkpoint again, or convert the original checkpoint again with "
+                f"`vilamp convert ORIGINAL_DIR {pretrained_model_name_or_path} --overwrite`."
+            ) from error
         if not isinstance(config, PreTrainedConfig) and pretrained_model_name_or_path is not None:
             model = loaded[0] if kwargs.get("output_loading_info") else loaded
             check_saved_processor(model.config, pretrained_model_name_or_path, **hub_kwargs)
