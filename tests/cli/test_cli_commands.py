@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 import vilamp
+from vilamp.cli.main import convert_command
 
 TIMING_STAGES = {
     "load_model", "decoding", "keyframe_selection", "encoding", "prefill", "decode_warm_up", "generation", "total",
@@ -207,3 +208,13 @@ def test_directory_that_is_not_converted_exits_1_with_what_to_do(run_vilamp, dem
 def test_picture_must_be_a_png(run_vilamp, model_dir, video_file, tmp_path):
     result = run_vilamp("keyframes", model_dir, video_file, "q", "--out", tmp_path / "timeline.jpg")
     assert result.returncode == 2 and "must name a .png file" in result.stderr
+
+
+def test_vilamp_convert_usage_error_is_one_line(capsys):
+    """`vilamp-convert` (the console script) words its usage errors as `vilamp` does: one line, exit 2."""
+    with pytest.raises(SystemExit) as exit_status:
+        convert_command(["--input", "checkpoint"])
+    assert exit_status.value.code == 2
+    assert capsys.readouterr().err == (
+        "vilamp-convert: error: the following arguments are required: --output; see `vilamp-convert --help`\n"
+    )

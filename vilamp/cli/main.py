@@ -465,14 +465,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def convert_command(argv: list[str] | None = None) -> int:
-    """`vilamp-convert`: the converter's own command line, with a Ctrl-C while torch and transformers are still
-    importing reported in one line as well."""
+    """`vilamp-convert`: the converter's own command line, its usage errors one line as `vilamp`'s, with a Ctrl-C
+    while torch and transformers are still importing reported in one line as well."""
     try:
-        from vilamp.conversion.convert_original_to_hf import main as convert_main
+        from vilamp.conversion.convert_original_to_hf import build_parser as build_conversion_parser
+        from vilamp.conversion.convert_original_to_hf import run_command
     except KeyboardInterrupt:
         print("vilamp-convert: interrupted", file=sys.stderr)
         return 130
-    return convert_main(argv)
+    args = build_conversion_parser(parser_class=CommandLineParser).parse_args(argv)
+    return run_command(args, prog="vilamp-convert")
 
 
 __all__ = ["build_parser", "convert_command", "main"]
