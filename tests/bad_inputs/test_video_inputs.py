@@ -101,3 +101,28 @@ def test_uneven_batch_with_default_padding_generates_each_video_alone(tmp_path):
             alone = processor(text=question, videos=video, return_tensors="pt")
             alone_ids = model.generate(**alone, max_new_tokens=6, do_sample=False)[:, alone["input_ids"].shape[1] :]
             assert together[row].tolist() == alone_ids[0].tolist()
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.mp4", b"", r"`.*empty.mp4` is empty \(0 bytes\), not a video"),
+        ("notes.mp4", b"these are notes, not a video\n" * 20, r"`.*notes.mp4` could not be decoded: it is a text file"),
+        ("report.docx", b"PK\x03\x04\x00\xff" * 100, r"`.*report.docx` could not be decoded: it is a .docx file that FFmpeg"),
+        ("broken.mp4", b"\x00\xff\x13" * 100, r"`.*broken.mp4` could not be decoded: FFmpeg reads no video from it \(invalid"),
+    ],
+)  # fmt: skip
+def test_file_that_is_not_a_video_is_named_for_what_it_is(tmp_path, name, content, message):
+    """Empty files, text files, files of another kind and undecodable videos: one `ValueError` naming the file and
+    what it is, with FFmpeg's reason but not its error number, and what to pass instead."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message) as error:
+        decode_video(path)
+    assert "Errno" not in str(error.value) and "pass a video file" in str(error.value)
+
+
+def test_directory_given_as_a_video_is_named_a_directory(tmp_path):
+    """A directory where a video file is expected, through the processor as through `decode_video`."""
+    with pytest.raises(ValueError, match=r"`videos\[0\]`: `.*` is a directory, not a video file"):
+        build_tiny_processor()(text="What moves?", videos=str(tmp_path))

@@ -1,5 +1,6 @@
 """Fixtures of the command-line tests: the demo's tiny random checkpoint (original layout and converted) and a video."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,10 +37,13 @@ def video_file(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def run_vilamp():
-    """Runs `python -m vilamp.cli ARGS...` (what the `vilamp` script runs) from the repository root."""
+    """Runs `python -m vilamp.cli ARGS...` (what the `vilamp` script runs) from the repository root, with `env` added to
+    the environment."""
 
-    def run(*args, timeout: int = 300) -> subprocess.CompletedProcess:
+    def run(*args, timeout: int = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "vilamp.cli", *map(str, args)]
-        return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+        )
 
     return run

@@ -5,6 +5,9 @@ import json
 import pytest
 from PIL import Image
 
+import vilamp
+from vilamp.cli.main import convert_command
+
 TIMING_STAGES = {
     "load_model", "decoding", "keyframe_selection", "encoding", "prefill", "decode_warm_up", "generation", "total",
 }  # fmt: skip
@@ -109,11 +112,29 @@ def test_convert_verifies_against_the_golden_reference(run_vilamp, reference_dir
 def test_demo_runs_end_to_end_and_says_the_weights_are_random(run_vilamp, tmp_path):
     result = run_vilamp("demo", "--out-dir", tmp_path, "--no-progress", "--max-new-tokens", "4", "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    assert "RANDOM weights" in result.stdout and "Answer: " in result.stdout
+    assert "RANDOM weights" in result.stdout and "Answer of the tiny random model" in result.stdout
+    assert "<|reserved_" not in result.stdout and "\ufffd" not in result.stdout
     assert (tmp_path / "original_tiny" / "model.safetensors").is_file()
     assert (tmp_path / "vilamp-tiny" / "config.json").is_file()
     with Image.open(tmp_path / "timeline.png") as image:
         assert image.size == (1200, 600)
+
+
+def test_demo_without_out_dir_removes_its_temporary_directory(run_vilamp, tmp_path):
+    """`vilamp demo` without `--out-dir` works in a temporary directory and removes it, saying so."""
+    temporary_root = tmp_path / "tmp"
+    temporary_root.mkdir()
+    result = run_vilamp(
+        "demo", "--no-progress", "--max-new-tokens", "4", "--device", "cpu", env={"TMPDIR": str(temporary_root)}
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"Removed {temporary_root}" in result.stdout and "pass --out-dir DIR to keep" in result.stdout
+    assert list(temporary_root.iterdir()) == []
+
+
+def test_version_prints_the_package_version(run_vilamp):
+    result = run_vilamp("--version")
+    assert result.returncode == 0 and result.stdout == f"vilamp {vilamp.__version__}\n"
 
 
 @pytest.mark.parametrize(
@@ -128,14 +149,32 @@ def test_demo_runs_end_to_end_and_says_the_weights_are_random(run_vilamp, tmp_pa
         (["convert", "{missing}", "{tmp}/out"], "argument ORIGINAL_DIR: no such directory: '{missing}'"),
         (["ask", "{model}", "{video}"], "the following arguments are required: QUESTION"),
         ([], "the following arguments are required: COMMAND"),
+        (["ask", "{model}", "{video}", "q", "--device", "gpu"], "vilamp ask: error: argument --device: 'gpu' is not a device; pass auto, cpu, cuda or cuda:N"),
+        (["demo", "--device", "cuda:x"], "vilamp demo: error: argument --device: 'cuda:x' is not a device"),
+        (["keyframes", "{model}", "{video}", "q", "--out", "{tmp}/t.jpg"], "vilamp keyframes: error: argument --out: '{tmp}/t.jpg' must name a .png file"),
+        (["ask", "{model}", "{video}", "q", "--bogus"], "vilamp ask: error: unrecognized arguments: --bogus; see `vilamp ask --help`"),
+        (["ask", "{model}", "{tmp}", "q"], "argument VIDEO: '{tmp}' is a directory, not a file"),
+        (["ask", "{video}", "{video}", "q"], "argument MODEL_DIR: '{video}' is a file, not a directory"),
     ],
 )  # fmt: skip
 def test_usage_errors_exit_2_and_name_the_argument(run_vilamp, model_dir, video_file, tmp_path, arguments, message):
+    """A usage error is one line (no usage block), naming the argument, the value and the fix, with exit 2."""
     names = {"model": model_dir, "video": video_file, "missing": tmp_path / "nothing.mp4", "tmp": tmp_path}
     result = run_vilamp(*[argument.format(**names) for argument in arguments])
     assert result.returncode == 2
     assert message.format(**names) in result.stderr
-    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr and "usage:" not in result.stderr
+
+
+def test_device_without_a_gpu_is_a_usage_error(run_vilamp, model_dir, video_file):
+    """`--device cuda` where torch sees no GPU (none made visible here) is a wrong value: exit 2, one line."""
+    result = run_vilamp("ask", model_dir, video_file, "q", "--device", "cuda", env={"CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 2
+    assert result.stderr == (
+        "vilamp ask: error: argument --device: 'cuda' asks for a GPU, but torch sees none; pass auto or cpu; see "
+        "`vilamp ask --help`\n"
+    )
 
 
 def test_unreadable_video_exits_1_naming_the_file(run_vilamp, model_dir, tmp_path):
@@ -144,8 +183,19 @@ def test_unreadable_video_exits_1_naming_the_file(run_vilamp, model_dir, tmp_pat
     for command in ("ask", "keyframes"):
         result = run_vilamp(command, model_dir, not_a_video, "q")
         assert result.returncode == 1
-        assert f"vilamp {command}: error: `{not_a_video}` is not a readable video" in result.stderr
-        assert "Traceback" not in result.stderr
+        assert f"vilamp {command}: error: `{not_a_video}` could not be decoded: it is a text file, not a video" in (
+            result.stderr
+        )
+        assert "Traceback" not in result.stderr and "Errno" not in result.stderr
+
+
+def test_empty_video_file_exits_1_saying_it_is_empty(run_vilamp, model_dir, tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.touch()
+    result = run_vilamp("ask", model_dir, empty, "q")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"vilamp ask: error: `{empty}` is empty (0 bytes), not a video")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_directory_that_is_not_converted_exits_1_with_what_to_do(run_vilamp, demo_dir, video_file, tmp_path):
@@ -157,4 +207,14 @@ def test_directory_that_is_not_converted_exits_1_with_what_to_do(run_vilamp, dem
 
 def test_picture_must_be_a_png(run_vilamp, model_dir, video_file, tmp_path):
     result = run_vilamp("keyframes", model_dir, video_file, "q", "--out", tmp_path / "timeline.jpg")
-    assert result.returncode == 1 and "must name a .png file" in result.stderr
+    assert result.returncode == 2 and "must name a .png file" in result.stderr
+
+
+def test_vilamp_convert_usage_error_is_one_line(capsys):
+    """`vilamp-convert` (the console script) words its usage errors as `vilamp` does: one line, exit 2."""
+    with pytest.raises(SystemExit) as exit_status:
+        convert_command(["--input", "checkpoint"])
+    assert exit_status.value.code == 2
+    assert capsys.readouterr().err == (
+        "vilamp-convert: error: the following arguments are required: --output; see `vilamp-convert --help`\n"
+    )

@@ -6,22 +6,26 @@
     vilamp keyframes vilamp-7b talk.mp4 "What is the speaker holding?" --out timeline.png
 
 Exit status: 0 on success; 2 for a usage error (an unknown flag, a value of the wrong kind, a path that does not exist,
-an OUTPUT_DIR that `convert` will not write); 1 when the work itself fails (an unreadable video, a directory that is
-not a converted checkpoint or does not load, a checkpoint that does not convert, a failed conversion check or
-`--verify-reference`); 130 when interrupted (Ctrl-C), 143 on SIGTERM during `convert`. Errors print one line naming the
-problem and the fix, not a traceback (`VILAMP_TRACEBACK=1` shows it). Heavy libraries (torch, transformers) are
-imported only once the arguments are known to be good, so `--help` and usage errors answer at once.
+a `--device` this machine does not have, an `--out` that is not a .png, an OUTPUT_DIR that `convert` will not write); 1
+when the work itself fails (an empty, unreadable or non-video file, a directory that is not a converted checkpoint or
+does not load, a checkpoint that does not convert, a failed conversion check or `--verify-reference`); 130 when
+interrupted (Ctrl-C), 143 on SIGTERM during `convert`. Every error is one line naming the problem and the fix, with no
+usage block and no traceback (`VILAMP_TRACEBACK=1` shows it). The commands load models, read videos and draw only once
+the arguments are known to be good.
 """
 
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+
+from vilamp import __version__
 
 DEFAULT_MAX_NEW_TOKENS = 128
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
@@ -30,9 +34,28 @@ DEMO_QUESTION = "What colour is the square in the middle of the video?"
 DEMO_VIDEO_SECONDS = 24
 DEMO_VIDEO_FPS = 8
 RANDOM_WEIGHTS_NOTE = (
-    "The answer above comes from RANDOM weights: it is noise, not an answer. It proves that decoding, keyframe "
-    "selection, encoding and generation work end to end on this machine."
+    "The answer above comes from a tiny model with RANDOM weights: it is noise, not an answer. It proves that decoding, "
+    "keyframe selection, encoding and generation work end to end on this machine. For real answers, download the "
+    "released checkpoint (the README says where), convert it with `vilamp convert ORIGINAL_DIR OUTPUT_DIR` and ask with "
+    "`vilamp ask OUTPUT_DIR VIDEO QUESTION`."
 )
+# The tiny tokenizer fills the ids below its special tokens with `<|reserved_N|>` entries (vilamp.testing): ordinary
+# vocabulary that `skip_special_tokens` keeps, and that only random weights ever pick.
+TINY_VOCABULARY_FILLER = re.compile(r"<\|reserved_\d+\|>")
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose usage errors are one line (`prog: error: message; see `prog --help``, exit 2), and
+    whose subcommands refuse an argument they do not know under their own name rather than the top-level `vilamp`."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
 
 
 class CommandError(Exception):
@@ -55,8 +78,10 @@ def existing_file(text: str) -> Path:
     path = Path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file; pass the path of a file")
     if not path.is_file():
-        raise argparse.ArgumentTypeError(f"not a file: {text!r}")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a regular file; pass the path of a file")
     return path
 
 
@@ -66,7 +91,36 @@ def existing_dir(text: str) -> Path:
     if not path.exists():
         raise argparse.ArgumentTypeError(f"no such directory: {text!r}")
     if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"not a directory: {text!r}")
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a directory; pass the path of a directory")
+    return path
+
+
+def device_name(text: str) -> str:
+    """An argparse type: `auto`, or a torch device that this machine has (`cpu`, `cuda`, `cuda:N`)."""
+    import torch
+
+    if text == "auto":
+        return text
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; pass auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        num_gpus = torch.cuda.device_count()
+        if num_gpus == 0:
+            raise argparse.ArgumentTypeError(f"{text!r} asks for a GPU, but torch sees none; pass auto or cpu")
+        if device.index is not None and device.index >= num_gpus:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} asks for GPU {device.index}, but torch sees {num_gpus}; pass cuda:0 to cuda:{num_gpus - 1}"
+            )
+    return text
+
+
+def png_file(text: str) -> Path:
+    """An argparse type: the path of a PNG picture to write."""
+    path = Path(text)
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"{text!r} must name a .png file (the timeline is a PNG), e.g. timeline.png")
     return path
 
 
@@ -83,7 +137,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, with_video: bool = T
     )
     parser.add_argument("--keyframes", type=positive_int, help="keyframes per video K (default: the processor's, 32)")
     parser.add_argument(
-        "--device", default="auto", help="where the models run: auto (default), cpu, cuda, cuda:1, ..."
+        "--device",
+        type=device_name,
+        default="auto",
+        help="where the models run: auto (default: the GPU when torch sees one), cpu, cuda, cuda:1, ...",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
@@ -91,9 +148,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, with_video: bool = T
 def build_parser() -> argparse.ArgumentParser:
     from vilamp.conversion.convert_original_to_hf import build_parser as build_conversion_parser
 
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="vilamp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"vilamp {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     convert = commands.add_parser(
@@ -139,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     add_model_arguments(keyframes)
     keyframes.add_argument(
-        "--out", type=Path, default=Path("timeline.png"), help="the PNG to write (default timeline.png)"
+        "--out", type=png_file, default=Path("timeline.png"), help="the PNG to write (default timeline.png)"
     )
     keyframes.add_argument(
         "--dpi", type=positive_int, default=100, help="the PNG is 12x6 inches at this dpi (default 100)"
@@ -151,12 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="build a tiny random model, convert it, and run ask and keyframes on a synthetic video",
         description="Works with no checkpoint and no download: writes a tiny random ViLaMP in the original layout, "
         "converts it with the converter, writes a short synthetic video and runs `ask` and `keyframes` on it. The "
-        "answer is from random weights; the run proves the install works end to end.",
+        "answer is from random weights; the run proves the install works end to end. Without --out-dir it works in a "
+        "temporary directory and removes it at the end.",
     )  # fmt: skip
     demo.add_argument(
-        "--out-dir", type=Path, help="where to keep the checkpoint, video and picture (default: a temporary directory)"
+        "--out-dir",
+        type=Path,
+        help="where to write and keep the checkpoint, video and picture (default: a temporary directory, removed at the "
+        "end)",
     )
-    demo.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
+    demo.add_argument("--device", type=device_name, default="auto", help="auto (default), cpu, cuda, ...")
     demo.add_argument("--max-new-tokens", type=positive_int, default=16, help="default 16")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     demo.set_defaults(handler=run_demo)
@@ -330,8 +392,6 @@ def draw_keyframes(model_dir: Path, video: Path, question: str, out: Path, args)
 
 def run_keyframes(args) -> int:
     quiet_transformers()
-    if args.out.suffix.lower() != ".png":
-        raise CommandError(f"`--out` {str(args.out)!r} must name a .png file.")
     record = draw_keyframes(args.model_dir, args.video, args.question, args.out, args)
     if args.json:
         print(json.dumps(record))
@@ -343,13 +403,19 @@ def run_keyframes(args) -> int:
 
 def run_demo(args) -> int:
     quiet_transformers()
+    if args.out_dir is not None:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        return demo_in(args.out_dir, args)
+    with tempfile.TemporaryDirectory(prefix="vilamp-demo-", ignore_cleanup_errors=True) as work_dir:
+        status = demo_in(Path(work_dir), args)
+    print(f"Removed {work_dir}; pass --out-dir DIR to keep the checkpoint, the video and the picture.")
+    return status
+
+
+def demo_in(work_dir: Path, args) -> int:
+    """Writes the tiny checkpoint and the video into `work_dir` and runs `ask` and `keyframes` on them."""
     from vilamp.testing import build_demo_checkpoint, synthetic_frames, write_video
 
-    if args.out_dir is None:
-        work_dir = Path(tempfile.mkdtemp(prefix="vilamp-demo-"))
-    else:
-        work_dir = args.out_dir
-        work_dir.mkdir(parents=True, exist_ok=True)
     print(f"1/4 Writing a tiny random ViLaMP checkpoint in the original layout and converting it ({work_dir})")
     model_dir = build_demo_checkpoint(work_dir)
     video = write_video(
@@ -361,14 +427,14 @@ def run_demo(args) -> int:
         max_frames=None, keyframes=None, device=args.device, dtype="auto", max_new_tokens=args.max_new_tokens,
         cache_implementation="dynamic", no_progress=args.no_progress, dpi=100,
     )  # fmt: skip
-
-    def write(text: str):
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-    sys.stdout.write("Answer: ")
-    record = ask_video(model_dir, video, DEMO_QUESTION, sampling, write=write)
+    record = ask_video(model_dir, video, DEMO_QUESTION, sampling, write=None)
     print_summary(record)
+    # random bytes rarely form UTF-8 characters: drop the replacement characters with the filler tokens
+    answer = TINY_VOCABULARY_FILLER.sub("", record["answer"]).replace("\ufffd", "").strip()
+    if answer:
+        print(f"Answer of the tiny random model (noise): {answer}")
+    else:
+        print("Answer of the tiny random model: no text (its random weights picked tokens that spell no characters)")
     picture = work_dir / "timeline.png"
     print(f"4/4 vilamp keyframes {model_dir} {video} {json.dumps(DEMO_QUESTION)} --out {picture}")
     draw_keyframes(model_dir, video, DEMO_QUESTION, picture, sampling)
@@ -400,14 +466,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def convert_command(argv: list[str] | None = None) -> int:
-    """`vilamp-convert`: the converter's own command line, with a Ctrl-C while torch and transformers are still
-    importing reported in one line as well."""
+    """`vilamp-convert`: the converter's own command line, its usage errors one line as `vilamp`'s, with a Ctrl-C
+    while torch and transformers are still importing reported in one line as well."""
     try:
-        from vilamp.conversion.convert_original_to_hf import main as convert_main
+        from vilamp.conversion.convert_original_to_hf import build_parser as build_conversion_parser
+        from vilamp.conversion.convert_original_to_hf import run_command
     except KeyboardInterrupt:
         print("vilamp-convert: interrupted", file=sys.stderr)
         return 130
-    return convert_main(argv)
+    args = build_conversion_parser(parser_class=CommandLineParser).parse_args(argv)
+    return run_command(args, prog="vilamp-convert")
 
 
 __all__ = ["build_parser", "convert_command", "main"]

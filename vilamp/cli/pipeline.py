@@ -16,11 +16,8 @@ from transformers import TextStreamer
 from transformers.feature_extraction_utils import BatchFeature
 
 from vilamp.processing import KeyframeSelection
+from vilamp.processing.video_decoding import check_video_file, unreadable_video_error
 from vilamp.runner import ViLaMPRunner
-
-
-class VideoError(ValueError):
-    """A video the command line cannot read; the message names the file and the problem."""
 
 
 def progress_bar(total: int | None, description: str, enabled: bool = True):
@@ -54,7 +51,8 @@ class _SilentBar:
 
 def probe_video(path) -> int | None:
     """
-    Opens a video file and decodes its first frame, so an unreadable file fails before the model loads.
+    Opens a video file and decodes its first frame, so an empty, unreadable or non-video file fails before the model
+    loads, with the message `decode_video` would give.
 
     Returns:
         `int` or `None`: the number of frames the header states (None when it states none).
@@ -62,18 +60,17 @@ def probe_video(path) -> int | None:
     import av
 
     path = os.fspath(path)
+    check_video_file(path)
     try:
         with av.open(path) as container:
             if not container.streams.video:
-                raise VideoError(f"`{path}` has no video stream; pass a video file.")
+                raise ValueError(f"`{path}` has no video stream; pass a video file.")
             stream = container.streams.video[0]
             if next(container.decode(stream), None) is None:
-                raise VideoError(f"`{path}` has no decodable frames; pass a video with at least one frame.")
+                raise ValueError(f"`{path}` has no decodable frames; pass a video with at least one frame.")
             return stream.frames or None
     except av.error.FFmpegError as error:
-        raise VideoError(
-            f"`{path}` is not a readable video ({error}); pass a video file (mp4, mkv, webm, ...)."
-        ) from error
+        raise unreadable_video_error(path, error) from error
 
 
 def num_sampled_frames(path, processor) -> int | None:
@@ -242,7 +239,6 @@ def generate_answer(
 __all__ = [
     "AnswerStreamer",
     "PreparedVideo",
-    "VideoError",
     "encoding_progress",
     "generate_answer",
     "num_sampled_frames",

@@ -832,7 +832,10 @@ def convert_clip_to_open_clip(
 
 
 def build_parser(
-    subparser: argparse.ArgumentParser | None = None, *, directory_type: Callable[[str], Path] = Path
+    subparser: argparse.ArgumentParser | None = None,
+    *,
+    directory_type: Callable[[str], Path] = Path,
+    parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
 ) -> argparse.ArgumentParser:
     """
     Builds the converter's one argument parser, which both command lines parse with.
@@ -846,12 +849,15 @@ def build_parser(
             The argparse type of the directories that must exist (the input, `--tokenizer`, `--verify-reference`). The
             `vilamp` command line passes its own, which checks them as it parses, as for its other subcommands; with
             `Path`, `convert_checkpoint` checks them and the error is one line.
+        parser_class (`type[argparse.ArgumentParser]`, *optional*, defaults to `argparse.ArgumentParser`):
+            The class of the new `vilamp-convert` parser (the console script passes the `vilamp` command line's, whose
+            usage errors are one line).
 
     Returns:
         `argparse.ArgumentParser`: the parser, whose namespace `run_command` takes.
     """
     if subparser is None:
-        parser = argparse.ArgumentParser(
+        parser = parser_class(
             prog="vilamp-convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
         )
         input_name, output_name = "--input", "--output"

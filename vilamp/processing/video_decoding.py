@@ -64,6 +64,50 @@ def sample_frame_indices(total_num_frames: int, average_fps: float, *, fps: floa
     return frame_indices
 
 
+# what a video file is usually called, for errors that name a file as something else
+VIDEO_SUFFIXES = frozenset(".mp4 .mkv .webm .mov .avi .m4v .mpg .mpeg .ts .mts .flv .wmv .3gp".split())
+VIDEO_FILE_HINT = "pass a video file (mp4, mkv, webm, mov, avi, ...)"
+
+
+def check_video_file(path: str):
+    """Refuses, naming what it is, a path no video can be read from: nothing there, a directory, an empty file."""
+    if os.path.isdir(path):
+        raise ValueError(f"`{path}` is a directory, not a video file; pass the path of a video file.")
+    if not os.path.isfile(path):
+        raise ValueError(f"No video file at `{path}`; pass the path of an existing video file.")
+    if os.path.getsize(path) == 0:
+        raise ValueError(
+            f"`{path}` is empty (0 bytes), not a video (an interrupted copy or download?); {VIDEO_FILE_HINT}."
+        )
+
+
+def _is_text(head: bytes) -> bool:
+    """Whether the first bytes of a file read as UTF-8 text (the last character may be cut)."""
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return error.start >= len(head) - 3
+    return True
+
+
+def unreadable_video_error(path: str, error: Exception) -> ValueError:
+    """The error for a file FFmpeg cannot read: what the file is, and FFmpeg's reason without its error number."""
+    reason = getattr(error, "strerror", None) or str(error)
+    reason = reason[:1].lower() + reason[1:]
+    with open(path, "rb") as file:
+        head = file.read(4096)
+    suffix = os.path.splitext(path)[1].lower()
+    if _is_text(head):
+        what = "it is a text file, not a video"
+    elif suffix not in VIDEO_SUFFIXES:
+        what = f"it is a {suffix or 'suffix-less'} file that FFmpeg does not read as a video ({reason})"
+    else:
+        what = f"FFmpeg reads no video from it ({reason}): it is damaged or not a video"
+    return ValueError(f"`{path}` could not be decoded: {what}; {VIDEO_FILE_HINT}.")
+
+
 def _import_av():
     """Imports PyAV, naming the package to install when it is missing."""
     try:
@@ -320,8 +364,7 @@ def decode_video(
     """
     av = _import_av()
     path = os.fspath(source)
-    if not os.path.isfile(path):
-        raise ValueError(f"No video file at `{path}`; pass the path of an existing video file.")
+    check_video_file(path)
     if device not in ("cpu", "cuda"):
         raise ValueError(f"`device` {device!r} is not a decoding device; pass `cpu` or `cuda` (NVDEC).")
     if num_decoders is not None and num_decoders < 1:
@@ -378,7 +421,7 @@ def decode_video(
         finally:
             converter.close()
     except av.error.FFmpegError as error:
-        raise ValueError(f"`{path}` could not be decoded ({error}); pass a readable video file.") from error
+        raise unreadable_video_error(path, error) from error
     metadata = VideoMetadata(
         total_num_frames=total_num_frames,
         fps=average_fps,
@@ -394,8 +437,10 @@ def decode_video(
 __all__ = [
     "DecodedVideo",
     "VideoDecodingWarning",
+    "check_video_file",
     "decode_video",
     "default_num_decoders",
     "plan_decoding_spans",
     "sample_frame_indices",
+    "unreadable_video_error",
 ]
