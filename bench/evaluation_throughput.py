@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,8 @@ from bench_utils import (
     turn_off_nvlink_multicast,
     write_gradient_video,
 )
+
+from vilamp.testing import free_port, torchrun_launcher
 
 TASK = "vilamp_throughput"
 TIMING_LINE = re.compile(
@@ -160,12 +161,6 @@ def write_task(work_dir: Path, videos: list[Path], samples: int, max_new_tokens:
     return task_dir
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def run_lmms_eval(model_dir: Path, task_dir: Path, output_dir: Path, processes: int, args: argparse.Namespace) -> dict:
     """One lmms-eval run; returns its slowest process's answering time, wall time and predictions by doc id."""
     model_args = f"pretrained={model_dir.resolve()},dtype={args.dtype},decode_workers={args.decode_workers}"
@@ -189,17 +184,7 @@ def run_lmms_eval(model_dir: Path, task_dir: Path, output_dir: Path, processes: 
     if processes == 1:
         launcher = [sys.executable, "-m", "lmms_eval"]
     elif args.device == "cpu":
-        launcher = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(processes),
-            "--master_port",
-            str(free_port()),
-            "-m",
-            "lmms_eval",
-        ]
+        launcher = [*torchrun_launcher(processes), "-m", "lmms_eval"]
     else:
         launcher = [
             sys.executable,

@@ -8,6 +8,8 @@ imports this module. Nothing here needs PyAV or open_clip until a function that 
 import itertools
 import json
 import os
+import socket
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -408,7 +410,26 @@ def write_video(
     return path
 
 
+def free_port() -> int:
+    """A TCP port free on this machine now, for a process group's rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def torchrun_launcher(num_processes: int) -> list[str]:
+    """The start of a command that runs `num_processes` copies of a Python module or script under
+    `torch.distributed.run` on this machine (append `-m MODULE` or `SCRIPT`, then its arguments)."""
+    return [
+        sys.executable,
+        *("-m", "torch.distributed.run", "--nproc_per_node", str(num_processes)),
+        *("--master_port", str(free_port())),
+    ]
+
+
 __all__ = [
+    "free_port",
+    "torchrun_launcher",
     "build_demo_checkpoint",
     "build_tiny_keyframe_selector",
     "build_tiny_model",

@@ -3,7 +3,6 @@ synthetic videos, and the per-sample results against the processor and the model
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import AutoModel, AutoProcessor
+
+from vilamp.testing import torchrun_launcher
 
 pytest.importorskip(
     "lmms_eval", reason="lmms-eval is not installed: pip install -e '.[lmms-eval]' (the lmms-eval CI lane)"
@@ -74,17 +75,7 @@ def run_lmms_eval(task_dir: Path, output_dir: Path, model_args: str, *, processe
     launcher = [sys.executable, "-m", "lmms_eval"]
     if processes > 1:
         # on GPUs `accelerate launch --num_processes N` does the same; on the CPU it would start one process
-        launcher = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(processes),
-            "--master_port",
-            str(free_port()),
-            "-m",
-            "lmms_eval",
-        ]
+        launcher = [*torchrun_launcher(processes), "-m", "lmms_eval"]
     arguments = [
         "--model",
         "vilamp",
@@ -109,12 +100,6 @@ def run_lmms_eval(task_dir: Path, output_dir: Path, model_args: str, *, processe
     assert result.returncode == 0 and list(output_dir.glob("*/*_results.json")), (
         result.stdout[-3000:] + result.stderr[-5000:]
     )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def read_run(output_dir: Path) -> dict:

@@ -1,7 +1,6 @@
 """Frame-parallel video encoding over gloo processes on the CPU gives the tokens, logits and ids of one process."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from torch import multiprocessing as mp
 
 from vilamp.modeling_vilamp.frame_parallel import frame_span_bounds
 from vilamp.modeling_vilamp.modeling_vilamp import plan_video_tokens
-from vilamp.testing import build_tiny_model
+from vilamp.testing import build_tiny_model, free_port
 
 RULES = ("original", "paper")
 # float32 on the CPU: the ranks encode their frames in other batches and run on one thread each, so matrix products
@@ -30,12 +29,6 @@ CASES = {
     "two_short_videos": [[1], [0, 1]],
 }
 GENERATE_CASE = "two_uneven_videos"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 VIDEO_INPUT_NAMES = ("pixel_values_videos", "keyframe_mask", "query_embeds", "video_frame_counts")

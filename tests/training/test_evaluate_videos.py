@@ -3,12 +3,13 @@
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from vilamp.testing import torchrun_launcher
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = "examples/evaluate_videos.py"
@@ -24,27 +25,12 @@ def run_evaluation(work_dir: Path, *extra_arguments: str, processes: int = 1) ->
         "CUDA_VISIBLE_DEVICES": "",
         "OMP_NUM_THREADS": "1",
     }
-    launcher = []
-    if processes > 1:
-        launcher = [
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(processes),
-            "--master_port",
-            str(free_port()),
-        ]
+    launcher = torchrun_launcher(processes) if processes > 1 else [sys.executable]
     arguments = ["--tiny", "--work-dir", str(work_dir), "--max-new-tokens", "6", "--device", "cpu", *extra_arguments]
-    command = [sys.executable, *launcher, SCRIPT, *arguments]
+    command = [*launcher, SCRIPT, *arguments]
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def evaluated_rows(result: subprocess.CompletedProcess) -> int:
