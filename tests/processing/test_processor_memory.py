@@ -3,7 +3,7 @@ long-lived process (a server, an evaluation's decoding workers) stays flat.
 
 Not a benchmark: nothing is timed. RSS after a call jumps up or down by tens of MB now and then (the allocator gives
 memory back or takes it), so the growth compares the median of the first and of the last few calls: a leak of 1 MB per
-request adds about 35 MB between them, a correct processor about 5.
+request adds 35 MB or more between them, a correct processor about 5.
 """
 
 import gc
