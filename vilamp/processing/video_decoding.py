@@ -190,6 +190,10 @@ class _FrameConverter:
     """
     Converts kept frames to RGB images and applies `frame_transform` on a pool of threads, off the decoding threads
     (PyAV's conversion and PIL's resizing release the GIL). At most `max_pending` frames wait, which bounds memory.
+
+    Nothing a future holds points back to the converter (a done-callback on `self` would): so the converter, its
+    futures and every frame they hold are freed as soon as `decode_video` returns, not at the cyclic collector's next
+    full pass, which let one call's frames pile up behind the next ones.
     """
 
     def __init__(self, frame_transform: Callable[[Any], Any] | None, num_workers: int, max_pending: int):
@@ -201,17 +205,18 @@ class _FrameConverter:
 
     def submit(self, frame_index: int, frame, timestamp_seconds: float):
         self.slots.acquire()
-        future = self.executor.submit(self.convert, frame)
-        future.add_done_callback(lambda _: self.slots.release())
-        self.results[frame_index] = future
+        self.results[frame_index] = self.executor.submit(self.convert, frame)
         self.timestamps_seconds[frame_index] = timestamp_seconds
 
     def convert(self, frame):
-        # NVDEC returns NV12: repacked losslessly to the planar layout a CPU decoder gives, the RGB is the same
-        if frame.format.name == "nv12":
-            frame = frame.reformat(format="yuv420p")
-        image = frame.to_image()
-        return self.frame_transform(image) if self.frame_transform is not None else image
+        try:
+            # NVDEC returns NV12: repacked losslessly to the planar layout a CPU decoder gives, the RGB is the same
+            if frame.format.name == "nv12":
+                frame = frame.reformat(format="yuv420p")
+            image = frame.to_image()
+            return self.frame_transform(image) if self.frame_transform is not None else image
+        finally:
+            self.slots.release()
 
     def close(self):
         self.executor.shutdown(wait=True, cancel_futures=True)
