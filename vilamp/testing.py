@@ -80,8 +80,10 @@ def build_tiny_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     vocab = byte_level_alphabet()
-    for index in range(len(vocab), min(TINY_SPECIAL_TOKEN_IDS.values())):
-        vocab[f"<|reserved_{index}|>"] = index
+    # the ids between the bytes and the special tokens are reserved, as in Qwen2's vocabulary: special, so that decoding
+    # with `skip_special_tokens=True` drops them when the tiny model's random weights pick one
+    reserved_tokens = [f"<|reserved_{index}|>" for index in range(len(vocab), min(TINY_SPECIAL_TOKEN_IDS.values()))]
+    vocab.update({token: len(vocab) + offset for offset, token in enumerate(reserved_tokens)})
     vocab.update(TINY_SPECIAL_TOKEN_IDS)
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
@@ -90,7 +92,7 @@ def build_tiny_tokenizer():
         tokenizer_object=backend,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>", "<video>"],
+        additional_special_tokens=["<|im_start|>", "<video>", *reserved_tokens],
         padding_side="left",
     )
 
