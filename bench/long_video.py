@@ -33,7 +33,6 @@ from bench_utils import (
     FRAME_POOL_SIZE,
     FULL_NUM_KEYFRAMES,
     PROMPT_TEXT_IDS,
-    GenerateTimes,
     build_config,
     build_random_model,
     default_attn_implementation,
@@ -50,7 +49,7 @@ from bench_utils import (
     timed_generate,
     video_inputs,
 )
-from transformers import Qwen2ForCausalLM
+from transformers import PreTrainedModel, Qwen2ForCausalLM
 
 from vilamp.modeling_vilamp import ViLaMPForConditionalGeneration
 
@@ -152,9 +151,7 @@ class GenerationTimes:
     decode_cold_extra_seconds: float | None  # the first long `generate`'s time beyond a steady one's
 
 
-def measure_generation(
-    model: ViLaMPForConditionalGeneration, inputs: dict, args: argparse.Namespace
-) -> GenerationTimes:
+def measure_generation(model: PreTrainedModel, inputs: dict, args: argparse.Namespace) -> GenerationTimes:
     """
     Times a 1-token `generate` (vision, prefill, first token) and an N-token one, N = `--max-new-tokens`: decode
     ms/token = (language-model time of N tokens - that of 1 token) / (N - 1), from a second N-token call; the first
@@ -174,14 +171,10 @@ def measure_generation(
     long_generate = (model, inputs, args.max_new_tokens, device, args.cache_implementation)
     cold = timed_generate(*long_generate)
     steady = timed_generate(*long_generate)
-    times.decode_ms_per_token = decode_ms_per_token(first, steady, args.max_new_tokens)
+    decode_seconds = steady.language_model_seconds - first.language_model_seconds
+    times.decode_ms_per_token = 1000 * decode_seconds / (args.max_new_tokens - 1)
     times.decode_cold_extra_seconds = cold.total_seconds - steady.total_seconds
     return times
-
-
-def decode_ms_per_token(first: GenerateTimes, steady: GenerateTimes, max_new_tokens: int) -> float:
-    """Milliseconds per decoded token: the language-model time of an N-token `generate` less a 1-token one's."""
-    return 1000 * (steady.language_model_seconds - first.language_model_seconds) / (max_new_tokens - 1)
 
 
 def transformers_qwen2(model: ViLaMPForConditionalGeneration) -> Qwen2ForCausalLM:
@@ -193,17 +186,12 @@ def transformers_qwen2(model: ViLaMPForConditionalGeneration) -> Qwen2ForCausalL
 
 
 def measure_qwen2_decoding(qwen2: Qwen2ForCausalLM, prompt_length: int, args: argparse.Namespace) -> float | None:
-    """Steady decode ms/token of transformers' Qwen2 on a text prompt of `prompt_length` tokens, timed as
-    `measure_generation` times ViLaMP's; None when `--max-new-tokens` is 1."""
-    if args.max_new_tokens == 1:
-        return None
+    """Steady decode ms/token of transformers' Qwen2 on a text prompt of `prompt_length` tokens, timed by
+    `measure_generation` as ViLaMP's is; None when `--max-new-tokens` is 1."""
     device = torch.device(args.device)
     input_ids = torch.tensor([[PROMPT_TEXT_IDS[index % len(PROMPT_TEXT_IDS)] for index in range(prompt_length)]])
     inputs = {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids, device=device)}
-    first = timed_generate(qwen2, inputs, 1, device, args.cache_implementation)
-    timed_generate(qwen2, inputs, args.max_new_tokens, device, args.cache_implementation)
-    steady = timed_generate(qwen2, inputs, args.max_new_tokens, device, args.cache_implementation)
-    return decode_ms_per_token(first, steady, args.max_new_tokens)
+    return measure_generation(qwen2, inputs, args).decode_ms_per_token
 
 
 def measure_siglip_only(
