@@ -2,6 +2,7 @@
 used from a project of the user's own that holds `processing/`, `training/`, `evaluation/` and `conversion/`."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -52,7 +53,13 @@ def environment(tmp_path_factory) -> Path:
         else:
             shutil.copy(REPO_ROOT / name, source / name)
     dist = work / "dist"
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist, source])
+    # built offline with this environment's setuptools; pip refuses a build constraint (CI pins its lanes' builds
+    # with one) together with --no-build-isolation, and this build has no isolated environment to constrain
+    build_env = {name: value for name, value in os.environ.items() if name != "PIP_BUILD_CONSTRAINT"}
+    run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist, source],
+        env=build_env,
+    )
     (wheel,) = dist.glob("vilamp-*.whl")
     environment = work / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", environment])
