@@ -1,13 +1,15 @@
 """
 From a loaded ViLaMP model and its processor to answers: the dtype rule, which inputs go to the model's device,
-batches of questions through the processor, greedy generation and the answer text. The command line, the evaluation,
-the examples and the benches answer through it; what only one of them needs (progress bars and a streamer, worker
-processes that decode ahead of the model, continuation scores) stays with it.
+batches of questions through the processor, greedy generation and the answer text, and videos loaded once for any
+number of questions ([`ViLaMPRunner.load_video`]). The command line, the evaluation, the examples and the benches
+answer through it; what only one of them needs (progress bars and a streamer, worker processes that decode ahead of
+the model, continuation scores) stays with it.
 """
 
 import os
+import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -15,10 +17,14 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.generation.streamers import BaseStreamer
 
 from .modeling_vilamp import ViLaMPForConditionalGeneration
-from .processing import ViLaMPProcessor, resolve_device
+from .processing import LoadedVideo, ViLaMPProcessor, resolve_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CACHE_IMPLEMENTATIONS = ("dynamic", "static")
+# Where `ViLaMPRunner.load_video` keeps a video's projected patches (its SigLIP features after the projector), which every
+# question about it reuses: "auto" picks the first of the model's device and the host that holds them in half its free
+# memory, else none; "none" keeps none, and each question encodes the frames again.
+KEEP_FEATURES = ("auto", "device", "cpu", "none")
 # Inputs moved to the model's device before a call; the frames and the keyframe mask stay on the CPU as the processor
 # gives them (uint8 frames are compact), and the model moves each chunk of frames to its device when it encodes it.
 DEVICE_INPUT_NAMES = ("input_ids", "attention_mask", "query_embeds")
@@ -74,13 +80,70 @@ def load_model(
     return ViLaMPForConditionalGeneration.from_pretrained(pretrained_model_name_or_path, **model_kwargs).eval()
 
 
+@dataclass(eq=False)
+class EncodedVideo:
+    """
+    A video loaded once for any number of questions ([`ViLaMPRunner.load_video`]): what does not depend on the
+    question. Each question then costs its keyframe selection, the DFM, the prefill and the answer. Dropping the last
+    reference frees it all.
+
+    Args:
+        video ([`LoadedVideo`]): the sampled frames for SigLIP and the keyframe selector's CLIP embeddings.
+        frame_features (`torch.Tensor` of shape `(num_frames, num_patches, hidden_size)`, *optional*): every frame's
+            projected patches, on the model's device or the host; `None` when they were not kept.
+        seconds (`dict[str, float]`): the one-time costs: `decoding` (decoding, sampling and resizing),
+            `keyframe_embedding` (CLIP on the frames) and `vision_encoding` (SigLIP and the projector; 0 when the
+            features were not kept).
+    """
+
+    video: LoadedVideo
+    frame_features: torch.Tensor | None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.video.siglip_frames)
+
+
+def host_available_bytes() -> int:
+    """The host memory available to new allocations (`MemAvailable`), or 0 where the system does not say."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
+def feature_storage(keep_features: str, feature_bytes: int, device: torch.device) -> torch.device | None:
+    """Where a video's projected patches of `feature_bytes` are kept for `keep_features` (see `KEEP_FEATURES`), or
+    None where they are not kept."""
+    if keep_features == "device":
+        return device
+    if keep_features == "cpu":
+        return torch.device("cpu")
+    if device.type == "cuda" and feature_bytes <= torch.cuda.mem_get_info(device)[0] // 2:
+        return device
+    if feature_bytes <= host_available_bytes() // 2:
+        return torch.device("cpu")
+    return None
+
+
+def synchronized_seconds(device: torch.device, start: float) -> float:
+    """Seconds since `start` (`time.perf_counter`), once the work queued on `device` is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 @dataclass(frozen=True)
 class VideoQuestion:
     """
     One question about one video.
 
     Args:
-        video (`str`, `os.PathLike` or frames): the video, as the processor takes it.
+        video (`str`, `os.PathLike`, frames or [`EncodedVideo`]): the video, as the processor takes it, or loaded once
+            by [`ViLaMPRunner.load_video`].
         prompt (`str`): the user's text, put into the chat template after the video: the question with its options and
             instructions, as a benchmark asks it.
         query (`str`): the text the keyframe selector ranks the frames against; the original evaluation gives it the
@@ -98,7 +161,10 @@ def process_questions(
     """The model inputs of a batch of questions: one processor call, its keyframe selector run on `device`."""
     return processor(
         text=[question.prompt for question in questions],
-        videos=[question.video for question in questions],
+        videos=[
+            question.video.video if isinstance(question.video, EncodedVideo) else question.video
+            for question in questions
+        ],
         query=[question.query for question in questions],
         device=device,
         return_tensors="pt",
@@ -158,14 +224,97 @@ class ViLaMPRunner:
         """Where the model runs, and the keyframe selector when the runner calls the processor."""
         return self.model.device
 
-    def prepare(self, batches: Iterable[list[VideoQuestion]]) -> Iterator[BatchFeature]:
-        """The model inputs of each batch of questions, in order, one processor call per batch as it is asked for."""
-        return (process_questions(self.processor, batch, self.device) for batch in batches)
+    def load_video(
+        self, video, *, keep_features: str = "auto", progress: Any | None = None, **video_settings
+    ) -> EncodedVideo:
+        """
+        Loads a video once for any number of questions: decodes and samples it, embeds its frames with the keyframe
+        selector's CLIP and, as `keep_features` says, encodes every frame with SigLIP and the projector. Questions
+        about the returned video (`ask`, or [`VideoQuestion`]s holding it) then run only their keyframe selection, the
+        DFM, the prefill and the answer, and give the same tokens as asking afresh.
 
-    def model_inputs(self, inputs: BatchFeature) -> dict[str, torch.Tensor]:
-        """The processor's `inputs` with `DEVICE_INPUT_NAMES` on the model's device and the others as they are."""
+        The projected patches take `num_patches * hidden_size` values per frame in the model's dtype: 729 * 3584 * 2
+        bytes = 5.0 MiB per frame for the released 7B in bfloat16, so 3.0 GiB for 600 frames.
+
+        Args:
+            video: a file path or frames, as the processor takes them.
+            keep_features (`str`, *optional*, defaults to `"auto"`): where the projected patches are kept: `"device"`
+                (the model's), `"cpu"` (host memory; each question moves them chunk by chunk), `"none"` (each question
+                encodes the frames again), or `"auto"`: the model's device if they take at most half its free memory,
+                else the host under the same rule, else none.
+            progress (`Callable[[int], None]`, *optional*): called with 1 as each frame is decoded and resized.
+            video_settings: frame settings for this video (`fps`, `max_frames`, ...), as the processor takes them.
+
+        Returns:
+            [`EncodedVideo`].
+        """
+        if keep_features not in KEEP_FEATURES:
+            raise ValueError(f"`keep_features` must be one of {list(KEEP_FEATURES)}, got {keep_features!r}.")
         device = self.device
-        return {name: tensor.to(device) if name in DEVICE_INPUT_NAMES else tensor for name, tensor in inputs.items()}
+        start = time.perf_counter()
+        loaded = self.processor.load_video(video, progress=progress, **video_settings)
+        seconds = {"decoding": time.perf_counter() - start}
+        start = time.perf_counter()
+        loaded = self.processor.embed_frames(loaded, device=device)
+        seconds["keyframe_embedding"] = synchronized_seconds(device, start)
+        start = time.perf_counter()
+        frame_features = self.encode_frames(loaded.siglip_frames, keep_features)
+        seconds["vision_encoding"] = synchronized_seconds(device, start)
+        return EncodedVideo(video=loaded, frame_features=frame_features, seconds=seconds)
+
+    def encode_frames(self, siglip_frames: torch.Tensor, keep_features: str) -> torch.Tensor | None:
+        """The projected patches of a video's frames, kept where `keep_features` says (see `load_video`), or None."""
+        if keep_features == "none":
+            return None
+        feature_bytes = len(siglip_frames) * self.model.frame_feature_bytes
+        storage = feature_storage(keep_features, feature_bytes, self.device)
+        if storage is None:
+            return None
+        with torch.inference_mode():
+            return self.model.get_video_frame_features(siglip_frames, storage_device=storage)
+
+    def ask(self, video, questions: str | list[str], max_new_tokens: int = 256, batch_size: int = 1) -> list[str]:
+        """
+        Greedy answers to `questions` about one video.
+
+        Args:
+            video ([`EncodedVideo`], `str`, `os.PathLike` or frames): the video, loaded once by `load_video`; a path or
+                frames is loaded here, once for all the questions.
+            questions (`str` or `list[str]`): the questions, each put into the chat template after the video, and each
+                the text its keyframes are ranked against.
+            max_new_tokens (`int`, *optional*, defaults to 256): at most this many tokens per answer.
+            batch_size (`int`, *optional*, defaults to 1): questions per `generate` call.
+
+        Returns:
+            `list[str]`: one answer per question, in order.
+        """
+        questions = [questions] if isinstance(questions, str) else list(questions)
+        if not isinstance(video, EncodedVideo):
+            video = self.load_video(video)
+        return self.answer(
+            [VideoQuestion(video, question, question) for question in questions], max_new_tokens, batch_size
+        )
+
+    def prepare(self, batches: Iterable[list[VideoQuestion]]) -> Iterator[BatchFeature]:
+        """The model inputs of each batch of questions, in order, one processor call per batch as it is asked for;
+        the projected patches of each video loaded with them ride along as `video_frame_features`."""
+        for batch in batches:
+            inputs = process_questions(self.processor, batch, self.device)
+            frame_features = [getattr(question.video, "frame_features", None) for question in batch]
+            if all(features is not None for features in frame_features):
+                inputs["video_frame_features"] = frame_features
+            yield inputs
+
+    def model_inputs(self, inputs: BatchFeature) -> dict[str, Any]:
+        """The processor's `inputs` with `DEVICE_INPUT_NAMES` on the model's device and the others as they are; with
+        `video_frame_features`, the frames are left out, since the model reads the features instead."""
+        device = self.device
+        model_inputs = {
+            name: tensor.to(device) if name in DEVICE_INPUT_NAMES else tensor for name, tensor in inputs.items()
+        }
+        if "video_frame_features" in model_inputs:
+            del model_inputs["pixel_values_videos"]
+        return model_inputs
 
     def generate(self, inputs: BatchFeature, max_new_tokens: int, streamer: BaseStreamer | None = None) -> list[str]:
         """
@@ -175,7 +324,8 @@ class ViLaMPRunner:
             inputs (`BatchFeature`): what the processor (or [`ViLaMPRunner.prepare`]) returned: `input_ids` and
                 `attention_mask` of shape `(batch_size, sequence_length)`, left-padded; `pixel_values_videos` of shape
                 `(total_frames, 3, frame_size, frame_size)`, `video_frame_counts` of shape `(num_videos,)`,
-                `keyframe_mask` of shape `(total_frames,)` and `query_embeds` of shape `(num_videos, embed_dim)`.
+                `keyframe_mask` of shape `(total_frames,)` and `query_embeds` of shape `(num_videos, embed_dim)`; with
+                `video_frame_features` (from `prepare`), the model reads those instead of the frames.
             max_new_tokens (`int`): at most this many tokens per answer.
             streamer (`BaseStreamer`, *optional*): given the tokens as `generate` makes them (a batch of one only).
 
@@ -206,6 +356,8 @@ __all__ = [
     "CACHE_IMPLEMENTATIONS",
     "DEVICE_INPUT_NAMES",
     "DTYPES",
+    "KEEP_FEATURES",
+    "EncodedVideo",
     "VideoQuestion",
     "ViLaMPRunner",
     "load_model",

@@ -1,5 +1,6 @@
 """Processor class for ViLaMP: composes the tokenizer, the video processor and the keyframe selector."""
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -10,6 +11,7 @@ from transformers.utils.chat_template_utils import _get_template_variables, rend
 from .keyframe_selection import KeyframeSelection, KeyframeSelector, rank_keyframes, resolve_device
 from .video_processing_vilamp import (
     LEGACY_VIDEO_SETTINGS,
+    SETTINGS_KEEPING_FRAMES,
     LoadedVideo,
     ProgressCallback,
     ViLaMPVideoProcessor,
@@ -116,7 +118,9 @@ class ViLaMPProcessor(ProcessorMixin):
                 without placeholders, one per video, are put into the chat template first (`question_prompt`).
             videos (*optional*): one video or a list of videos (or of per-prompt lists), in placeholder order: file
                 paths, uint8 arrays or tensors of shape `(num_frames, height, width, 3)` or
-                `(num_frames, 3, height, width)`, or lists of PIL images (taken as sampled at `fps`).
+                `(num_frames, 3, height, width)`, lists of PIL images (taken as sampled at `fps`), or [`LoadedVideo`]s
+                from `load_video` (not decoded again; after `embed_frames`, not embedded again either), so that one
+                video loaded once answers any number of questions. The same `LoadedVideo` may appear several times.
             query (`str` or `list[str]`, *optional*): the question each video's frames are ranked against, one for
                 all or one per video; defaults to the video's prompt without the placeholder.
             kwargs ([`ViLaMPProcessorKwargs`]): flat or in `text_kwargs` / `videos_kwargs`. Video kwargs override the
@@ -147,11 +151,18 @@ class ViLaMPProcessor(ProcessorMixin):
             zip(videos, self._video_queries(texts, len(videos), query))
         ):
             try:
-                loaded_video = self.load_video(video, **videos_kwargs)
+                loaded_video = self._loaded_video(video, videos_kwargs)
             except ValueError as error:
                 raise ValueError(f"`videos[{video_index}]`: {error}") from error
             # only the SigLIP frames are kept: the CLIP frames of a video are dropped once its keyframes are chosen
-            keyframe_selections.append(self.select_keyframes(loaded_video.clip_frames, video_query, **videos_kwargs))
+            keyframe_selections.append(
+                self.select_keyframes(
+                    loaded_video.clip_frames if loaded_video.frame_embeds is None else None,
+                    video_query,
+                    frame_embeds=loaded_video.frame_embeds,
+                    **videos_kwargs,
+                )
+            )
             video_frames.append(loaded_video.siglip_frames)
         return self.build_inputs(texts, video_frames, keyframe_selections, **output_kwargs["text_kwargs"])
 
@@ -259,6 +270,59 @@ class ViLaMPProcessor(ProcessorMixin):
         return self.video_processor.load_video(
             video, keyframe_image_size=keyframe_image_size, progress=progress, **videos_kwargs
         )
+
+    def _loaded_video(self, video, videos_kwargs: dict) -> LoadedVideo:
+        """`video` loaded by `load_video`, or as it is when it was loaded already; the settings that change frames
+        applied when it was loaded, so passing one again is an error rather than a setting silently ignored."""
+        if not isinstance(video, LoadedVideo):
+            return self.load_video(video, **videos_kwargs)
+        frame_settings = sorted(
+            name for name, value in videos_kwargs.items() if name not in SETTINGS_KEEPING_FRAMES and value is not None
+        )
+        if frame_settings:
+            raise ValueError(
+                f"it is a `LoadedVideo`, whose frames were sampled and resized when it was loaded, so {frame_settings} "
+                "cannot apply to it now; pass them to `load_video` instead."
+            )
+        if video.clip_frames is None and video.frame_embeds is None:
+            raise ValueError(
+                "the `LoadedVideo` has neither CLIP frames nor `frame_embeds`, so its keyframes cannot be selected; "
+                "load it with `ViLaMPProcessor.load_video`, which makes the CLIP frames."
+            )
+        return video
+
+    def embed_frames(
+        self,
+        loaded_video: LoadedVideo,
+        *,
+        progress: ProgressCallback | None = None,
+        device: str | torch.device | None = None,
+    ) -> LoadedVideo:
+        """
+        The keyframe selector's CLIP embeddings of a loaded video's frames, computed once for all the questions about
+        it: each question then only embeds its text and ranks the frames (`select_keyframes`).
+
+        Args:
+            loaded_video ([`LoadedVideo`]): what `load_video` returned.
+            progress (`Callable[[int], None]`, *optional*): called with the size of each batch CLIP embedded.
+            device (`str` or `torch.device`, *optional*): where the keyframe selector runs; defaults to where it is.
+
+        Returns:
+            [`LoadedVideo`]: the same video with `frame_embeds` (on the keyframe selector's device) and without its
+            CLIP frames.
+        """
+        if loaded_video.frame_embeds is not None:
+            return loaded_video
+        if loaded_video.clip_frames is None:
+            raise ValueError(
+                "The `LoadedVideo` has no CLIP frames to embed; load it with `ViLaMPProcessor.load_video`, which makes "
+                "them."
+            )
+        selector = self._require_keyframe_selector()
+        if device is not None:
+            selector.to(resolve_device(device))
+        frame_embeds = selector.encode_frames(loaded_video.clip_frames, progress=progress)
+        return dataclasses.replace(loaded_video, clip_frames=None, frame_embeds=frame_embeds)
 
     def select_keyframes(
         self,

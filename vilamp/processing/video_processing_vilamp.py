@@ -28,6 +28,17 @@ from .video_decoding import DecodedVideo, decode_video, sample_frame_indices
 # Called with the number of frames a stage has just finished (1 per resized frame, one CLIP batch at a time), so a
 # progress bar's `update` (`tqdm.update`) can be passed as it is; decoding calls it from its worker threads.
 ProgressCallback = Callable[[int], None]
+# Video kwargs that leave a video's frames as they are: the keyframe selection's, and where and how files are decoded
+# (every decoder gives the same frames).
+SETTINGS_KEEPING_FRAMES = (
+    "num_keyframes",
+    "keyframe_relevance_threshold",
+    "keyframe_similarity_threshold",
+    "decode_device",
+    "num_decoders",
+    "device",
+    "return_tensors",
+)
 # Standard `VideosKwargs` this video processor does not implement; passing one is an error, never a silent no-op.
 UNSUPPORTED_VIDEO_KWARGS = ("do_center_crop", "crop_size", "do_pad", "video_metadata", "return_metadata")
 
@@ -125,8 +136,9 @@ def video_to_frames(video) -> list:
 
 
 def is_single_video(video) -> bool:
-    """Whether `video` is one video: a path, a 4-dimensional array or tensor of frames, or a list of images."""
-    if isinstance(video, (str, os.PathLike)):
+    """Whether `video` is one video: a path, a loaded video, a 4-dimensional array or tensor of frames, or a list of
+    images."""
+    if isinstance(video, (str, os.PathLike, LoadedVideo)):
         return True
     if isinstance(video, (np.ndarray, torch.Tensor)):
         return video.ndim == 4
@@ -142,7 +154,7 @@ def flatten_videos(videos) -> list:
     if isinstance(videos, (list, tuple)) or (isinstance(videos, (np.ndarray, torch.Tensor)) and videos.ndim == 5):
         return [video for item in videos for video in flatten_videos(item)]
     raise TypeError(
-        "`videos` must be a video file path, a uint8 array or tensor of shape (num_frames, height, width, 3) or "
+        "`videos` must be a video file path, a `LoadedVideo`, a uint8 array or tensor of shape (num_frames, height, width, 3) or "
         f"(num_frames, 3, height, width), a list of PIL images, or a list of these; got {type(videos).__name__}."
     )
 
@@ -184,12 +196,16 @@ class LoadedVideo:
         timestamps_seconds (`list[float]`): the presentation time of each sampled frame.
         metadata (`VideoMetadata`): `total_num_frames`, `fps`, `frames_indices` (the frame numbers kept) and, for a
             file, `width`, `height`, `duration` and `video_backend`.
+        frame_embeds (`torch.FloatTensor` of shape `(num_frames, embed_dim)`, *optional*): the keyframe selector's
+            CLIP image embeddings of the frames, once `ViLaMPProcessor.embed_frames` computed them (it then drops
+            `clip_frames`); every question about the video ranks its frames against these.
     """
 
     siglip_frames: torch.Tensor
     clip_frames: torch.Tensor | None
     timestamps_seconds: list[float]
     metadata: VideoMetadata
+    frame_embeds: torch.Tensor | None = None
 
 
 class ViLaMPVideoProcessor(BaseVideoProcessor):
@@ -430,6 +446,7 @@ def video_processor_with(video_processor: ViLaMPVideoProcessor | None, legacy_se
 
 
 __all__ = [
+    "SETTINGS_KEEPING_FRAMES",
     "LEGACY_VIDEO_SETTINGS",
     "LoadedVideo",
     "ProgressCallback",
