@@ -16,6 +16,7 @@ from vilamp.processing import (
     num_video_tokens,
     resolve_device,
 )
+from vilamp.testing import write_video
 
 VIDEO_TOKEN_ID = 508
 QWEN_1_5_PROMPT = (
@@ -195,6 +196,15 @@ def test_a_loaded_video_without_clip_frames_or_embeddings_is_an_error(processor,
         processor(text="<video>\nWhat moves?", videos=frames_only)
     with pytest.raises(ValueError, match="no CLIP frames to embed"):
         processor.embed_frames(frames_only)
+
+
+def test_a_webm_file_whose_header_counts_no_frames_gets_its_duration_from_the_frames(processor, tmp_path):
+    rng = np.random.default_rng(0)
+    frames = (rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(24))
+    path = write_video(tmp_path / "clip.webm", frames, fps=8, codec="libvpx-vp9")
+    metadata = processor.load_video(str(path)).metadata
+    assert (metadata.total_num_frames, metadata.fps, metadata.duration) == (24, 8.0, 3.0)
+    assert metadata.frames_indices == [0, 8, 16]
 
 
 def test_save_and_load_round_trip_gives_same_outputs(processor, make_video_file, tmp_path):
