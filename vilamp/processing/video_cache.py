@@ -53,7 +53,9 @@ TEMPORARY_SUFFIX = ".tmp"
 # A temporary file this old is a dead writer's leftover even when its process number is in use again on this machine
 # or belongs to another machine sharing the directory: writing an entry takes seconds.
 TEMPORARY_MAX_AGE_SECONDS = 24 * 3600
+# The header holds the key, the `VideoMetadata` and each tensor's CRC-32, as JSON, and a CRC-32 of that JSON.
 HEADER_KEY = "vilamp_video_cache"
+HEADER_CRC32_KEY = "vilamp_video_cache_crc32"
 
 
 class VideoCacheWarning(UserWarning):
@@ -254,8 +256,12 @@ class VideoCache:
             return None
         try:
             with safe_open(entry, framework="pt") as handle:
-                header = json.loads(handle.metadata()[HEADER_KEY])
+                encoded_header = handle.metadata()[HEADER_KEY]
+                header_crc32 = handle.metadata()[HEADER_CRC32_KEY]
                 tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            if str(zlib.crc32(encoded_header.encode())) != header_crc32:
+                raise ValueError("its header does not match its checksum")
+            header = json.loads(encoded_header)
             if header["key"] != key or _checksums(tensors) != header["crc32"]:
                 raise ValueError("its key or checksums do not match its contents")
             loaded_video = LoadedVideo(
@@ -309,7 +315,9 @@ class VideoCache:
         }
         temporary = entry.with_name(f".{entry.stem}.{os.getpid()}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")
         try:
-            save_file(tensors, temporary, metadata={HEADER_KEY: json.dumps(header)})
+            encoded_header = json.dumps(header)
+            metadata = {HEADER_KEY: encoded_header, HEADER_CRC32_KEY: str(zlib.crc32(encoded_header.encode()))}
+            save_file(tensors, temporary, metadata=metadata)
             with open(temporary, "rb") as file:
                 os.fsync(file.fileno())
             now = time.time_ns()
