@@ -339,6 +339,22 @@ def test_missing_file_gives_the_decoders_error(cache, video_processor, tmp_path)
         load(cache, video_processor, tmp_path / "missing.mp4")
 
 
+def test_eviction_and_clear_leave_other_files_alone(tmp_path, video_processor, make_video_file):
+    directory = tmp_path / "shared"
+    directory.mkdir()
+    others = [directory / "model.safetensors", directory / ".notes.tmp", directory / "README.md"]
+    for path in others:
+        path.write_bytes(b"x" * 10_000)
+    # an entry of 5 frames takes 2.2 MB, so the cap holds one
+    cache = VideoCache(directory, max_bytes=3_500_000)
+    for _ in range(3):
+        load(cache, video_processor, make_video_file(num_frames=40, fps=8))
+    assert len(set(directory.iterdir()) - set(others)) == 1
+    assert all(path.exists() for path in others)
+    cache.clear()
+    assert cache_files(cache) == sorted(path.name for path in others)
+
+
 def test_clear_removes_every_entry(cache, video_processor, video_file):
     load(cache, video_processor, video_file)
     cache.clear()

@@ -5,13 +5,14 @@ One safetensors file per key holds `siglip_frames`, `clip_frames` (when made) an
 the `VideoMetadata`, the key (for debugging) and a CRC-32 of each tensor, so a damaged entry is found and decoded again.
 The key is the file's identity (resolved path, size, modification time, inode, device and a hash of its first and last
 MiB) with every setting that changes the frames, so a changed file or setting never returns an old frame. At 384x384
-and 224x224 an entry takes 3*384*384 + 3*224*224 bytes = 588 KiB per frame (600 frames: about 345 MiB).
+and 224x224 an entry takes 3*384*384 + 3*224*224 bytes = 579 KiB per frame (600 frames: 339 MiB).
 """
 
 import dataclasses
 import hashlib
 import json
 import os
+import re
 import secrets
 import time
 import warnings
@@ -48,8 +49,10 @@ FRAME_SETTINGS = (
 )
 # Bytes hashed at each end of a video file, so a file rewritten in place with its old size and time still misses.
 HASHED_BYTES = 2**20
-ENTRY_SUFFIX = ".safetensors"
-TEMPORARY_SUFFIX = ".tmp"
+# Only files named like these are ever removed, so a directory shared with other files (weights) keeps them.
+ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.safetensors")
+# `.<entry's key hash>.<writer's process number>.<random>.tmp`
+TEMPORARY_NAME = re.compile(r"\.[0-9a-f]{64}\.(?P<pid>[0-9]+)\.[0-9a-f]+\.tmp")
 # A temporary file this old is a dead writer's leftover even when its process number is in use again on this machine
 # or belongs to another machine sharing the directory: writing an entry takes seconds.
 TEMPORARY_MAX_AGE_SECONDS = 24 * 3600
@@ -135,8 +138,8 @@ class VideoCache:
     frame. Settings that give the same frames (`decode_device`, `num_decoders`, the keyframe thresholds) share an entry.
     Each entry is written to a temporary sibling and renamed into place, so processes may share the directory and a
     crash leaves no half entry. After each write the least recently used entries (a hit counts as a use) are removed
-    until the directory holds at most `max_bytes`. An entry takes 3*384*384 + 3*224*224 bytes = 588 KiB per frame with
-    the default sizes (600 frames: about 345 MiB).
+    until the directory holds at most `max_bytes`. An entry takes 3*384*384 + 3*224*224 bytes = 579 KiB per frame with
+    the default sizes (600 frames: 339 MiB).
 
     Args:
         directory (`str` or `os.PathLike`): where the entries live; created if missing. Deleting it (or calling
@@ -215,9 +218,7 @@ class VideoCache:
         except OSError:
             # no readable file: the decoder reports it as it does without a cache
             return decode()
-        entry = (
-            self.directory / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()}{ENTRY_SUFFIX}"
-        )
+        entry = self.directory / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()}.safetensors"
         loaded_video = self._read(entry, key)
         if loaded_video is not None:
             if progress is not None:
@@ -236,7 +237,7 @@ class VideoCache:
     def clear(self):
         """Removes every entry and temporary file of this cache (the directory stays)."""
         for path in self.directory.iterdir():
-            if path.name.endswith((ENTRY_SUFFIX, TEMPORARY_SUFFIX)):
+            if ENTRY_NAME.fullmatch(path.name) or TEMPORARY_NAME.fullmatch(path.name):
                 path.unlink(missing_ok=True)
 
     @staticmethod
@@ -313,7 +314,7 @@ class VideoCache:
             },
             "crc32": _checksums(tensors),
         }
-        temporary = entry.with_name(f".{entry.stem}.{os.getpid()}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")
+        temporary = entry.with_name(f".{entry.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
             encoded_header = json.dumps(header)
             metadata = {HEADER_KEY: encoded_header, HEADER_CRC32_KEY: str(zlib.crc32(encoded_header.encode()))}
@@ -336,19 +337,24 @@ class VideoCache:
 
     def _remove_dead_temporaries(self):
         """Removes temporary files that no running writer will rename: its process has ended, or it is a day old."""
-        for path in self.directory.glob(f".*{TEMPORARY_SUFFIX}"):
-            try:
-                pid = int(path.name.split(".")[2])
-                age_seconds = time.time() - path.stat().st_mtime
-            except (ValueError, IndexError, OSError):
+        for path in self.directory.iterdir():
+            match = TEMPORARY_NAME.fullmatch(path.name)
+            if match is None:
                 continue
-            if age_seconds > TEMPORARY_MAX_AGE_SECONDS or not _process_is_running(pid):
+            try:
+                age_seconds = time.time() - path.stat().st_mtime
+            except OSError:
+                # renamed into place meanwhile
+                continue
+            if age_seconds > TEMPORARY_MAX_AGE_SECONDS or not _process_is_running(int(match["pid"])):
                 path.unlink(missing_ok=True)
 
     def _evict(self):
         """Removes the least recently used entries until they take at most `max_bytes` together."""
         entries = []
-        for path in self.directory.glob(f"*{ENTRY_SUFFIX}"):
+        for path in self.directory.iterdir():
+            if not ENTRY_NAME.fullmatch(path.name):
+                continue
             try:
                 stat = path.stat()
             except OSError:
