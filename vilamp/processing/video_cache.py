@@ -113,8 +113,8 @@ def _checksums(tensors: dict[str, torch.Tensor]) -> dict[str, int]:
 
 
 def _process_is_running(pid: int) -> bool:
-    """Whether a process of this number runs on this machine (always assumed elsewhere than POSIX, where probing a
-    process with signal 0 would end it)."""
+    """Whether a process of this number runs on this machine; assumed so off POSIX, where `os.kill(pid, 0)` would end
+    the process instead of probing it."""
     if os.name != "posix":
         return True
     try:
@@ -122,6 +122,7 @@ def _process_is_running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
+        # another user's process
         return True
     return True
 
