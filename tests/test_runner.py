@@ -6,7 +6,7 @@ import weakref
 import pytest
 import torch
 
-from vilamp import VideoQuestion, ViLaMPRunner
+from vilamp import VideoCache, VideoQuestion, ViLaMPRunner, ViLaMPVideoProcessor
 from vilamp.runner import DEVICE_INPUT_NAMES, EncodedVideo, feature_storage, process_questions, resolve_dtype
 from vilamp.testing import TINY_SPECIAL_TOKEN_IDS, build_tiny_model, build_tiny_processor, write_synthetic_video
 
@@ -187,3 +187,19 @@ def test_keep_features_is_checked(runner, questions):
         ValueError, match=r"`keep_features` must be one of \['auto', 'device', 'cpu', 'none'\], got 'gpu'"
     ):
         runner.load_video(questions[0].video, keep_features="gpu")
+
+
+def test_a_video_cache_spares_the_second_runner_the_decoding(questions, tmp_path, monkeypatch):
+    cache = VideoCache(tmp_path / "videos", max_bytes=2**30)
+    first = ViLaMPRunner(build_tiny_model(seed=2).eval(), build_tiny_processor(), video_cache=cache)
+    answers = first.answer(questions, MAX_NEW_TOKENS)
+    loaded = first.load_video(questions[1].video)
+    # a second runner on the same cache directory reads every file from it: decoding would fail
+    second = ViLaMPRunner(
+        first.model, build_tiny_processor(), video_cache=VideoCache(tmp_path / "videos", max_bytes=2**30)
+    )
+    monkeypatch.setattr(ViLaMPVideoProcessor, "load_video", lambda *args, **kwargs: pytest.fail("decoded again"))
+    assert second.answer(questions, MAX_NEW_TOKENS) == answers
+    again = second.load_video(questions[1].video)
+    assert torch.equal(again.video.siglip_frames, loaded.video.siglip_frames)
+    assert torch.equal(again.video.frame_embeds, loaded.video.frame_embeds)

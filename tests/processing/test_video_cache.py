@@ -12,7 +12,7 @@ from transformers.image_utils import PILImageResampling
 
 from vilamp import VideoCache
 from vilamp.processing import KeyframeSelector, VideoCacheWarning, ViLaMPProcessor, ViLaMPVideoProcessor
-from vilamp.processing.video_cache import FRAME_SETTINGS
+from vilamp.processing.video_processing_vilamp import FRAME_SETTINGS
 from vilamp.testing import synthetic_frames, write_video
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -11,8 +11,8 @@ from transformers.utils.chat_template_utils import _get_template_variables, rend
 from .keyframe_selection import KeyframeSelection, KeyframeSelector, rank_keyframes, resolve_device
 from .video_cache import VideoCache
 from .video_processing_vilamp import (
+    FRAME_SETTINGS,
     LEGACY_VIDEO_SETTINGS,
-    SETTINGS_KEEPING_FRAMES,
     LoadedVideo,
     ProgressCallback,
     ViLaMPVideoProcessor,
@@ -292,7 +292,7 @@ class ViLaMPProcessor(ProcessorMixin):
         if not isinstance(video, LoadedVideo):
             return self.load_video(video, **videos_kwargs)
         frame_settings = sorted(
-            name for name, value in videos_kwargs.items() if name not in SETTINGS_KEEPING_FRAMES and value is not None
+            name for name, value in videos_kwargs.items() if name in FRAME_SETTINGS and value is not None
         )
         if frame_settings:
             raise ValueError(

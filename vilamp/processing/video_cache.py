@@ -27,26 +27,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers.video_utils import VideoMetadata
 
-from .video_processing_vilamp import LoadedVideo, ProgressCallback, ViLaMPVideoProcessor
+from .video_processing_vilamp import FRAME_SETTINGS, LoadedVideo, ProgressCallback, ViLaMPVideoProcessor
 
 # Bump when decoding, sampling or resizing rules change the frames of a file: every entry written before then misses.
 CACHE_FORMAT_VERSION = 1
-# Video processor settings that change the frames; the others (`decode_device`, `num_decoders`, the keyframe
-# thresholds) give the same frames and share an entry.
-FRAME_SETTINGS = (
-    "fps",
-    "max_frames",
-    "num_frames",
-    "do_sample_frames",
-    "size",
-    "resample",
-    "do_resize",
-    "do_rescale",
-    "rescale_factor",
-    "do_normalize",
-    "image_mean",
-    "image_std",
-)
 # Bytes hashed at each end of a video file, so a file rewritten in place with its old size and time still misses.
 HASHED_BYTES = 2**20
 # Only files named like these are ever removed, so a directory shared with other files (weights) keeps them.
@@ -370,4 +354,4 @@ class VideoCache:
             total_bytes -= size
 
 
-__all__ = ["CACHE_FORMAT_VERSION", "FRAME_SETTINGS", "VideoCache", "VideoCacheWarning", "file_identity"]
+__all__ = ["CACHE_FORMAT_VERSION", "VideoCache", "VideoCacheWarning", "file_identity"]
