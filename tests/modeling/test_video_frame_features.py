@@ -129,9 +129,13 @@ def test_returned_sequences_and_beams_from_features_equal_from_pixels(tiny_model
     generated = model.generate(**feature_inputs, **options)
     assert generated.shape[0] == 4
     assert generated.tolist() == expected.tolist()
+    sampling = {"do_sample": True, "num_return_sequences": 2, "max_new_tokens": 4}
     torch.manual_seed(0)
-    sampled = model.generate(**feature_inputs, do_sample=True, num_return_sequences=2, max_new_tokens=4)
+    expected = model.generate(**inputs, **sampling)
+    torch.manual_seed(0)
+    sampled = model.generate(**feature_inputs, **sampling)
     assert sampled.shape == (4, inputs["input_ids"].shape[1] + 4)
+    assert sampled.tolist() == expected.tolist()
 
 
 def test_repeated_rows_hold_each_videos_features_without_copying(tiny_model, video_inputs):
