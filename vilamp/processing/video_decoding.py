@@ -6,7 +6,6 @@ decoded a 2-minute 640x360 video at 1 fps somewhat faster, but it only loads nex
 while the PyAV wheels bundle FFmpeg and install with pip alone.
 """
 
-import functools
 import logging
 import os
 import queue
@@ -371,9 +370,17 @@ def decode_spans_from_queue(
     return used if all(decoded) else None
 
 
-@functools.cache
+_logged_reasons: set[str] = set()
+_logged_reasons_lock = threading.Lock()
+
+
 def _log_cpu_only(reason: str):
-    """Says once per process and reason why a video is decoded on the CPU alone, where NVDEC was asked for."""
+    """Says once per process and reason (decoding threads may hit it at once) why a video is decoded on the CPU
+    alone, where NVDEC was asked for."""
+    with _logged_reasons_lock:
+        if reason in _logged_reasons:
+            return
+        _logged_reasons.add(reason)
     logger.info("Video decoding runs on the CPU only: %s.", reason)
 
 
