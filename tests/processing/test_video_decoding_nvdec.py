@@ -296,6 +296,10 @@ def test_auto_decodes_on_the_cpu_where_nvdec_lacks_the_codec(long_video, fake_gp
         automatic = decode_video(long_video, device="auto")
     assert_same_decoding(automatic, on_cpu)
     assert automatic.metadata.video_backend == "pyav"
+    assert [record.getMessage() for record in caplog.records] == [
+        "Video decoding runs on the CPU only: NVDEC is not used for this video: NVDEC on this GPU does not decode "
+        "h264 (8-bit)."
+    ]
     with pytest.raises(
         ValueError, match="`decode_device='cuda'` cannot decode .*: NVDEC on this GPU does not decode h264"
     ):
