@@ -2,6 +2,7 @@
 `"cuda"`, the span queue the two share, the NV12 repacking, and (marked `gpu`) frames equal to the CPU's on camera-like
 H.264, HEVC, VP9 and AV1 files."""
 
+import itertools
 import logging
 import sys
 import threading
@@ -168,7 +169,9 @@ class FakePyNvVideoCodec(types.ModuleType):
     PyNvVideoCodec's decoding API played by PyAV on the CPU, so the NVDEC path runs where no GPU is: its demuxer
     seeks to a keyframe and yields packets; its decoder holds back 4 pictures as NVDEC does (flushed by an empty
     packet) and gives NV12 pictures through DLPack. `supported=False` plays a GPU without the codec, `unsupported_decode`
-    one whose capabilities say yes but whose decoder refuses, `seek_lands_late` a seek that lands on the next keyframe.
+    one whose capabilities say yes but whose decoder refuses, `seek_lands_late` a seek that lands on the next keyframe,
+    `demuxer_flushes` a demuxer that yields empty packets at the end of the file (the decoder's flush) instead of
+    stopping.
     """
 
     class PyNvVCException(Exception):
@@ -177,9 +180,10 @@ class FakePyNvVideoCodec(types.ModuleType):
     class PyNvVCExceptionUnsupported(PyNvVCException):
         pass
 
-    def __init__(self, *, supported=True, unsupported_decode=False, seek_lands_late=False):
+    def __init__(self, *, supported=True, unsupported_decode=False, seek_lands_late=False, demuxer_flushes=False):
         super().__init__("PyNvVideoCodec")
         self.supported, self.unsupported_decode, self.seek_lands_late = supported, unsupported_decode, seek_lands_late
+        self.demuxer_flushes = demuxer_flushes
         self.num_decoders_created = 0
 
     class PacketData:
@@ -227,7 +231,10 @@ class FakePyNvVideoCodec(types.ModuleType):
             return self.module.PacketData(packet)
 
         def __iter__(self):
-            return (self.module.PacketData(packet) for packet in self.packets)
+            packets = (self.module.PacketData(packet) for packet in self.packets)
+            if not self.module.demuxer_flushes:
+                return packets
+            return itertools.chain(packets, (self.module.PacketData() for _ in itertools.count()))
 
     class Decoder:
         def __init__(self, module, codec):
@@ -268,12 +275,12 @@ def fake_gpu(monkeypatch):
     return install
 
 
-@pytest.mark.parametrize("seek_lands_late", [False, True])
-def test_nvdec_path_gives_the_cpus_frames(long_video, fake_gpu, seek_lands_late):
+@pytest.mark.parametrize("seek_lands_late, demuxer_flushes", [(False, False), (True, False), (False, True)])
+def test_nvdec_path_gives_the_cpus_frames(long_video, fake_gpu, seek_lands_late, demuxer_flushes):
     """Spans on (fake) NVDEC sessions, alone and next to the CPU: the CPU's frame numbers, timestamps and pixels, the
     decoders named in the metadata; a seek that lands past a span's keyframe reads up to it instead."""
     on_cpu = decode_video(long_video, device="cpu", num_decoders=1)
-    fake_gpu(seek_lands_late=seek_lands_late)
+    fake_gpu(seek_lands_late=seek_lands_late, demuxer_flushes=demuxer_flushes)
     on_gpu = decode_video(long_video, device="cuda")
     assert_same_decoding(on_gpu, on_cpu)
     assert on_gpu.metadata.video_backend == "nvdec"
@@ -327,7 +334,8 @@ def nvdec_decodes(path) -> bool:
         chromaformat=demuxer.ChromaFormat(),
         bitdepth=demuxer.BitDepth(),
     )
-    return bool(caps.get("supported"))
+    print(f"\n{path.name}: NVDEC capabilities {caps}")
+    return bool(caps.get("supported", 1))
 
 
 @pytest.fixture(scope="module")

@@ -97,7 +97,14 @@ class NvdecVideo:
 
 
 def open_nvdec_video(
-    path: str, *, width: int, height: int, pixel_format: str, time_base: Fraction, colorspace: int, color_range: int
+    path: str,
+    *,
+    width: int,
+    height: int,
+    pixel_format: str,
+    time_base: Fraction | None,
+    colorspace: int,
+    color_range: int,
 ) -> NvdecVideo:
     """
     Checks that NVDEC can decode `path` (read by PyAV as `width`x`height` frames of `pixel_format`) and returns what
@@ -112,6 +119,8 @@ def open_nvdec_video(
     # NVDEC gives 8-bit 4:2:0 pictures as NV12, repacked to yuv420p; other layouts stay on the CPU
     if pixel_format not in ("yuv420p", "yuvj420p"):
         raise NvdecUnavailable(f"its pixel format {pixel_format} is not 8-bit 4:2:0")
+    if time_base is None:
+        raise NvdecUnavailable("its stream states no time base for the pictures' timestamps")
     if width % 2 or height % 2:
         raise NvdecUnavailable(f"its frames are {width}x{height}, not of even width and height")
     gpu_id = torch.cuda.current_device()
@@ -123,7 +132,8 @@ def open_nvdec_video(
         )
     except Exception as error:
         raise NvdecUnavailable(f"PyNvVideoCodec cannot read it ({_first_line(error)})") from error
-    if not caps.get("supported"):
+    # a capability PyNvVideoCodec does not report is found out at the first span (`PyNvVCExceptionUnsupported`)
+    if not caps.get("supported", 1):
         raise NvdecUnavailable(f"NVDEC on this GPU does not decode {codec} ({demuxer.BitDepth()}-bit)")
     if width > caps.get("width_max", width) or height > caps.get("height_max", height):
         raise NvdecUnavailable(
@@ -147,11 +157,19 @@ def _packets_from_keyframe(nvc, path: str, start_pts: int):
     """The packets of `path` from its keyframe at `start_pts` (or one before it) on: by seeking, or, where the seek
     lands after it, by reading the packets before it. None when no packet has that timestamp."""
     demuxer = nvc.CreateDemuxer(filename=path)
-    packet = demuxer.Seek(start_pts)
-    if packet.bsl == 0 or packet.pts > start_pts:
+    try:
+        packet = demuxer.Seek(start_pts)
+    except Exception:
+        # a container PyNvVideoCodec cannot seek in ("Seek isn't supported for this input") is read up to the span
+        packet = None
+    if packet is None or packet.bsl == 0 or packet.pts > start_pts:
         demuxer = nvc.CreateDemuxer(filename=path)
-        packet = next((packet for packet in demuxer if packet.bsl and packet.pts == start_pts), None)
-        if packet is None:
+        for packet in demuxer:
+            if packet.bsl == 0:
+                return None
+            if packet.pts == start_pts:
+                break
+        else:
             return None
     return itertools.chain([packet], demuxer)
 
@@ -205,10 +223,12 @@ class NvdecSpanDecoder:
             self.decoder = nvc.CreateDecoder(gpuid=video.gpu_id, codec=video.codec, usedevicememory=True)
         decoder = self.decoder
         seen = set()
-        # an empty packet flushes the pictures NVDEC still holds at the end of the file
-        packets = itertools.chain(packets, [nvc.PacketData()])
-        for packet in packets:
-            if packet.bsl == 0:
+        for packet in itertools.chain(packets, [None]):
+            # at the end of the file an empty packet flushes the pictures NVDEC still holds, where the demuxer's last
+            # packet was not one
+            packet = nvc.PacketData() if packet is None else packet
+            end_of_stream = packet.bsl == 0
+            if end_of_stream:
                 # past the end of the stream, the session is made afresh for its thread's next span
                 self.decoder = None
             for frame in decoder.Decode(packet):
@@ -232,6 +252,8 @@ class NvdecSpanDecoder:
                     submit(frame_index, Nv12Frame(nv12, video.colorspace, video.color_range), seconds)
             if len(seen) == len(expected_pts):
                 return True
+            if end_of_stream:
+                break
         return False
 
 
