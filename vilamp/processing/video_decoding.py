@@ -445,22 +445,13 @@ def _wants_nvdec(device: str, num_frames: int, average_fps: float) -> bool:
     return device == "cuda" or (device == "auto" and num_frames >= 60 * average_fps and _cuda_is_available())
 
 
-def _open_nvdec(path: str, stream, device: str) -> NvdecVideo | None:
+def _open_nvdec(path: str, device: str, stream_properties: dict[str, Any]) -> NvdecVideo | None:
     """
     The NVDEC side of `decode_video`: the video NVDEC decodes, or, where it cannot, an error naming why for `"cuda"`
     and None for `"auto"` (the CPU decodes it alone, said once per reason in an INFO log line).
     """
-    codec_context = stream.codec_context
     try:
-        return open_nvdec_video(
-            path,
-            width=codec_context.width,
-            height=codec_context.height,
-            pixel_format=codec_context.pix_fmt,
-            time_base=stream.time_base,
-            colorspace=codec_context.colorspace,
-            color_range=codec_context.color_range,
-        )
+        return open_nvdec_video(path, **stream_properties)
     except (ImportError, NvdecUnavailable) as error:
         if device == "cuda":
             if isinstance(error, ImportError):
@@ -533,32 +524,41 @@ def decode_video(
             average_fps = float(stream.average_rate or stream.guessed_rate or 0)
             width, height = stream.codec_context.width, stream.codec_context.height
             header_num_frames = stream.frames
-            if average_fps <= 0:
-                raise ValueError(f"`{path}` does not state its frame rate, so frames cannot be sampled per second.")
-            # spans need the timestamps, and a header without a frame count (WebM) needs them to count the frames
-            timestamps = (
-                _read_frame_timestamps(path)
-                if not header_num_frames
-                or (num_decoders or default_num_decoders(header_num_frames, average_fps)) > 1
-                or _wants_nvdec(device, header_num_frames, average_fps)
-                else None
-            )
-            if header_num_frames:
-                total_num_frames = header_num_frames
-            else:
-                total_num_frames = len(timestamps.frames) if timestamps is not None else _count_video_frames(path)
-            nvdec_video = (
-                _open_nvdec(path, stream, device)
-                if timestamps is not None and _wants_nvdec(device, total_num_frames, average_fps)
-                else None
-            )
+            # what NVDEC's pictures need to give the CPU decoder's RGB and timestamps
+            stream_properties = {
+                "width": width,
+                "height": height,
+                "pixel_format": stream.codec_context.pix_fmt,
+                "time_base": stream.time_base,
+                "colorspace": stream.codec_context.colorspace,
+                "color_range": stream.codec_context.color_range,
+            }
+        if average_fps <= 0:
+            raise ValueError(f"`{path}` does not state its frame rate, so frames cannot be sampled per second.")
+        # spans need the timestamps, and a header without a frame count (WebM) needs them to count the frames
+        timestamps = (
+            _read_frame_timestamps(path)
+            if not header_num_frames
+            or (num_decoders or default_num_decoders(header_num_frames, average_fps)) > 1
+            or _wants_nvdec(device, header_num_frames, average_fps)
+            else None
+        )
+        if header_num_frames:
+            total_num_frames = header_num_frames
+        else:
+            total_num_frames = len(timestamps.frames) if timestamps is not None else _count_video_frames(path)
+        nvdec_video = (
+            _open_nvdec(path, device, stream_properties)
+            if timestamps is not None and _wants_nvdec(device, total_num_frames, average_fps)
+            else None
+        )
+        if total_num_frames == 0:
+            raise ValueError(f"`{path}` has no decodable frames; pass a video with at least one frame.")
         if device == "cuda" and nvdec_video is None:
             raise ValueError(
                 f"`decode_device='cuda'` cannot decode `{path}` on NVDEC: its frames have no timestamps to cut it into "
                 "spans; pass `decode_device='auto'` or `'cpu'`."
             )
-        if total_num_frames == 0:
-            raise ValueError(f"`{path}` has no decodable frames; pass a video with at least one frame.")
         if device == "cuda":
             num_cpu_decoders, num_nvdec_sessions = 0, num_decoders or min(MAX_NVDEC_SESSIONS, nvdec_video.num_engines)
         else:
