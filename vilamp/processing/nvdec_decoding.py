@@ -123,7 +123,11 @@ def open_nvdec_video(
         raise NvdecUnavailable("its stream states no time base for the pictures' timestamps")
     if width % 2 or height % 2:
         raise NvdecUnavailable(f"its frames are {width}x{height}, not of even width and height")
-    gpu_id = torch.cuda.current_device()
+    try:
+        gpu_id = torch.cuda.current_device()
+    except RuntimeError as error:
+        # e.g. a DataLoader worker forked after its parent started CUDA
+        raise NvdecUnavailable(f"CUDA cannot be used in this process ({_first_line(error)})") from error
     try:
         demuxer = nvc.CreateDemuxer(filename=path)
         codec = demuxer.GetNvCodecId()
