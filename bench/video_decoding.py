@@ -7,7 +7,7 @@ table: seconds, video-minutes decoded per wall-minute and the decoders that ran 
 and whether each device's kept frames equal the CPU's (frame numbers, timestamps, RGB pixels). Each kept frame is hashed
 on the converter's threads instead of held, so 4K runs stay small in memory. CUDA and PyNvVideoCodec are initialised
 before the clock starts; each `decode_video` call still opens its own NVDEC sessions, as a real call does. Writing
-10-minute files is slow (HEVC most): `--directory` keeps them for the next run.
+10-minute files is slow (HEVC most; the files are written at once): `--directory` keeps them for the next run.
 
     PYTHONPATH=. python bench/video_decoding.py --minutes 10 --directory /tmp/vilamp-videos
     PYTHONPATH=. python bench/video_decoding.py --codecs hevc4k --minutes 2
@@ -22,6 +22,7 @@ import shlex
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
@@ -106,14 +107,17 @@ def same_frames(decoded, reference) -> bool:
     )
 
 
-def warm_up(devices: list[str]):
-    """Starts CUDA and imports PyNvVideoCodec before any clock runs (a process pays them once, not per video)."""
-    if set(devices) - {"cpu"} and torch.cuda.is_available():
-        torch.zeros(1, device="cuda")
-        try:
-            import PyNvVideoCodec  # noqa: F401
-        except Exception as error:
-            print(f"PyNvVideoCodec cannot be imported: {error}", file=sys.stderr)
+def warm_up(devices: list[str], directory: Path):
+    """Starts CUDA, PyNvVideoCodec and NVDEC's libraries on a 2-second file before any clock runs (a process pays
+    them once, not per video)."""
+    if not set(devices) - {"cpu"} or not torch.cuda.is_available():
+        return
+    torch.zeros(1, device="cuda")
+    path = write_noisy_video(directory / "warm_up.mp4", "h264", seconds=2, width=320, height=240)
+    try:
+        decode_video(path, device="cuda")
+    except (ImportError, ValueError) as error:
+        print(f"NVDEC warm-up: {error}", file=sys.stderr)
 
 
 def library_version(name: str) -> str:
@@ -125,7 +129,6 @@ def library_version(name: str) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    warm_up(args.devices)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     print(f"# Video decoding: {gpu}, {os.cpu_count()} CPU cores")
     print(
@@ -140,7 +143,15 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as temporary:
         directory = Path(args.directory or temporary)
         directory.mkdir(parents=True, exist_ok=True)
-        paths = {name: written_video(directory, name, args.minutes, args.tiny) for name in args.codecs}
+        warm_up(args.devices, Path(temporary))
+        # written at once: each writer's Python loop and each encoder's threads leave cores to the others
+        with ThreadPoolExecutor(max_workers=len(args.codecs)) as writers:
+            paths = dict(
+                zip(
+                    args.codecs,
+                    writers.map(lambda name: written_video(directory, name, args.minutes, args.tiny), args.codecs),
+                )
+            )
         print_table_start(columns)
         for name, path in paths.items():
             _, width, height = video_size(name, args.tiny)

@@ -445,6 +445,14 @@ def _wants_nvdec(device: str, num_frames: int, average_fps: float) -> bool:
     return device == "cuda" or (device == "auto" and num_frames >= 60 * average_fps and _cuda_is_available())
 
 
+def _nvdec_cannot_decode(path: str, reason: str) -> ValueError:
+    """The error of `decode_device="cuda"` for a video NVDEC cannot decode."""
+    return ValueError(
+        f"`decode_device='cuda'` cannot decode `{path}`: {reason}; pass `decode_device='auto'` (NVDEC where it can, "
+        "the CPU elsewhere) or `'cpu'`."
+    )
+
+
 def _open_nvdec(path: str, device: str, stream_properties: dict[str, Any]) -> NvdecVideo | None:
     """
     The NVDEC side of `decode_video`: the video NVDEC decodes, or, where it cannot, an error naming why for `"cuda"`
@@ -456,10 +464,7 @@ def _open_nvdec(path: str, device: str, stream_properties: dict[str, Any]) -> Nv
         if device == "cuda":
             if isinstance(error, ImportError):
                 raise
-            raise ValueError(
-                f"`decode_device='cuda'` cannot decode `{path}`: {error}; pass `decode_device='auto'` (NVDEC where it "
-                "can, the CPU elsewhere) or `'cpu'`."
-            ) from error
+            raise _nvdec_cannot_decode(path, str(error)) from error
         if isinstance(error, ImportError):
             _log_cpu_only(
                 f"PyNvVideoCodec cannot be imported ({error.__cause__}); {NVDEC_INSTALL_HINT} to decode on NVDEC too"
@@ -555,10 +560,7 @@ def decode_video(
         if total_num_frames == 0:
             raise ValueError(f"`{path}` has no decodable frames; pass a video with at least one frame.")
         if device == "cuda" and nvdec_video is None:
-            raise ValueError(
-                f"`decode_device='cuda'` cannot decode `{path}` on NVDEC: its frames have no timestamps to cut it into "
-                "spans; pass `decode_device='auto'` or `'cpu'`."
-            )
+            raise _nvdec_cannot_decode(path, "its frames have no timestamps to cut it into spans")
         if device == "cuda":
             num_cpu_decoders, num_nvdec_sessions = 0, num_decoders or min(MAX_NVDEC_SESSIONS, nvdec_video.num_engines)
         else:
@@ -573,16 +575,20 @@ def decode_video(
                 and timestamps is not None
                 and len(timestamps.frames) == total_num_frames
             ):
-                video_backend = _decode_in_spans(
-                    path,
-                    frame_indices,
-                    timestamps,
-                    average_fps,
-                    converter,
-                    num_cpu_decoders,
-                    nvdec_video,
-                    num_nvdec_sessions,
-                )
+                try:
+                    video_backend = _decode_in_spans(
+                        path,
+                        frame_indices,
+                        timestamps,
+                        average_fps,
+                        converter,
+                        num_cpu_decoders,
+                        nvdec_video,
+                        num_nvdec_sessions,
+                    )
+                except NvdecUnavailable as error:
+                    # raised only with no CPU decoder to take over, for `"cuda"`
+                    raise _nvdec_cannot_decode(path, str(error)) from error
             if video_backend is None:
                 video_backend = "pyav"
                 converter.results.clear()
