@@ -7,7 +7,8 @@ table: seconds, video-minutes decoded per wall-minute and the decoders that ran 
 and whether each device's kept frames equal the CPU's (frame numbers, timestamps, RGB pixels). Each kept frame is hashed
 on the converter's threads instead of held, so 4K runs stay small in memory. CUDA and PyNvVideoCodec are initialised
 before the clock starts; each `decode_video` call still opens its own NVDEC sessions, as a real call does. Writing
-10-minute files is slow (HEVC most; the files are written at once): `--directory` keeps them for the next run.
+10-minute files is slow (HEVC most; the files are written at once), so a longer file repeats a `--segment-seconds`
+segment, stream-copied (the decoding cost is the full length's); `--directory` keeps them for the next run.
 
     PYTHONPATH=. python bench/video_decoding.py --minutes 10 --directory /tmp/vilamp-videos
     PYTHONPATH=. python bench/video_decoding.py --codecs hevc4k --minutes 2
@@ -27,10 +28,10 @@ from pathlib import Path
 
 import av
 import torch
-from bench_utils import format_number, markdown_row, print_table_start
+from bench_utils import format_number, markdown_row, print_table_start, write_long_noisy_video
 
 from vilamp.processing.video_decoding import decode_video
-from vilamp.testing import NOISY_VIDEO_CODECS, write_noisy_video
+from vilamp.testing import write_noisy_video
 
 # bench name -> (codec of `write_noisy_video`, width, height)
 VIDEOS = {
@@ -49,6 +50,13 @@ def parse_args(argv=None):
     parser.add_argument("--minutes", type=float, default=10.0, help="length of each file")
     parser.add_argument("--devices", default=",".join(DEVICES), help="comma-separated decode devices to time")
     parser.add_argument("--max-frames", type=int, default=600)
+    parser.add_argument(
+        "--segment-seconds",
+        type=float,
+        default=60.0,
+        help="longer files repeat a segment of this length, stream-copied: the decoding cost of the full length, "
+        "written in a fraction of the time (default 60)",
+    )
     parser.add_argument("--directory", help="where the files are written and found again (default: a temporary one)")
     parser.add_argument(
         "--tiny", action="store_true", help="20-second 96x64 H.264 and VP9 files, cpu and auto only: runs in seconds"
@@ -72,16 +80,10 @@ def video_size(name: str, tiny: bool) -> tuple[str, int, int]:
     return (codec, 96, 64) if tiny else (codec, width, height)
 
 
-def written_video(directory: Path, name: str, minutes: float, tiny: bool) -> Path:
+def written_video(directory: Path, name: str, minutes: float, args) -> Path:
     """The bench's file for `name`, written unless `directory` already holds it."""
-    codec, width, height = video_size(name, tiny)
-    suffix = NOISY_VIDEO_CODECS[codec][1]
-    path = directory / f"noisy_{name}_{width}x{height}_{round(minutes * 60)}s{suffix}"
-    if not path.exists():
-        start = time.perf_counter()
-        write_noisy_video(path, codec, seconds=minutes * 60, width=width, height=height)
-        print(f"wrote {path.name} in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-    return path
+    codec, width, height = video_size(name, args.tiny)
+    return write_long_noisy_video(directory, codec, width, height, minutes, args.segment_seconds)
 
 
 def frame_digest(image) -> bytes:
@@ -149,7 +151,7 @@ def main(argv=None):
             paths = dict(
                 zip(
                     args.codecs,
-                    writers.map(lambda name: written_video(directory, name, args.minutes, args.tiny), args.codecs),
+                    writers.map(lambda name: written_video(directory, name, args.minutes, args), args.codecs),
                 )
             )
         print_table_start(columns)
