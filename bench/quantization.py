@@ -185,12 +185,13 @@ def timed_generation(model, inputs: dict, max_new_tokens: int, device: torch.dev
     try:
         synchronize(device)
         start_time = time.perf_counter()
-        output = model.generate(
-            **inputs,
-            **exact_length_generate_kwargs(model, max_new_tokens),
-            return_dict_in_generate=True,
-            output_logits=True,
-        )
+        with torch.inference_mode():
+            output = model.generate(
+                **inputs,
+                **exact_length_generate_kwargs(model, max_new_tokens),
+                return_dict_in_generate=True,
+                output_logits=True,
+            )
         synchronize(device)
         end_time = time.perf_counter()
     finally:
@@ -323,10 +324,9 @@ def main():
         print_header(args, save_seconds)
         print_table_start(COLUMNS)
         references, load_seconds = {}, {}
-        with torch.inference_mode():
-            for setting in args.settings:
-                load_seconds[setting] = setting_rows(directory, setting, frames, references, args)
-                gc.collect()
+        for setting in args.settings:
+            load_seconds[setting] = setting_rows(directory, setting, frames, references, args)
+            gc.collect()
     loaded = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in load_seconds.items() if seconds is not None)
     print(
         "\nweights GiB: GPU memory allocated once the setting is loaded (on the CPU, `get_memory_footprint()`, which counts "
