@@ -63,6 +63,7 @@ def load_model(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     attn_implementation: str | None = None,
+    quantization_config=None,
 ) -> ViLaMPForConditionalGeneration:
     """
     Loads a converted ViLaMP model straight onto `device` (no copy of the weights in host memory), in eval mode.
@@ -70,13 +71,20 @@ def load_model(
     Args:
         pretrained_model_name_or_path (`str` or `os.PathLike`): the converted checkpoint's directory or repository.
         device (`str` or `torch.device`, *optional*, defaults to `"auto"`): the GPU when torch sees one, else the CPU.
-        dtype (`str` or `torch.dtype`, *optional*, defaults to `"auto"`): see [`resolve_dtype`].
+        dtype (`str` or `torch.dtype`, *optional*, defaults to `"auto"`): see [`resolve_dtype`]; with a
+            `quantization_config`, the dtype of what stays unquantized (the vision path, `lm_head`, the norms).
         attn_implementation (`str`, *optional*): the language model's attention (`"sdpa"`, `"flash_attention_2"`, ...).
+        quantization_config (`transformers.utils.quantization_config.QuantizationConfigMixin`, *optional*): quantizes
+            the language model as it loads, e.g. `BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16)` or `TorchAoConfig(Int8WeightOnlyConfig())`; the vision tower, the
+            projector and the DFM stay in `dtype` (see [`ViLaMPPreTrainedModel.from_pretrained`]).
     """
     device = resolve_device(device)
     model_kwargs = {"dtype": resolve_dtype(dtype, device), "device_map": str(device)}
     if attn_implementation is not None:
         model_kwargs["attn_implementation"] = attn_implementation
+    if quantization_config is not None:
+        model_kwargs["quantization_config"] = quantization_config
     return ViLaMPForConditionalGeneration.from_pretrained(pretrained_model_name_or_path, **model_kwargs).eval()
 
 
