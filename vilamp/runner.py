@@ -105,6 +105,13 @@ class EncodedVideo:
         return len(self.video.siglip_frames)
 
 
+def frame_feature_bytes(model: ViLaMPForConditionalGeneration) -> int:
+    """The bytes of one frame's projected patches: `num_patches * hidden_size` values in the model's dtype."""
+    vision_config = model.config.vision_config
+    num_patches = (vision_config.image_size // vision_config.patch_size) ** 2
+    return num_patches * model.config.text_config.hidden_size * model.dtype.itemsize
+
+
 def host_available_bytes() -> int:
     """The host memory available to new allocations (`MemAvailable`), or 0 where the system does not say."""
     try:
@@ -274,7 +281,7 @@ class ViLaMPRunner:
         """The projected patches of a video's frames, kept where `keep_features` says (see `load_video`), or None."""
         if keep_features == "none":
             return None
-        feature_bytes = len(siglip_frames) * self.model.frame_feature_bytes
+        feature_bytes = len(siglip_frames) * frame_feature_bytes(self.model)
         storage = feature_storage(keep_features, feature_bytes, self.device)
         if storage is None:
             return None
