@@ -329,6 +329,7 @@ def load_runner(model_dir: Path, video: Path, args):
 
 
 def rounded(timings: dict[str, float]) -> dict[str, float]:
+    """Timings to a tenth of a millisecond, for `--json`."""
     return {stage: round(seconds, 4) for stage, seconds in timings.items()}
 
 
@@ -409,7 +410,7 @@ def ask_video(model_dir: Path, video: Path, questions: list[str], args, *, write
     answers = []
     for index, question in enumerate(questions):
         if write is not None and len(questions) > 1:
-            write(f"{chr(10) if index else ''}> {question}\n")
+            write(("\n" if index else "") + f"> {question}\n")
         answer = answer_question(
             runner, encoded, question, max_new_tokens=args.max_new_tokens, write=write,
             show_progress=not args.no_progress,
@@ -422,6 +423,7 @@ def ask_video(model_dir: Path, video: Path, questions: list[str], args, *, write
 
 
 def write_stdout(text: str):
+    """Writes to stdout at once, so each token of a streamed answer shows as it comes."""
     sys.stdout.write(text)
     sys.stdout.flush()
 
@@ -560,8 +562,8 @@ def demo_in(work_dir: Path, args) -> int:
     )  # fmt: skip
     record = ask_video(model_dir, video, [DEMO_QUESTION], sampling, write=None, summarize=True)
     # random byte tokens rarely form UTF-8 characters: the replacement characters are dropped from the display
-    (answer,) = record["answers"]
-    answer = answer["answer"].replace("\ufffd", "").strip()
+    (demo_answer,) = record["answers"]
+    answer = demo_answer["answer"].replace("\ufffd", "").strip()
     if answer:
         print(f"Answer of the tiny random model (noise): {answer}")
     else:
