@@ -3,14 +3,19 @@ From a video file to an answer: time and memory of every stage on real encoded v
 loop on the same file.
 
 The bench writes camera-like H.264 videos (a moving texture with a scene cut every 20 s, x264 `veryfast`, crf 23,
-30 fps; videos over 10 minutes repeat a 2-minute one, stream-copied) or takes any file through `--video`. It builds
+30 fps; videos over 10 minutes repeat a 2-minute one, stream-copied), with `--noisy` camera-like files with sensor
+noise in H.264, HEVC, VP9, AV1 and 4K HEVC (8-25 Mbit/s; a `--segment-seconds` segment repeated), or takes any file
+through `--video`. It builds
 the full-size architecture (SigLIP so400m, Qwen2-7B, CLIP ViT-B/32 keyframe selector) with random weights, saves the
 processor and loads it with `AutoProcessor`, then answers a question the way the README tells a user:
 
     inputs = processor(text=question, videos=path, return_tensors="pt").to(model.device)
     model.generate(**inputs, max_new_tokens=64)
 
-That run gives the total wall time. The stages are then timed one by one on the same file through the processor's
+That run gives the public API's wall time. The runner's path for one video and several questions
+(`ViLaMPRunner.load_video` once: decoding, CLIP and SigLIP; then each question's keyframe selection, DFM, prefill
+and answer) gives the total to the first answer, and, with `--questions N`, the time to the first token of each
+later question about the loaded video. The stages are then timed one by one on the same file through the processor's
 stages (`load_video`, `select_keyframes`, `build_inputs`) and `generate`:
 - probing: opening the file and reading its stream header;
 - decoding: decoding to the kept RGB frames, no resizing (`decode_video`, the processor's decoder and its settings);
@@ -24,7 +29,8 @@ whether it kept the same frame numbers and pixels as this package.
 
     python bench/end_to_end.py                                  # 720p and 1080p, 10 minutes, one GPU
     python bench/end_to_end.py --resolutions 1080p --minutes 60
-    python bench/end_to_end.py --video talk.mp4
+    python bench/end_to_end.py --resolutions --noisy h264 hevc vp9 av1 hevc4k --questions 3
+    python bench/end_to_end.py --video talk.mp4 --questions 3
     python bench/end_to_end.py --tiny --device cpu              # tiny model, seconds: proves that it runs
 """
 
@@ -51,10 +57,12 @@ from bench_utils import (
     markdown_row,
     peak_memory_gib,
     print_table_start,
+    repeat_video,
     reset_peak_memory,
     synchronize,
     timed,
     timed_generate,
+    write_long_noisy_video,
 )
 from transformers import AutoProcessor
 
@@ -62,14 +70,32 @@ import vilamp  # noqa: F401  (registers ViLaMP with the Auto classes)
 from vilamp.modeling_vilamp import ViLaMPForConditionalGeneration
 from vilamp.processing import KeyframeSelector, ViLaMPProcessor
 from vilamp.processing.video_decoding import decode_video
+from vilamp.runner import VideoQuestion, ViLaMPRunner
 from vilamp.testing import build_tiny_processor, build_tiny_tokenizer, write_video
 
 RESOLUTIONS = {"720p": (1280, 720), "1080p": (1920, 1080), "tiny": (160, 120)}
+# `--noisy` files: codec of `vilamp.testing.write_noisy_video`, width, height
+NOISY_VIDEOS = {
+    "h264": ("h264", 1920, 1080),
+    "hevc": ("hevc", 1920, 1080),
+    "vp9": ("vp9", 1920, 1080),
+    "av1": ("av1", 1920, 1080),
+    "hevc4k": ("hevc", 3840, 2160),
+}
 VIDEO_FPS = 30
 SCENE_SECONDS = 20
 QUESTION = "What happens after the second scene cut?"
+# the later questions about a loaded video, asked in turn (`--questions`)
+LATER_QUESTIONS = [
+    "What colour is the first scene?",
+    "How many scene cuts are there?",
+    "Does the camera move to the left or to the right?",
+    "What is in the last scene?",
+    "Is there any text on screen?",
+]
 COLUMNS = [
     "video",
+    "decoders",
     "probing s",
     "decoding s",
     "conversion and resize s",
@@ -77,6 +103,7 @@ COLUMNS = [
     "vision+DFM s",
     "prefill s",
     "answer s",
+    "public API total s",
     "total s",
     "video-min per wall-min",
     "host peak RSS GiB",
@@ -91,11 +118,38 @@ def parse_args(argv=None) -> Namespace:
     parser.add_argument(
         "--video", type=Path, action="append", help="a video file to measure (repeatable); none: write them"
     )
-    parser.add_argument("--resolutions", nargs="+", default=["720p", "1080p"], choices=["720p", "1080p"])
+    parser.add_argument(
+        "--resolutions",
+        nargs="*",
+        default=["720p", "1080p"],
+        choices=["720p", "1080p"],
+        help="the smooth camera-like H.264 files to write (none: only --noisy ones)",
+    )
+    parser.add_argument(
+        "--noisy",
+        nargs="*",
+        default=[],
+        choices=list(NOISY_VIDEOS),
+        help="also camera-like files with sensor noise (8-25 Mbit/s) in these codecs, 1080p (hevc4k: 2160p)",
+    )
+    parser.add_argument(
+        "--segment-seconds",
+        type=float,
+        default=60.0,
+        help="a noisy file longer than this repeats a segment of this length, stream-copied (default 60)",
+    )
     parser.add_argument("--minutes", nargs="+", type=float, default=[10.0], help="lengths of the written videos")
     parser.add_argument("--video-dir", type=Path, help="where written videos are kept and reused (default: temporary)")
     parser.add_argument("--max-frames", type=int, default=600)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--questions",
+        type=int,
+        default=1,
+        choices=range(1, len(LATER_QUESTIONS) + 2),
+        metavar=f"1..{len(LATER_QUESTIONS) + 1}",
+        help="questions about each loaded video; each after the first gets a column: its seconds to the first token",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on a GPU, float32 on the CPU")
     parser.add_argument("--attn-implementation", default="sdpa")
@@ -142,35 +196,9 @@ def write_camera_like_video(path: Path, width: int, height: int, minutes: float)
         return path
     if minutes > 10:
         segment = write_camera_like_video(path.with_name(f"{path.stem}_segment.mp4"), width, height, 2)
-        return concatenate_copies(segment, path, repeats=round(minutes / 2))
+        return repeat_video(segment, path, repeats=round(minutes / 2))
     frames = camera_like_frames(int(minutes * 60 * VIDEO_FPS), width, height)
     return write_video(path, frames, fps=VIDEO_FPS, codec="libx264", options={"preset": "veryfast", "crf": "23"})
-
-
-def concatenate_copies(segment: Path, path: Path, repeats: int) -> Path:
-    """Writes `repeats` copies of `segment` one after the other into `path`, without re-encoding."""
-    import av
-
-    temporary = path.with_name(f".{path.name}.tmp.mp4")
-    with av.open(str(segment)) as source, av.open(str(temporary), "w") as container:
-        in_stream = source.streams.video[0]
-        out_stream = container.add_stream_from_template(in_stream)
-        frame_ticks = round(1 / (VIDEO_FPS * in_stream.time_base))
-        offset = 0
-        for _ in range(repeats):
-            source.seek(0)
-            last_pts = 0
-            for packet in source.demux(in_stream):
-                if packet.size == 0:
-                    continue
-                last_pts = max(last_pts, packet.pts)
-                packet.pts += offset
-                packet.dts += offset
-                packet.stream = out_stream
-                container.mux(packet)
-            offset += last_pts + frame_ticks
-    temporary.replace(path)
-    return path
 
 
 def build_model(args: Namespace, video_token_id: int) -> ViLaMPForConditionalGeneration:
@@ -207,15 +235,15 @@ def warm_up(model, processor: ViLaMPProcessor, args: Namespace):
     model.generate(**inputs, do_sample=False, max_new_tokens=2)
 
 
-def probe(path: Path) -> tuple[float, float]:
-    """The video's duration in seconds from its header, and the seconds reading it took."""
+def probe(path: Path) -> float:
+    """The seconds opening the file and reading its video stream's header take."""
     import av
 
     start = time.perf_counter()
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        duration_seconds = stream.frames / float(stream.average_rate)
-    return duration_seconds, time.perf_counter() - start
+        if not container.streams.video:
+            raise ValueError(f"{path} has no video stream.")
+    return time.perf_counter() - start
 
 
 def frame_digest(image) -> str:
@@ -268,18 +296,44 @@ def same_frames_as_original(path: Path, args: Namespace, processor: ViLaMPProces
     return seconds, f"numbers {'yes' if same_indices else 'NO'}, pixels {'yes' if same_pixels else 'NO'}"
 
 
+def question_columns(args: Namespace) -> list[str]:
+    """A column for each question after the first."""
+    return [f"question {number} first token s" for number in range(2, args.questions + 1)]
+
+
+def answer_questions(path: Path, runner: ViLaMPRunner, args: Namespace) -> tuple[float, list[float], str]:
+    """The runner's path: the seconds from the file to the first question's answer of `--max-new-tokens` tokens (the
+    video loaded once), the seconds to the first token of each later question about the loaded video, and the
+    decoders that read the file."""
+    device = runner.device
+    synchronize(device)
+    start = time.perf_counter()
+    video = runner.load_video(str(path))
+    (inputs,) = runner.prepare([[VideoQuestion(video, QUESTION, QUESTION)]])
+    timed_generate(runner.model, runner.model_inputs(inputs), args.max_new_tokens, device)
+    total_seconds = time.perf_counter() - start
+    later_seconds = []
+    for question in LATER_QUESTIONS[: args.questions - 1]:
+        start = time.perf_counter()
+        (inputs,) = runner.prepare([[VideoQuestion(video, question, question)]])
+        timed_generate(runner.model, runner.model_inputs(inputs), 1, device)
+        later_seconds.append(time.perf_counter() - start)
+    return total_seconds, later_seconds, video.video.metadata.video_backend
+
+
 def measure(path: Path, model, processor: ViLaMPProcessor, args: Namespace) -> list:
-    """One table row: the public API's total, then each stage on its own."""
+    """One table row: the public API's total, the runner's total and later questions, then each stage on its own."""
     device = torch.device(args.device)
     generate_args = dict(do_sample=False, max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens)
-    duration_seconds, probe_seconds = probe(path)
+    probe_seconds = probe(path)
 
     reset_peak_memory(device)
     start = time.perf_counter()
     inputs = processor(text=QUESTION, videos=str(path), return_tensors="pt").to(device)
     model.generate(**inputs, **generate_args)
     synchronize(device)
-    total_seconds = time.perf_counter() - start
+    public_api_seconds = time.perf_counter() - start
+    total_seconds, later_seconds, decoders = answer_questions(path, ViLaMPRunner(model, processor), args)
     gpu_peak = peak_memory_gib(device)
     host_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -295,8 +349,11 @@ def measure(path: Path, model, processor: ViLaMPProcessor, args: Namespace) -> l
     first = timed_generate(model, inputs, 1, device)
     full = timed_generate(model, inputs, args.max_new_tokens, device)
     original_seconds, same_frames = same_frames_as_original(path, args, processor)
+    # from the frames that decode, not the header: a WebM header states no frame count
+    duration_seconds = decoded.metadata.duration
     return [
         f"{path.name} ({duration_seconds / 60:.1f} min, {len(decoded.frames)} frames)",
+        decoders,
         f"{probe_seconds:.3f}",
         f"{decode_seconds:.2f}",
         f"{max(load_seconds - decode_seconds, 0.0):.2f}",
@@ -304,12 +361,14 @@ def measure(path: Path, model, processor: ViLaMPProcessor, args: Namespace) -> l
         f"{full.vision_seconds:.2f}",
         f"{first.language_model_seconds:.2f}",
         f"{full.language_model_seconds - first.language_model_seconds:.2f}",
+        f"{public_api_seconds:.2f}",
         f"{total_seconds:.2f}",
         f"{duration_seconds / total_seconds:.1f}",
         f"{host_peak:.1f}",
         "-" if gpu_peak is None else f"{gpu_peak:.1f}",
         "-" if original_seconds is None else f"{original_seconds:.2f}",
         same_frames,
+        *(f"{seconds:.2f}" for seconds in later_seconds),
     ]
 
 
@@ -332,7 +391,8 @@ def decoder_rows(path: Path, processor: ViLaMPProcessor, args: Namespace) -> lis
 
 
 def videos_to_measure(args: Namespace, directory: Path) -> Iterator[Path]:
-    """The `--video` files, or camera-like videos for each resolution and length, each written when its turn comes."""
+    """The `--video` files, or camera-like videos for each resolution, noisy codec and length, each written when its
+    turn comes."""
     if args.video:
         yield from args.video
     elif args.tiny:
@@ -342,6 +402,8 @@ def videos_to_measure(args: Namespace, directory: Path) -> Iterator[Path]:
             for resolution in args.resolutions:
                 name = f"camera_{resolution}_{minutes:g}min.mp4"
                 yield write_camera_like_video(directory / name, *RESOLUTIONS[resolution], minutes)
+            for name in args.noisy:
+                yield write_long_noisy_video(directory, *NOISY_VIDEOS[name], minutes, args.segment_seconds)
 
 
 def main(argv=None) -> int:
@@ -359,7 +421,7 @@ def main(argv=None) -> int:
             f"{processor.keyframe_selector.device}; {os.cpu_count()} CPU cores"
         )
         print(f"command: python {shlex.join(['bench/end_to_end.py', *(argv if argv is not None else sys.argv[1:])])}")
-        print_table_start(COLUMNS)
+        print_table_start(COLUMNS + question_columns(args))
         paths = []
         for path in videos_to_measure(args, video_dir):
             paths.append(path)
