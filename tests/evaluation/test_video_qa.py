@@ -9,12 +9,14 @@ import torch
 from transformers import AutoModel, AutoProcessor
 
 from vilamp.evaluation.video_qa import DecodingWorkers, VideoQuestionAnswerer
-from vilamp.runner import VideoQuestion, process_questions
+from vilamp.runner import VideoQuestion, ViLaMPRunner, process_questions
 
 
 @pytest.fixture(scope="module")
 def answerer(converted_dir):
-    with VideoQuestionAnswerer.from_pretrained(converted_dir, device="cpu", decode_workers=1) as answerer:
+    with VideoQuestionAnswerer.from_pretrained(
+        converted_dir, device="cpu", decode_workers=1, keep_features="none"
+    ) as answerer:
         yield answerer
 
 
@@ -23,30 +25,44 @@ def questions(question_rows) -> list[VideoQuestion]:
     return [VideoQuestion(video=row["video"], prompt=row["prompt"], query=row["question"]) for row in question_rows]
 
 
-def test_worker_processes_give_the_processor_inputs_of_each_batch_in_order(answerer, questions):
-    batches = [questions[:2], questions[2:]]
-    prepared = list(answerer.prepare(batches))
-    assert len(prepared) == 2
-    for inputs, batch in zip(prepared, batches):
-        expected = process_questions(answerer.processor, batch, "cpu")
-        assert set(inputs) == set(expected)
-        for name, tensor in expected.items():
-            assert torch.equal(inputs[name], tensor), name
+@pytest.fixture(scope="module")
+def interleaved_questions(question_rows) -> list[VideoQuestion]:
+    """Three questions about each of the three videos, in the order Video-MME's requests can come: one question of
+    each video, then the next question of each."""
+    asked = ("What moves in the video?", "How does the brightness change?", "What colour is the bar?")
+    return [
+        VideoQuestion(video=row["video"], prompt=f"{question}\nAnswer briefly.", query=question)
+        for question in asked
+        for row in question_rows
+    ]
 
 
-def test_decoding_workers_start_when_made_and_serve_every_later_prepare(answerer, questions):
+def test_worker_processes_give_the_loaded_video_of_each_video_in_order(answerer, questions):
+    videos = [question.video for question in questions]
+    loaded_videos = list(answerer.decoding_workers.map(videos))
+    assert len(loaded_videos) == 3
+    for (loaded, seconds), video in zip(loaded_videos, videos):
+        expected = answerer.processor.load_video(video)
+        # the workers only decode: the model's process embeds the frames with CLIP
+        assert loaded.frame_embeds is None
+        for name in ("siglip_frames", "clip_frames"):
+            assert torch.equal(getattr(loaded, name), getattr(expected, name)), name
+        assert loaded.timestamps_seconds == expected.timestamps_seconds
+        assert seconds > 0
+
+
+def test_decoding_workers_start_when_made_and_serve_every_later_map(answerer, questions):
     children = set(multiprocessing.active_children())
-    with DecodingWorkers(answerer.processor, torch.device("cpu"), num_workers=2) as workers:
-        # they start before any batch is asked for, while the caller goes on (loading the model)
+    with DecodingWorkers(answerer.processor, num_workers=2) as workers:
+        # they start before any video is asked for, while the caller goes on (loading the model)
         deadline = time.monotonic() + 120
         while len(set(multiprocessing.active_children()) - children) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert len(set(multiprocessing.active_children()) - children) == 2
-        for batches in ([questions[:1], questions[1:2], questions[2:]], [questions[2:], questions[:1]]):
-            for inputs, batch in zip(workers.map(batches), batches, strict=True):
-                assert torch.equal(
-                    inputs["input_ids"], process_questions(answerer.processor, batch, "cpu")["input_ids"]
-                )
+        for videos in ([question.video for question in questions], [questions[2].video, questions[0].video]):
+            for (loaded, _), video in zip(workers.map(videos), videos, strict=True):
+                assert torch.equal(loaded.siglip_frames, answerer.processor.load_video(video).siglip_frames)
+        assert len(workers.ready_seconds()) == 2
     assert set(multiprocessing.active_children()) <= children
 
 
@@ -55,18 +71,55 @@ def test_a_video_that_fails_to_decode_in_a_worker_raises_its_error_and_the_worke
 ):
     damaged = tmp_path / "damaged.mp4"
     damaged.write_bytes(b"not a video" * 100)
-    batches = [questions[:1], [VideoQuestion(video=str(damaged), prompt="What moves?", query="What moves?")]]
-    prepared = answerer.prepare(batches)
-    next(prepared)
+    loaded_videos = answerer.load_videos([questions[0].video, str(damaged)])
+    next(loaded_videos)
     with pytest.raises(ValueError, match="damaged.mp4` could not be decoded"):
-        next(prepared)
-    (inputs,) = answerer.prepare([questions[1:2]])
-    assert torch.equal(inputs["input_ids"], process_questions(answerer.processor, questions[1:2], "cpu")["input_ids"])
+        next(loaded_videos)
+    (encoded,) = answerer.load_videos([questions[1].video])
+    assert torch.equal(encoded.video.siglip_frames, answerer.processor.load_video(questions[1].video).siglip_frames)
+
+
+def test_prepare_by_video_groups_the_questions_of_each_video_in_order_of_first_appearance(
+    answerer, interleaved_questions
+):
+    batches = [batch for batch, _ in answerer.prepare_by_video(interleaved_questions, batch_size=2)]
+    # questions 0, 3, 6 are about the first video, 1, 4, 7 about the second, 2, 5, 8 about the third
+    assert batches == [[0, 3], [6], [1, 4], [7], [2, 5], [8]]
+    # a batch holds questions of one key: the second question of each video has a key of its own
+    keys = ["short"] * 3 + ["long"] * 3 + ["short"] * 3
+    batches = [batch for batch, _ in answerer.prepare_by_video(interleaved_questions, 2, batch_keys=keys)]
+    assert batches == [[0, 6], [3], [1, 7], [4], [2, 8], [5]]
+
+
+@pytest.fixture(scope="module")
+def answers_asked_afresh(answerer, interleaved_questions) -> list[str]:
+    """The answers of the road without grouping: one question at a time, the processor decoding its video again."""
+    return ViLaMPRunner(answerer.model, answerer.processor).answer(interleaved_questions, max_new_tokens=4)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+@pytest.mark.parametrize("decode_workers", [0, 1])
+def test_answers_grouped_by_video_equal_each_question_asked_afresh(
+    answerer, interleaved_questions, answers_asked_afresh, batch_size, decode_workers
+):
+    if decode_workers:
+        answers = answerer.answer(interleaved_questions, max_new_tokens=4, batch_size=batch_size)
+    else:
+        grouped = VideoQuestionAnswerer(answerer.model, answerer.processor, keep_features="none")
+        answers = grouped.answer(interleaved_questions, max_new_tokens=4, batch_size=batch_size)
+    assert answers == answers_asked_afresh
+
+
+def test_prepare_by_video_checks_its_batches(answerer, questions):
+    with pytest.raises(ValueError, match="`batch_size` must be an integer of at least 1, got 0"):
+        next(answerer.prepare_by_video(questions, batch_size=0))
+    with pytest.raises(ValueError, match="`batch_keys` must hold one key per question: got 1 keys for 3 questions"):
+        next(answerer.prepare_by_video(questions, batch_keys=[1]))
 
 
 def test_decoding_workers_take_a_positive_count(answerer):
     with pytest.raises(ValueError, match="`num_workers` must be an integer of at least 1, got 0"):
-        DecodingWorkers(answerer.processor, torch.device("cpu"), num_workers=0)
+        DecodingWorkers(answerer.processor, num_workers=0)
 
 
 def test_answers_equal_generate_on_the_processor_call_with_the_question_as_keyframe_query(
