@@ -55,7 +55,7 @@ TASK = "vilamp_throughput"
 TIMING_LINE = re.compile(
     r"ViLaMP process (\d+): generate_until of (\d+) requests in ([0-9.]+) s, the first batch ready after ([0-9.]+) s"
 )
-STARTUP_LINE = re.compile(r"ViLaMP process 0 start-up: (.*)")
+STARTUP_LINE = re.compile(r"ViLaMP process 0 start-up: ([^\x1b\n]*)")
 QUESTIONS = ("What happens in the video?", "Which colour dominates the video?", "How does the scene change?")
 OPTIONS = ("A. It stays the same.", "B. It changes colour.", "C. Something moves.", "D. It goes dark.")
 

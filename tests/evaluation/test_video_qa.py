@@ -62,7 +62,7 @@ def test_decoding_workers_start_when_made_and_serve_every_later_map(answerer, qu
         for videos in ([question.video for question in questions], [questions[2].video, questions[0].video]):
             for (loaded, _), video in zip(workers.map(videos), videos, strict=True):
                 assert torch.equal(loaded.siglip_frames, answerer.processor.load_video(video).siglip_frames)
-        assert len(workers.ready_seconds()) == 2
+        assert workers.ready_seconds() > 0
     assert set(multiprocessing.active_children()) <= children
 
 

@@ -203,8 +203,9 @@ class ViLaMP(lmms):
         answerer = self.answerer
         parts = [f"{name} {seconds:.3f} s" for name, seconds in answerer.startup_seconds.items()]
         if answerer.decoding_workers is not None:
-            ready = ", ".join(f"{seconds:.3f}" for seconds in answerer.decoding_workers.ready_seconds())
-            parts.append(f"decoding workers ready after [{ready}] s from their start")
+            parts.append(
+                f"first decoding worker ready {answerer.decoding_workers.ready_seconds():.3f} s after its start"
+            )
         parts += [f"first video's {name} {seconds:.3f} s" for name, seconds in answerer.first_video_seconds.items()]
         parts.append(f"first batch ready after {first_batch_seconds:.3f} s")
         parts.append(f"first batch answered after {first_answer_seconds:.3f} s")

@@ -34,15 +34,17 @@ from ..runner import (
     resolve_dtype,
 )
 
-# The processor of a decoding worker process, and when its start ended.
+# The video processor of a decoding worker process, the keyframe selector's image size, and when its start ended.
 WORKER_STATE = {}
 
 
-def start_decoding_worker(processor):
-    """Runs once in each decoding worker: keeps the processor. One thread for torch's CPU operations per worker, as a
-    `DataLoader`'s workers have: the workers run side by side."""
+def start_decoding_worker(video_processor, keyframe_image_size: int):
+    """Runs once in each decoding worker: keeps the video processor. One thread for torch's CPU operations per worker,
+    as a `DataLoader`'s workers have: the workers run side by side."""
     torch.set_num_threads(1)
-    WORKER_STATE.update(processor=processor, ready_time=time.time())
+    WORKER_STATE.update(
+        video_processor=video_processor, keyframe_image_size=keyframe_image_size, ready_time=time.time()
+    )
 
 
 def worker_ready_time() -> float:
@@ -51,9 +53,10 @@ def worker_ready_time() -> float:
 
 
 def load_video_in_worker(video) -> tuple[LoadedVideo, float]:
-    """The processor's `load_video` of `video`, and the seconds it took."""
+    """The processor's `load_video` of `video` (its video processor's, with CLIP frames of the keyframe selector's image
+    size), and the seconds it took."""
     start = time.perf_counter()
-    loaded = WORKER_STATE["processor"].load_video(video)
+    loaded = WORKER_STATE["video_processor"].load_video(video, keyframe_image_size=WORKER_STATE["keyframe_image_size"])
     return loaded, time.perf_counter() - start
 
 
@@ -63,16 +66,23 @@ class DecodingWorkers:
     model. They start when this object is made and stay until `close`: their start (importing torch and the package,
     receiving the processor) overlaps whatever the caller does next, such as loading the model, and each later `map`
     finds them ready. They only decode, on the CPU, and create no CUDA context: the model's process embeds the frames
-    with CLIP on its device, so that the embeddings do not depend on the number of workers.
+    with CLIP on its device, so that the embeddings do not depend on the number of workers. So each worker gets a copy
+    of the video processor alone, not of the keyframe selector's CLIP weights (577 MiB for ViT-B/32), and does not import
+    open_clip.
 
     Args:
-        processor ([`ViLaMPProcessor`]): the processor; each worker gets a copy.
+        processor ([`ViLaMPProcessor`]): the processor, with its keyframe selector.
         num_workers (`int`): worker processes; each holds one video at a time, so `num_workers` videos wait at most.
     """
 
     def __init__(self, processor, num_workers: int):
         if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 1:
             raise ValueError(f"`num_workers` must be an integer of at least 1, got {num_workers!r}.")
+        if processor.keyframe_selector is None:
+            raise ValueError(
+                "`processor` has no `keyframe_selector`, whose image size the workers resize the CLIP frames to; load "
+                "it with `ViLaMPProcessor.from_pretrained` from a directory holding keyframe_selector.safetensors."
+            )
         self.num_workers = num_workers
         self.start_time = time.time()
         # spawned, not forked: the parent may hold a CUDA context, which a forked child cannot use
@@ -80,7 +90,7 @@ class DecodingWorkers:
             num_workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=start_decoding_worker,
-            initargs=(processor,),
+            initargs=(processor.video_processor, processor.keyframe_selector.image_size),
         )
         self.ready_futures = []
         # A spawning pool starts a process per task submitted while none is idle: one task each starts them all. Each
@@ -92,10 +102,11 @@ class DecodingWorkers:
     def _start_workers(self):
         self.ready_futures = [self.executor.submit(worker_ready_time) for _ in range(self.num_workers)]
 
-    def ready_seconds(self) -> list[float]:
-        """Seconds from this object's making until each worker was ready (waits for them)."""
+    def ready_seconds(self) -> float:
+        """Seconds from this object's making until the first worker was ready to decode (waits for it): the spawn, the
+        imports and the copy of the video processor, in a worker of its own."""
         self.starter.join()
-        return [future.result() - self.start_time for future in self.ready_futures]
+        return min(future.result() for future in self.ready_futures) - self.start_time
 
     def map(self, videos: Iterable) -> Iterator[tuple[LoadedVideo, float]]:
         """Each video loaded (see `load_video_in_worker`), in order, with at most `num_workers` videos in the workers at
