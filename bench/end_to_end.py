@@ -10,7 +10,10 @@ processor and loads it with `AutoProcessor`, then answers a question the way the
     inputs = processor(text=question, videos=path, return_tensors="pt").to(model.device)
     model.generate(**inputs, max_new_tokens=64)
 
-That run gives the total wall time. The stages are then timed one by one on the same file through the processor's
+That run gives the public API's wall time. The runner's path for one video and several questions
+(`ViLaMPRunner.load_video` once: decoding, CLIP and SigLIP; then each question's keyframe selection, DFM, prefill
+and answer) gives the total to the first answer, and, with `--questions N`, the time to the first token of each
+later question about the loaded video. The stages are then timed one by one on the same file through the processor's
 stages (`load_video`, `select_keyframes`, `build_inputs`) and `generate`:
 - probing: opening the file and reading its stream header;
 - decoding: decoding to the kept RGB frames, no resizing (`decode_video`, the processor's decoder and its settings);
@@ -24,7 +27,7 @@ whether it kept the same frame numbers and pixels as this package.
 
     python bench/end_to_end.py                                  # 720p and 1080p, 10 minutes, one GPU
     python bench/end_to_end.py --resolutions 1080p --minutes 60
-    python bench/end_to_end.py --video talk.mp4
+    python bench/end_to_end.py --video talk.mp4 --questions 3
     python bench/end_to_end.py --tiny --device cpu              # tiny model, seconds: proves that it runs
 """
 
@@ -62,14 +65,24 @@ import vilamp  # noqa: F401  (registers ViLaMP with the Auto classes)
 from vilamp.modeling_vilamp import ViLaMPForConditionalGeneration
 from vilamp.processing import KeyframeSelector, ViLaMPProcessor
 from vilamp.processing.video_decoding import decode_video
+from vilamp.runner import VideoQuestion, ViLaMPRunner
 from vilamp.testing import build_tiny_processor, build_tiny_tokenizer, write_video
 
 RESOLUTIONS = {"720p": (1280, 720), "1080p": (1920, 1080), "tiny": (160, 120)}
 VIDEO_FPS = 30
 SCENE_SECONDS = 20
 QUESTION = "What happens after the second scene cut?"
+# the later questions about a loaded video, asked in turn (`--questions`)
+LATER_QUESTIONS = [
+    "What colour is the first scene?",
+    "How many scene cuts are there?",
+    "Does the camera move to the left or to the right?",
+    "What is in the last scene?",
+    "Is there any text on screen?",
+]
 COLUMNS = [
     "video",
+    "decoders",
     "probing s",
     "decoding s",
     "conversion and resize s",
@@ -77,6 +90,7 @@ COLUMNS = [
     "vision+DFM s",
     "prefill s",
     "answer s",
+    "public API total s",
     "total s",
     "video-min per wall-min",
     "host peak RSS GiB",
@@ -96,6 +110,14 @@ def parse_args(argv=None) -> Namespace:
     parser.add_argument("--video-dir", type=Path, help="where written videos are kept and reused (default: temporary)")
     parser.add_argument("--max-frames", type=int, default=600)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--questions",
+        type=int,
+        default=1,
+        choices=range(1, len(LATER_QUESTIONS) + 2),
+        metavar=f"1..{len(LATER_QUESTIONS) + 1}",
+        help="questions about each loaded video; each after the first gets a column: its seconds to the first token",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on a GPU, float32 on the CPU")
     parser.add_argument("--attn-implementation", default="sdpa")
@@ -207,15 +229,15 @@ def warm_up(model, processor: ViLaMPProcessor, args: Namespace):
     model.generate(**inputs, do_sample=False, max_new_tokens=2)
 
 
-def probe(path: Path) -> tuple[float, float]:
-    """The video's duration in seconds from its header, and the seconds reading it took."""
+def probe(path: Path) -> float:
+    """The seconds opening the file and reading its video stream's header take."""
     import av
 
     start = time.perf_counter()
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        duration_seconds = stream.frames / float(stream.average_rate)
-    return duration_seconds, time.perf_counter() - start
+        if not container.streams.video:
+            raise ValueError(f"{path} has no video stream.")
+    return time.perf_counter() - start
 
 
 def frame_digest(image) -> str:
@@ -268,18 +290,44 @@ def same_frames_as_original(path: Path, args: Namespace, processor: ViLaMPProces
     return seconds, f"numbers {'yes' if same_indices else 'NO'}, pixels {'yes' if same_pixels else 'NO'}"
 
 
+def question_columns(args: Namespace) -> list[str]:
+    """A column for each question after the first."""
+    return [f"question {number} first token s" for number in range(2, args.questions + 1)]
+
+
+def answer_questions(path: Path, runner: ViLaMPRunner, args: Namespace) -> tuple[float, list[float], str]:
+    """The runner's path: the seconds from the file to the first question's answer of `--max-new-tokens` tokens (the
+    video loaded once), the seconds to the first token of each later question about the loaded video, and the
+    decoders that read the file."""
+    device = runner.device
+    synchronize(device)
+    start = time.perf_counter()
+    video = runner.load_video(str(path))
+    (inputs,) = runner.prepare([[VideoQuestion(video, QUESTION, QUESTION)]])
+    timed_generate(runner.model, runner.model_inputs(inputs), args.max_new_tokens, device)
+    total_seconds = time.perf_counter() - start
+    later_seconds = []
+    for question in LATER_QUESTIONS[: args.questions - 1]:
+        start = time.perf_counter()
+        (inputs,) = runner.prepare([[VideoQuestion(video, question, question)]])
+        timed_generate(runner.model, runner.model_inputs(inputs), 1, device)
+        later_seconds.append(time.perf_counter() - start)
+    return total_seconds, later_seconds, video.video.metadata.video_backend
+
+
 def measure(path: Path, model, processor: ViLaMPProcessor, args: Namespace) -> list:
-    """One table row: the public API's total, then each stage on its own."""
+    """One table row: the public API's total, the runner's total and later questions, then each stage on its own."""
     device = torch.device(args.device)
     generate_args = dict(do_sample=False, max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens)
-    duration_seconds, probe_seconds = probe(path)
+    probe_seconds = probe(path)
 
     reset_peak_memory(device)
     start = time.perf_counter()
     inputs = processor(text=QUESTION, videos=str(path), return_tensors="pt").to(device)
     model.generate(**inputs, **generate_args)
     synchronize(device)
-    total_seconds = time.perf_counter() - start
+    public_api_seconds = time.perf_counter() - start
+    total_seconds, later_seconds, decoders = answer_questions(path, ViLaMPRunner(model, processor), args)
     gpu_peak = peak_memory_gib(device)
     host_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -295,8 +343,11 @@ def measure(path: Path, model, processor: ViLaMPProcessor, args: Namespace) -> l
     first = timed_generate(model, inputs, 1, device)
     full = timed_generate(model, inputs, args.max_new_tokens, device)
     original_seconds, same_frames = same_frames_as_original(path, args, processor)
+    # from the frames that decode, not the header: a WebM header states no frame count
+    duration_seconds = decoded.metadata.duration
     return [
         f"{path.name} ({duration_seconds / 60:.1f} min, {len(decoded.frames)} frames)",
+        decoders,
         f"{probe_seconds:.3f}",
         f"{decode_seconds:.2f}",
         f"{max(load_seconds - decode_seconds, 0.0):.2f}",
@@ -304,12 +355,14 @@ def measure(path: Path, model, processor: ViLaMPProcessor, args: Namespace) -> l
         f"{full.vision_seconds:.2f}",
         f"{first.language_model_seconds:.2f}",
         f"{full.language_model_seconds - first.language_model_seconds:.2f}",
+        f"{public_api_seconds:.2f}",
         f"{total_seconds:.2f}",
         f"{duration_seconds / total_seconds:.1f}",
         f"{host_peak:.1f}",
         "-" if gpu_peak is None else f"{gpu_peak:.1f}",
         "-" if original_seconds is None else f"{original_seconds:.2f}",
         same_frames,
+        *(f"{seconds:.2f}" for seconds in later_seconds),
     ]
 
 
@@ -359,7 +412,7 @@ def main(argv=None) -> int:
             f"{processor.keyframe_selector.device}; {os.cpu_count()} CPU cores"
         )
         print(f"command: python {shlex.join(['bench/end_to_end.py', *(argv if argv is not None else sys.argv[1:])])}")
-        print_table_start(COLUMNS)
+        print_table_start(COLUMNS + question_columns(args))
         paths = []
         for path in videos_to_measure(args, video_dir):
             paths.append(path)

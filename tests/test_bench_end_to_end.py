@@ -8,7 +8,7 @@ from tests.bench_output import markdown_tables, run_bench
 
 @pytest.mark.slow
 def test_tiny_cpu_run_prints_every_stage_and_each_decoder_setting(tmp_path):
-    command = ["bench/end_to_end.py", "--tiny", "--device", "cpu", "--max-new-tokens", "3"]
+    command = ["bench/end_to_end.py", "--tiny", "--device", "cpu", "--max-new-tokens", "3", "--questions", "3"]
     command += ["--video-dir", str(tmp_path), "--decoders", "cpu:1", "cpu:3"]
     result = run_bench(*command)
     assert result.returncode == 0, result.stderr
@@ -16,7 +16,9 @@ def test_tiny_cpu_run_prints_every_stage_and_each_decoder_setting(tmp_path):
     assert len(stages) == 1
     row = stages[0]
     assert row["video"].startswith("camera_tiny.mp4 (0.3 min, 20 frames)")
-    for column in ("probing s", "decoding s", "CLIP s", "vision+DFM s", "prefill s", "answer s", "total s"):
+    assert row["decoders"] == "pyav"
+    columns = ("probing s", "decoding s", "CLIP s", "vision+DFM s", "prefill s", "answer s", "public API total s")
+    for column in (*columns, "total s", "question 2 first token s", "question 3 first token s"):
         assert float(row[column]) >= 0
     # the original evaluation's OpenCV loop keeps the same frame numbers and pixels as this package
     assert row["same frames as original"] == "numbers yes, pixels yes"

@@ -1,10 +1,13 @@
 """The runner from a loaded model and processor to answers: batching, answer text, the dtype rule, device placement."""
 
+import gc
+import weakref
+
 import pytest
 import torch
 
-from vilamp import VideoQuestion, ViLaMPRunner
-from vilamp.runner import DEVICE_INPUT_NAMES, process_questions, resolve_dtype
+from vilamp import VideoCache, VideoQuestion, ViLaMPRunner, ViLaMPVideoProcessor
+from vilamp.runner import DEVICE_INPUT_NAMES, EncodedVideo, feature_storage, process_questions, resolve_dtype
 from vilamp.testing import TINY_SPECIAL_TOKEN_IDS, build_tiny_model, build_tiny_processor, write_synthetic_video
 
 MAX_NEW_TOKENS = 6
@@ -99,3 +102,104 @@ def test_settings_are_checked_where_they_enter(runner, questions):
         ViLaMPRunner(runner.model, runner.processor, cache_implementation="paged")
     with pytest.raises(ValueError, match="`batch_size` must be an integer of at least 1, got 0"):
         runner.answer(questions, MAX_NEW_TOKENS, batch_size=0)
+
+
+THREE_QUESTIONS = ["What moves in the video?", "How bright is it?", "Where does the bar go?"]
+
+
+def greedy_ids_and_scores(runner: ViLaMPRunner, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The new token ids and the scores of every step of a greedy `generate` on the runner's model inputs."""
+    with torch.inference_mode():
+        output = runner.model.generate(
+            **runner.model_inputs(inputs),
+            max_new_tokens=MAX_NEW_TOKENS,
+            do_sample=False,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+    return output.sequences[:, inputs["input_ids"].shape[1] :], torch.stack(output.scores)
+
+
+@pytest.mark.parametrize("keep_features", ["none", "cpu", "auto"])
+def test_a_video_loaded_once_answers_each_question_as_asking_afresh(runner, questions, keep_features):
+    path = questions[1].video
+    video = runner.load_video(path, keep_features=keep_features)
+    assert isinstance(video, EncodedVideo) and video.num_frames == 5
+    assert set(video.seconds) == {"decoding", "keyframe_embedding", "vision_encoding"}
+    assert (video.frame_features is None) == (keep_features == "none")
+    afresh, loaded = [], []
+    for question in THREE_QUESTIONS:
+        (fresh_inputs,) = runner.prepare([[VideoQuestion(path, question, question)]])
+        (loaded_inputs,) = runner.prepare([[VideoQuestion(video, question, question)]])
+        assert ("video_frame_features" in loaded_inputs) == (keep_features != "none")
+        afresh.append(greedy_ids_and_scores(runner, fresh_inputs))
+        loaded.append(greedy_ids_and_scores(runner, loaded_inputs))
+    for (fresh_ids, fresh_scores), (ids, scores) in zip(afresh, loaded):
+        assert torch.equal(ids, fresh_ids) and torch.equal(scores, fresh_scores)
+    # the questions select and weigh differently, so a swapped answer would show
+    assert not torch.equal(afresh[0][1], afresh[1][1])
+    answers = [
+        runner.answer([VideoQuestion(path, question, question)], MAX_NEW_TOKENS)[0] for question in THREE_QUESTIONS
+    ]
+    assert runner.ask(video, THREE_QUESTIONS, MAX_NEW_TOKENS) == answers
+    assert runner.ask(video, THREE_QUESTIONS, MAX_NEW_TOKENS, batch_size=3) == answers
+
+
+def test_questions_over_several_loaded_videos_batch_in_any_order(runner, questions):
+    videos = [runner.load_video(question.video) for question in questions]
+    interleaved = [
+        VideoQuestion(videos[index % 2], question, question) for index, question in enumerate(THREE_QUESTIONS * 2)
+    ]
+    afresh = [
+        runner.answer([VideoQuestion(questions[index % 2].video, question, question)], MAX_NEW_TOKENS)[0]
+        for index, question in enumerate(THREE_QUESTIONS * 2)
+    ]
+    assert runner.answer(interleaved, MAX_NEW_TOKENS, batch_size=4) == afresh
+
+
+def test_a_loaded_video_needs_its_file_no_more(runner, tmp_path):
+    path = write_synthetic_video(tmp_path / "gone.mp4", num_frames=24)
+    video = runner.load_video(str(path))
+    before = runner.ask(video, THREE_QUESTIONS[:1], MAX_NEW_TOKENS)
+    path.unlink()
+    assert runner.ask(video, THREE_QUESTIONS[:1], MAX_NEW_TOKENS) == before
+
+
+def test_dropping_a_loaded_video_frees_its_frames_and_features(runner, questions):
+    video = runner.load_video(questions[0].video, keep_features="cpu")
+    runner.ask(video, THREE_QUESTIONS, MAX_NEW_TOKENS, batch_size=2)
+    frames, features = weakref.ref(video.video.siglip_frames), weakref.ref(video.frame_features)
+    del video
+    gc.collect()
+    assert frames() is None and features() is None
+
+
+def test_features_are_kept_where_they_fit():
+    cpu = torch.device("cpu")
+    assert feature_storage("auto", 2**20, cpu) == cpu
+    # more than any host's memory: encoded again for each question rather than kept
+    assert feature_storage("auto", 2**62, cpu) is None
+    assert feature_storage("cpu", 2**62, cpu) == cpu
+
+
+def test_keep_features_is_checked(runner, questions):
+    with pytest.raises(
+        ValueError, match=r"`keep_features` must be one of \['auto', 'device', 'cpu', 'none'\], got 'gpu'"
+    ):
+        runner.load_video(questions[0].video, keep_features="gpu")
+
+
+def test_a_video_cache_spares_the_second_runner_the_decoding(questions, tmp_path, monkeypatch):
+    cache = VideoCache(tmp_path / "videos", max_bytes=2**30)
+    first = ViLaMPRunner(build_tiny_model(seed=2).eval(), build_tiny_processor(), video_cache=cache)
+    answers = first.answer(questions, MAX_NEW_TOKENS)
+    loaded = first.load_video(questions[1].video)
+    # a second runner on the same cache directory reads every file from it: decoding would fail
+    second = ViLaMPRunner(
+        first.model, build_tiny_processor(), video_cache=VideoCache(tmp_path / "videos", max_bytes=2**30)
+    )
+    monkeypatch.setattr(ViLaMPVideoProcessor, "load_video", lambda *args, **kwargs: pytest.fail("decoded again"))
+    assert second.answer(questions, MAX_NEW_TOKENS) == answers
+    again = second.load_video(questions[1].video)
+    assert torch.equal(again.video.siglip_frames, loaded.video.siglip_frames)
+    assert torch.equal(again.video.frame_embeds, loaded.video.frame_embeds)

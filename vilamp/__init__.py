@@ -10,7 +10,7 @@ from .modeling_vilamp import (
     ViLaMPMultiModalProjector,
     ViLaMPPreTrainedModel,
 )
-from .processing import KeyframeSelector, ViLaMPProcessor, ViLaMPVideoProcessor
+from .processing import KeyframeSelector, VideoCache, ViLaMPProcessor, ViLaMPVideoProcessor
 from .runner import VideoQuestion, ViLaMPRunner
 
 __version__ = "0.2.0"
@@ -33,6 +33,7 @@ __all__ = [
     "ViLaMPProcessor",
     "ViLaMPRunner",
     "ViLaMPVideoProcessor",
+    "VideoCache",
     "VideoQuestion",
     "__version__",
 ]

@@ -17,7 +17,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.generation.streamers import BaseStreamer
 
 from .modeling_vilamp import ViLaMPForConditionalGeneration
-from .processing import LoadedVideo, ViLaMPProcessor, resolve_device
+from .processing import LoadedVideo, VideoCache, ViLaMPProcessor, resolve_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CACHE_IMPLEMENTATIONS = ("dynamic", "static")
@@ -91,9 +91,9 @@ class EncodedVideo:
         video ([`LoadedVideo`]): the sampled frames for SigLIP and the keyframe selector's CLIP embeddings.
         frame_features (`torch.Tensor` of shape `(num_frames, num_patches, hidden_size)`, *optional*): every frame's
             projected patches, on the model's device or the host; `None` when they were not kept.
-        seconds (`dict[str, float]`): the one-time costs: `decoding` (decoding, sampling and resizing),
-            `keyframe_embedding` (CLIP on the frames) and `vision_encoding` (SigLIP and the projector; 0 when the
-            features were not kept).
+        seconds (`dict[str, float]`): the one-time costs: `decoding` (decoding, sampling and resizing, or reading the
+            frames from the `VideoCache`), `keyframe_embedding` (CLIP on the frames) and `vision_encoding` (SigLIP and
+            the projector; 0 when the features were not kept).
     """
 
     video: LoadedVideo
@@ -103,6 +103,13 @@ class EncodedVideo:
     @property
     def num_frames(self) -> int:
         return len(self.video.siglip_frames)
+
+
+def frame_feature_bytes(model: ViLaMPForConditionalGeneration) -> int:
+    """The bytes of one frame's projected patches: `num_patches * hidden_size` values in the model's dtype."""
+    vision_config = model.config.vision_config
+    num_patches = (vision_config.image_size // vision_config.patch_size) ** 2
+    return num_patches * model.config.text_config.hidden_size * model.dtype.itemsize
 
 
 def host_available_bytes() -> int:
@@ -156,15 +163,24 @@ class VideoQuestion:
 
 
 def process_questions(
-    processor: ViLaMPProcessor, questions: list[VideoQuestion], device: str | torch.device
+    processor: ViLaMPProcessor,
+    questions: list[VideoQuestion],
+    device: str | torch.device,
+    video_cache: VideoCache | None = None,
 ) -> BatchFeature:
-    """The model inputs of a batch of questions: one processor call, its keyframe selector run on `device`."""
+    """The model inputs of a batch of questions: one processor call, its keyframe selector run on `device`; video
+    files are read through `video_cache` when one is given."""
+    videos = [
+        question.video.video if isinstance(question.video, EncodedVideo) else question.video for question in questions
+    ]
+    if video_cache is not None:
+        videos = [
+            processor.load_video(video, cache=video_cache) if isinstance(video, (str, os.PathLike)) else video
+            for video in videos
+        ]
     return processor(
         text=[question.prompt for question in questions],
-        videos=[
-            question.video.video if isinstance(question.video, EncodedVideo) else question.video
-            for question in questions
-        ],
+        videos=videos,
         query=[question.query for question in questions],
         device=device,
         return_tensors="pt",
@@ -180,6 +196,8 @@ class ViLaMPRunner:
         processor ([`ViLaMPProcessor`]): its processor; the only road from a video to the model's inputs.
         cache_implementation (`str`, *optional*, defaults to `"dynamic"`): `generate`'s key/value cache; `"static"`
             compiles the decoding step on a GPU.
+        video_cache ([`VideoCache`], *optional*): video files are read through it, so a file loaded once, by this
+            process or another, is not decoded again.
     """
 
     def __init__(
@@ -188,14 +206,18 @@ class ViLaMPRunner:
         processor: ViLaMPProcessor,
         *,
         cache_implementation: str = "dynamic",
+        video_cache: VideoCache | None = None,
     ):
         if cache_implementation not in CACHE_IMPLEMENTATIONS:
             raise ValueError(
                 f"`cache_implementation` must be one of {list(CACHE_IMPLEMENTATIONS)}, got {cache_implementation!r}."
             )
+        if video_cache is not None and not isinstance(video_cache, VideoCache):
+            raise TypeError(f"`video_cache` must be a `VideoCache` or None, got {type(video_cache).__name__}.")
         self.model = model
         self.processor = processor
         self.cache_implementation = cache_implementation
+        self.video_cache = video_cache
 
     @classmethod
     def from_pretrained(
@@ -206,18 +228,20 @@ class ViLaMPRunner:
         dtype: str | torch.dtype = "auto",
         attn_implementation: str | None = None,
         cache_implementation: str = "dynamic",
+        video_cache: VideoCache | None = None,
         **video_settings,
     ) -> "ViLaMPRunner":
         """
         Loads a converted ViLaMP: the model on `device` in `dtype` ([`load_model`]) and the processor with its keyframe
-        selector on `device` ([`load_processor`], `video_settings` overriding the saved ones when not None).
+        selector on `device` ([`load_processor`], `video_settings` overriding the saved ones when not None); the
+        other arguments are the runner's.
         """
         device = resolve_device(device)
         processor = load_processor(pretrained_model_name_or_path, device=device, **video_settings)
         model = load_model(
             pretrained_model_name_or_path, device=device, dtype=dtype, attn_implementation=attn_implementation
         )
-        return cls(model, processor, cache_implementation=cache_implementation)
+        return cls(model, processor, cache_implementation=cache_implementation, video_cache=video_cache)
 
     @property
     def device(self) -> torch.device:
@@ -251,7 +275,7 @@ class ViLaMPRunner:
         if keep_features not in KEEP_FEATURES:
             raise ValueError(f"`keep_features` must be one of {list(KEEP_FEATURES)}, got {keep_features!r}.")
         start = time.perf_counter()
-        loaded = self.processor.load_video(video, progress=progress, **video_settings)
+        loaded = self.processor.load_video(video, cache=self.video_cache, progress=progress, **video_settings)
         decoding_seconds = time.perf_counter() - start
         encoded = self.encode_video(loaded, keep_features=keep_features)
         encoded.seconds = {"decoding": decoding_seconds, **encoded.seconds}
@@ -278,7 +302,7 @@ class ViLaMPRunner:
         """The projected patches of a video's frames, kept where `keep_features` says (see `load_video`), or None."""
         if keep_features == "none":
             return None
-        feature_bytes = len(siglip_frames) * self.model.frame_feature_bytes
+        feature_bytes = len(siglip_frames) * frame_feature_bytes(self.model)
         storage = feature_storage(keep_features, feature_bytes, self.device)
         if storage is None:
             return None
@@ -311,7 +335,7 @@ class ViLaMPRunner:
         """The model inputs of each batch of questions, in order, one processor call per batch as it is asked for;
         the projected patches of each video loaded with them ride along as `video_frame_features`."""
         for batch in batches:
-            inputs = process_questions(self.processor, batch, self.device)
+            inputs = process_questions(self.processor, batch, self.device, self.video_cache)
             frame_features = [getattr(question.video, "frame_features", None) for question in batch]
             if all(features is not None for features in frame_features):
                 inputs["video_frame_features"] = frame_features

@@ -1,4 +1,5 @@
-"""Frame-parallel video encoding over gloo processes on the CPU gives the tokens, logits and ids of one process."""
+"""Frame-parallel video encoding over gloo processes on the CPU gives the tokens, logits and ids of one process, from
+pixels and from frame features (each rank gathers only its span of them)."""
 
 import os
 
@@ -35,12 +36,21 @@ VIDEO_INPUT_NAMES = ("pixel_values_videos", "keyframe_mask", "query_embeds", "vi
 
 
 def encoding_results(model, inputs_by_case, rule) -> dict:
-    """The video tokens and logits of every case, and the greedy ids of `GENERATE_CASE`, keyed by (rule, case, what)."""
+    """The video tokens and logits of every case, from pixels and from each video's frame features, and the greedy ids
+    of `GENERATE_CASE`, keyed by (rule, case, what)."""
     results = {}
     for name, inputs in inputs_by_case.items():
         video_inputs = {key: inputs[key] for key in VIDEO_INPUT_NAMES}
+        frame_features = [
+            model.get_video_frame_features(pixels)
+            for pixels in inputs["pixel_values_videos"].split(inputs["video_frame_counts"].tolist())
+        ]
+        feature_inputs = {**video_inputs, "pixel_values_videos": None, "video_frame_features": frame_features}
         with torch.no_grad():
             results[rule, name, "video_tokens"] = torch.cat(model.get_video_features(**video_inputs).pooler_output)
+            results[rule, name, "video_tokens_from_features"] = torch.cat(
+                model.get_video_features(**feature_inputs).pooler_output
+            )
             results[rule, name, "logits"] = model(**inputs).logits
         if name == GENERATE_CASE:
             results[rule, name, "generated_ids"] = model.generate(**inputs, max_new_tokens=4, do_sample=False)

@@ -16,6 +16,7 @@ from vilamp.processing import (
     num_video_tokens,
     resolve_device,
 )
+from vilamp.testing import write_video
 
 VIDEO_TOKEN_ID = 508
 QWEN_1_5_PROMPT = (
@@ -162,6 +163,48 @@ def test_batch_of_two_videos_equals_each_alone(processor, make_video_file):
     )
     for row, item in enumerate(alone):
         assert batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist() == item["input_ids"][0].tolist()
+
+
+def test_a_video_loaded_once_answers_a_batch_of_questions_as_the_file_does(processor, make_video_file):
+    video = str(make_video_file(num_frames=48))
+    questions = ["<video>\nWhat moves?", "<video>\nHow bright?", "<video>\nWhere is the bar?"]
+    from_file = processor(text=questions, videos=[video] * 3)
+    loaded = processor.load_video(video)
+    embedded = processor.embed_frames(loaded)
+    assert embedded.clip_frames is None and embedded.frame_embeds.shape == (len(loaded.siglip_frames), 16)
+    # a video loaded with the same settings decodes to the same frames, whether its CLIP frames are embedded yet or not
+    for video_input in (loaded, embedded):
+        inputs = processor(text=questions, videos=[video_input] * 3)
+        for name in processor.model_input_names:
+            torch.testing.assert_close(inputs[name], from_file[name], rtol=0, atol=0)
+    assert processor.embed_frames(embedded) is embedded
+
+
+def test_frame_settings_with_a_loaded_video_are_an_error_and_keyframe_settings_apply(processor, make_video_file):
+    loaded = processor.load_video(str(make_video_file(num_frames=48)))
+    with pytest.raises(
+        ValueError, match=r"`videos\[0\]`: it is a `LoadedVideo`.*\['fps', 'max_frames'\].*`load_video`"
+    ):
+        processor(text="<video>\nWhat moves?", videos=loaded, fps=2, max_frames=3)
+    inputs = processor(text="<video>\nWhat moves?", videos=loaded, num_keyframes=1)
+    assert int(inputs["keyframe_mask"].sum()) == 1
+
+
+def test_a_loaded_video_without_clip_frames_or_embeddings_is_an_error(processor, make_video_file):
+    frames_only = processor.video_processor.load_video(str(make_video_file(num_frames=16)))
+    with pytest.raises(ValueError, match="neither CLIP frames nor `frame_embeds`.*`ViLaMPProcessor.load_video`"):
+        processor(text="<video>\nWhat moves?", videos=frames_only)
+    with pytest.raises(ValueError, match="no CLIP frames to embed"):
+        processor.embed_frames(frames_only)
+
+
+def test_a_webm_file_whose_header_counts_no_frames_gets_its_duration_from_the_frames(processor, tmp_path):
+    rng = np.random.default_rng(0)
+    frames = (rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(24))
+    path = write_video(tmp_path / "clip.webm", frames, fps=8, codec="libvpx-vp9")
+    metadata = processor.load_video(str(path)).metadata
+    assert (metadata.total_num_frames, metadata.fps, metadata.duration) == (24, 8.0, 3.0)
+    assert metadata.frames_indices == [0, 8, 16]
 
 
 def test_save_and_load_round_trip_gives_same_outputs(processor, make_video_file, tmp_path):

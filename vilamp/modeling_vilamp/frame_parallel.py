@@ -23,7 +23,7 @@ def frame_span_bounds(num_frames: int, world_size: int) -> list[int]:
 
 def encode_frames_across_ranks(
     model,
-    pixel_values_videos: torch.Tensor,
+    video_frames,
     keyframe_mask: torch.Tensor,
     layout,
     projected_query: torch.Tensor,
@@ -36,8 +36,8 @@ def encode_frames_across_ranks(
 
     Args:
         model (`ViLaMPModel`): the same model on every rank.
-        pixel_values_videos (`torch.ByteTensor` of shape `(num_frames, 3, image_size, image_size)`): every frame of the
-            batch, the same on every rank; a rank moves only the frames it encodes to its device.
+        video_frames (`VideoFrames`): every frame of the batch as pixels or projected patches, the same on every rank;
+            a rank moves only the frames it encodes to its device.
         keyframe_mask (`torch.BoolTensor` of shape `(num_frames,)`): which frames are keyframes, on the CPU.
         layout (`VideoTokenLayout`): the batch's token layout, from `plan_video_tokens`.
         projected_query (`torch.Tensor` of shape `(num_videos, hidden_size)`): each video's projected query.
@@ -60,9 +60,9 @@ def encode_frames_across_ranks(
     start, end = span_bounds[rank], span_bounds[rank + 1]
 
     # A non-keyframe whose reference frame lies in an earlier rank's span needs that frame's patches. This rank encodes
-    # those frames again rather than receiving them: the ranks then never wait on each other before the final gather,
-    # and there are few such frames (under either rule they are keyframes or early frames of the video, at most
-    # `num_keyframes` per video), against thousands of frames per span for a long video.
+    # those frames again (or gathers their given features) rather than receiving them: the ranks then never wait on
+    # each other before the final gather, and there are few such frames (under either rule they are keyframes or early
+    # frames of the video, at most `num_keyframes` per video), against thousands of frames per span for a long video.
     earlier_references = sorted(
         {
             layout.reference_frames[frame]
@@ -74,10 +74,8 @@ def encode_frames_across_ranks(
     chunk_size = model.get_vision_chunk_size(max(len(earlier_references), 1))
     for chunk_start in range(0, len(earlier_references), chunk_size):
         chunk_frames = earlier_references[chunk_start : chunk_start + chunk_size]
-        kept_features.update(zip(chunk_frames, model.get_frame_features(pixel_values_videos[chunk_frames])))
-    span_tokens = model.encode_frames(
-        pixel_values_videos, keyframe_mask, layout, projected_query, start, end, kept_features
-    )
+        kept_features.update(zip(chunk_frames, model.get_frame_features_at(video_frames, chunk_frames)))
+    span_tokens = model.encode_frames(video_frames, keyframe_mask, layout, projected_query, start, end, kept_features)
 
     # every rank knows every span's token count from the layout, so no sizes need exchanging before the gather;
     # the collective takes tensors of one size, so each span is padded to the longest

@@ -1,5 +1,6 @@
 """ViLaMP: SigLIP frames, keyframes pooled to a grid, non-keyframes merged by the DFM, and a Qwen2 language model."""
 
+import bisect
 import functools
 import itertools
 import json
@@ -27,7 +28,13 @@ from .frame_parallel import encode_frames_across_ranks, resolve_process_group
 logger = logging.get_logger(__name__)
 
 # Inputs that only the prefill step reads; `prepare_inputs_for_generation` drops them once the cache holds the video.
-VIDEO_INPUT_NAMES = ("pixel_values_videos", "keyframe_mask", "query_embeds", "video_frame_counts")
+VIDEO_INPUT_NAMES = (
+    "pixel_values_videos",
+    "video_frame_features",
+    "keyframe_mask",
+    "query_embeds",
+    "video_frame_counts",
+)
 
 # SigLIP normalisation: the processor hands over uint8 frames, normalised here on the device, chunk by chunk.
 SIGLIP_PIXEL_MEAN = 0.5
@@ -74,6 +81,45 @@ class VideoTokenLayout:
     reference_frames: list[int]  # global index of each frame's reference frame, -1 where there is none
     last_reference_use: list[int]  # last non-keyframe that uses each frame as its reference, -1 where none does
     frame_video_indices: torch.Tensor  # (num_frames,) which video each frame belongs to
+
+
+@dataclass
+class VideoFrames:
+    """
+    The frames of a batch of videos, concatenated in order, as the vision stage reads them: uint8 `pixel_values` that
+    the vision tower and the projector encode, or `frame_features`, each video's projected patches computed earlier by
+    [`ViLaMPModel.get_video_frame_features`]. Exactly one is set.
+    """
+
+    pixel_values: torch.Tensor | None = None  # (num_frames, 3, image_size, image_size), uint8
+    frame_features: list[torch.Tensor] | None = None  # one (video_num_frames, num_patches, hidden_size) per video
+
+    def gather_features(self, frames: slice | list[int], device: torch.device) -> torch.Tensor:
+        """The given projected patches of `frames` (indices over the batch's frames) on `device`: a view of the stored
+        features where they lie in one video on that device, else a copy of these frames only."""
+        video_starts = list(itertools.accumulate((features.shape[0] for features in self.frame_features), initial=0))
+        frame_indices = range(video_starts[-1])[frames] if isinstance(frames, slice) else frames
+        # runs of consecutive frames of one video, as [video, first frame, one past the last frame] within that video
+        runs = []
+        for frame in frame_indices:
+            video = bisect.bisect_right(video_starts, frame) - 1
+            local_frame = frame - video_starts[video]
+            if runs and runs[-1][0] == video and runs[-1][2] == local_frame:
+                runs[-1][2] += 1
+            else:
+                runs.append([video, local_frame, local_frame + 1])
+        pieces = [self.frame_features[video][first:end].to(device) for video, first, end in runs]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def frame_features_by_video(
+    video_frame_features: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...], frame_counts: list[int]
+) -> list[torch.Tensor]:
+    """`video_frame_features` as one tensor per video: views of one tensor split by `frame_counts`, or the given
+    per-video tensors themselves (never copies)."""
+    if isinstance(video_frame_features, torch.Tensor):
+        return list(video_frame_features.split(frame_counts))
+    return list(video_frame_features)
 
 
 def plan_video_tokens(
@@ -369,6 +415,62 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         """
         return self.multi_modal_projector(self.get_vision_features(pixel_values))
 
+    def get_frame_features_at(self, video_frames: VideoFrames, frames: slice | list[int]) -> torch.Tensor:
+        """The projected patches `(num_selected_frames, num_patches, hidden_size)` of some frames of a batch, on the
+        projector's device: encoded from their pixels, or gathered from the given features (only these frames)."""
+        if video_frames.pixel_values is not None:
+            return self.get_frame_features(video_frames.pixel_values[frames])
+        return video_frames.gather_features(frames, self.multi_modal_projector.linear_2.weight.device)
+
+    @torch.no_grad()
+    def get_video_frame_features(
+        self, pixel_values_videos: torch.Tensor, *, storage_device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """
+        Computes the projected patches of every frame of one video: the part of the video encoding that does not
+        depend on the question. Pass them as `video_frame_features` to [`forward`], [`get_video_features`] or
+        `generate` to answer any number of questions about the video without encoding its frames again; only keyframe
+        pooling, the DFM and the language model then run for each question.
+
+        The frames go through the vision tower and the projector in the chunks that [`get_video_features`] uses for
+        this video alone (`get_vision_chunk_size(num_frames)`), so that an answer from the features is bit-identical to
+        one from the pixels. Each chunk moves to `storage_device` as soon as it is computed: the vision stage's device
+        holds one chunk's activations beyond what is stored on it. Each frame takes `num_patches * hidden_size *
+        element_size` bytes: 729 * 3584 * 2 = 5.0 MiB for the released 7B in bfloat16, 3.0 GiB for 600 frames. The
+        features are computed without gradient (they are constants to a later forward) and freed with the tensor.
+
+        Args:
+            pixel_values_videos (`torch.ByteTensor` of shape `(num_frames, 3, image_size, image_size)`):
+                The sampled frames of one video, as uint8 from the processor. They may stay on the CPU: each chunk is
+                moved to the vision tower's device when it is encoded.
+            storage_device (`torch.device` or `str`, *optional*):
+                Where the features are kept; defaults to the projector's device. `"cpu"` keeps them in host memory,
+                and each chunk of them moves to the projector's device when a question uses it.
+
+        Returns:
+            `torch.Tensor` of shape `(num_frames, num_patches, hidden_size)`, in the projector's dtype, on
+            `storage_device`: every frame's projected patches (golden key `projected_features`).
+        """
+        num_frames = self._check_pixel_values(pixel_values_videos)
+        if num_frames == 0:
+            raise ValueError(
+                "`pixel_values_videos` holds no frame; pass the frames of one video as the processor returns them."
+            )
+        projector_weight = self.multi_modal_projector.linear_2.weight
+        num_patches = (self.config.vision_config.image_size // self.config.vision_config.patch_size) ** 2
+        frame_features = torch.empty(
+            num_frames,
+            num_patches,
+            self.config.text_config.hidden_size,
+            dtype=projector_weight.dtype,
+            device=projector_weight.device if storage_device is None else storage_device,
+        )
+        chunk_size = self.get_vision_chunk_size(num_frames)
+        for chunk_start in range(0, num_frames, chunk_size):
+            chunk = slice(chunk_start, chunk_start + chunk_size)
+            frame_features[chunk] = self.get_frame_features(pixel_values_videos[chunk])
+        return frame_features
+
     def pool_keyframes(self, frame_features: torch.Tensor) -> torch.Tensor:
         """
         Bilinearly resizes each keyframe's patch grid to `keyframe_pooled_size` x `keyframe_pooled_size`.
@@ -456,20 +558,22 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
     @can_return_tuple
     def get_video_features(
         self,
-        pixel_values_videos: torch.Tensor,
-        keyframe_mask: torch.Tensor,
-        query_embeds: torch.Tensor,
+        pixel_values_videos: torch.Tensor | None = None,
+        keyframe_mask: torch.Tensor | None = None,
+        query_embeds: torch.Tensor | None = None,
         video_frame_counts: torch.Tensor | None = None,
+        video_frame_features: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...] | None = None,
     ) -> BaseModelOutputWithPooling:
         """
         Encodes a batch of videos into their tokens, streaming the frames through SigLIP, the projector, keyframe
         pooling and the DFM in temporal chunks, so that memory holds only one chunk's patches, the reference frames
-        still needed, and the output tokens.
+        still needed, and the output tokens. Given `video_frame_features` instead of pixels, each chunk's projected
+        patches are gathered from them and only keyframe pooling and the DFM run.
         After [`enable_frame_parallel`], each rank of the group encodes a contiguous span of the frames and every rank
         returns the tokens of all of them.
 
         Args:
-            pixel_values_videos (`torch.ByteTensor` of shape `(num_frames, 3, image_size, image_size)`):
+            pixel_values_videos (`torch.ByteTensor` of shape `(num_frames, 3, image_size, image_size)`, *optional*):
                 Every sampled frame of every video, concatenated in order, as uint8. They may stay on the CPU: each
                 chunk is moved to the vision tower's device when it is encoded.
             keyframe_mask (`torch.BoolTensor` of shape `(num_frames,)`):
@@ -477,7 +581,13 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
             query_embeds (`torch.Tensor` of shape `(num_videos, query_embed_dim)`):
                 The CLIP text embedding of each video's query (the DFM's query).
             video_frame_counts (`torch.LongTensor` of shape `(num_videos,)`, *optional*):
-                Frames of each video; may be omitted for a single video.
+                Frames of each video; may be omitted for a single video or a list of `video_frame_features`.
+            video_frame_features (`torch.Tensor` of shape `(num_frames, num_patches, hidden_size)`, or a `list` of
+                one such tensor per video, *optional*):
+                The projected patches of every frame from [`get_video_frame_features`], instead of
+                `pixel_values_videos` (exactly one of the two). A list may hold the same tensor several times, for
+                several questions about one video: nothing is copied but one chunk at a time, moved to the
+                projector's device when it is used, so the features may be kept in host memory.
 
         Returns:
             `BaseModelOutputWithPooling` whose `pooler_output` holds, as other transformers VLMs return their video
@@ -486,7 +596,15 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
             they are the golden key `video_tokens`. `last_hidden_state` is `None`: the SigLIP features are streamed
             chunk by chunk and never kept.
         """
-        frame_counts = self._check_video_inputs(pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts)
+        frame_counts = self._check_video_inputs(
+            pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts, video_frame_features
+        )
+        video_frames = VideoFrames(
+            pixel_values=pixel_values_videos,
+            frame_features=None
+            if video_frame_features is None
+            else frame_features_by_video(video_frame_features, frame_counts),
+        )
         keyframe_mask = keyframe_mask.bool().cpu()
         num_frames = keyframe_mask.shape[0]
         layout = plan_video_tokens(
@@ -496,18 +614,16 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         # the chunks are assembled on the projector's device, wherever a device map put the DFM
         projected_query = self.feature_merger.project_query(query_embeds.to(device)).to(device)
         if self.frame_parallel_group is None:
-            video_tokens = self.encode_frames(
-                pixel_values_videos, keyframe_mask, layout, projected_query, 0, num_frames
-            )
+            video_tokens = self.encode_frames(video_frames, keyframe_mask, layout, projected_query, 0, num_frames)
         else:
             video_tokens = encode_frames_across_ranks(
-                self, pixel_values_videos, keyframe_mask, layout, projected_query, self.frame_parallel_group
+                self, video_frames, keyframe_mask, layout, projected_query, self.frame_parallel_group
             )
         return BaseModelOutputWithPooling(pooler_output=video_tokens.split(layout.video_token_counts))
 
     def encode_frames(
         self,
-        pixel_values_videos: torch.Tensor,
+        video_frames: VideoFrames,
         keyframe_mask: torch.Tensor,
         layout: VideoTokenLayout,
         projected_query: torch.Tensor,
@@ -520,7 +636,7 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         [`get_video_features`] runs over all frames and each rank of a frame-parallel group over its span.
 
         Args:
-            pixel_values_videos (`torch.ByteTensor` of shape `(num_frames, 3, image_size, image_size)`): every frame.
+            video_frames (`VideoFrames`): every frame of the batch, as pixels or projected patches.
             keyframe_mask (`torch.BoolTensor` of shape `(num_frames,)`): which frames are keyframes, on the CPU.
             layout (`VideoTokenLayout`): the batch's token layout, from `plan_video_tokens`.
             projected_query (`torch.Tensor` of shape `(num_videos, hidden_size)`): each video's projected query.
@@ -568,7 +684,7 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
                 layout.frame_video_indices[chunk_start:chunk_end][~chunk_keyframes].to(device)
             ]
             encode_chunk_args = (
-                pixel_values_videos[chunk_start:chunk_end],
+                video_frames,
                 chunk_start,
                 chunk_keyframes,
                 references,
@@ -577,8 +693,8 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
             )
             earlier_features = [kept_features[frame] for frame in earlier_references]
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                # non-reentrant: the chunk's only tensor input is uint8 frames, and the reentrant variant would then
-                # pass no gradient to the projector and the DFM
+                # non-reentrant: the chunk reads uint8 frames or constant features, and the reentrant variant would
+                # then pass no gradient to the projector and the DFM
                 keyframe_tokens, non_keyframe_tokens, *new_kept = checkpoint(
                     self.encode_chunk,
                     *encode_chunk_args,
@@ -604,7 +720,7 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
 
     def encode_chunk(
         self,
-        pixel_values: torch.Tensor,
+        video_frames: VideoFrames,
         start: int,
         chunk_keyframes: torch.Tensor,
         references: list[int],
@@ -613,10 +729,11 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         earlier_features: dict[int, torch.Tensor],
     ) -> tuple[torch.Tensor, ...]:
         """
-        Encodes one temporal chunk of frames into its tokens: SigLIP, projector, keyframe pooling and the DFM.
+        Encodes one temporal chunk of frames into its tokens: SigLIP and projector (or the given projected patches),
+        keyframe pooling and the DFM.
 
         Args:
-            pixel_values (`torch.ByteTensor` of shape `(chunk_size, 3, image_size, image_size)`): the chunk's frames.
+            video_frames (`VideoFrames`): every frame of the batch, as pixels or projected patches.
             start (`int`): the global index of the chunk's first frame.
             chunk_keyframes (`torch.BoolTensor` of shape `(chunk_size,)`): which of them are keyframes.
             references (`list[int]`): each frame's global reference frame, -1 for keyframes and frames without one.
@@ -630,7 +747,7 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
             keyframes), the non-keyframe tokens `(num_non_keyframes, hidden_size)` (None without non-keyframes), then
             a copy of the patches of each frame of `frames_to_keep`, so that the chunk's other patches are freed.
         """
-        frame_features = self.get_frame_features(pixel_values)
+        frame_features = self.get_frame_features_at(video_frames, slice(start, start + chunk_keyframes.shape[0]))
         keyframe_tokens = non_keyframe_tokens = None
         if chunk_keyframes.any():
             keyframe_tokens = self.pool_keyframes(frame_features[chunk_keyframes])
@@ -647,18 +764,8 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         kept_features = (frame_features[frame - start].clone() for frame in frames_to_keep)
         return keyframe_tokens, non_keyframe_tokens, *kept_features
 
-    def _check_video_inputs(
-        self,
-        pixel_values_videos: torch.Tensor,
-        keyframe_mask: torch.Tensor | None,
-        query_embeds: torch.Tensor | None,
-        video_frame_counts: torch.Tensor | None,
-    ) -> list[int]:
-        """Validates the video inputs against each other and returns the frame count of each video."""
-        if keyframe_mask is None or query_embeds is None:
-            raise ValueError(
-                "`pixel_values_videos` needs `keyframe_mask` and `query_embeds` too; pass everything the processor returns."
-            )
+    def _check_pixel_values(self, pixel_values_videos: torch.Tensor) -> int:
+        """Validates the shape of `pixel_values_videos` and returns its number of frames."""
         if pixel_values_videos.ndim != 4:
             raise ValueError(
                 "`pixel_values_videos` must have shape (num_frames, 3, height, width), frames of all videos "
@@ -671,9 +778,79 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
                 f"`pixel_values_videos` frames are {height}x{width} but the vision tower takes {image_size}x{image_size} "
                 "(`config.vision_config.image_size`); use the processor saved with the model."
             )
+        return num_frames
+
+    def _check_frame_features(
+        self, video_frame_features: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]
+    ) -> list[int]:
+        """Validates `video_frame_features` against the model and returns the frames of each of its tensors."""
+        if isinstance(video_frame_features, torch.Tensor):
+            entries = {"`video_frame_features`": video_frame_features}
+        elif isinstance(video_frame_features, (list, tuple)) and all(
+            isinstance(features, torch.Tensor) for features in video_frame_features
+        ):
+            entries = {
+                f"`video_frame_features[{index}]`": features for index, features in enumerate(video_frame_features)
+            }
+        else:
+            raise TypeError(
+                "`video_frame_features` must be a tensor of shape (num_frames, num_patches, hidden_size) or a list of "
+                f"one such tensor per video, as `get_video_frame_features` returns; got {type(video_frame_features)}."
+            )
+        vision_config = self.config.vision_config
+        num_patches = (vision_config.image_size // vision_config.patch_size) ** 2
+        hidden_size = self.config.text_config.hidden_size
+        dtype = self.multi_modal_projector.linear_2.weight.dtype
+        fix = "compute them with this model's `get_video_frame_features`"
+        for name, features in entries.items():
+            if features.ndim != 3:
+                raise ValueError(
+                    f"{name} must have shape (num_frames, num_patches, hidden_size), got {tuple(features.shape)}; {fix}."
+                )
+            if features.shape[2] != hidden_size:
+                raise ValueError(
+                    f"{name} has hidden size {features.shape[2]} but the model's is {hidden_size} "
+                    f"(`config.text_config.hidden_size`); {fix}."
+                )
+            if features.shape[1] != num_patches:
+                raise ValueError(
+                    f"{name} has {features.shape[1]} patches per frame but the vision tower makes {num_patches} "
+                    f"((`image_size` // `patch_size`)**2 of `config.vision_config`); {fix}."
+                )
+            if features.dtype != dtype:
+                raise TypeError(
+                    f"{name} is {features.dtype} but the model computes in {dtype}; {fix} in its current dtype."
+                )
+        return [features.shape[0] for features in entries.values()]
+
+    def _check_video_inputs(
+        self,
+        pixel_values_videos: torch.Tensor | None,
+        keyframe_mask: torch.Tensor | None,
+        query_embeds: torch.Tensor | None,
+        video_frame_counts: torch.Tensor | None,
+        video_frame_features: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...] | None = None,
+    ) -> list[int]:
+        """Validates the video inputs against each other and the model, and returns the frame count of each video."""
+        if (pixel_values_videos is None) == (video_frame_features is None):
+            raise ValueError(
+                "Pass exactly one of `pixel_values_videos` (the processor's uint8 frames) and `video_frame_features` "
+                f"(projected patches from `get_video_frame_features`); got "
+                f"{'neither' if pixel_values_videos is None else 'both'}."
+            )
+        frames_name = "`pixel_values_videos`" if video_frame_features is None else "`video_frame_features`"
+        if keyframe_mask is None or query_embeds is None:
+            raise ValueError(
+                f"{frames_name} needs `keyframe_mask` and `query_embeds` too; pass everything the processor returns."
+            )
+        if video_frame_features is None:
+            num_frames = self._check_pixel_values(pixel_values_videos)
+        else:
+            entry_frame_counts = self._check_frame_features(video_frame_features)
+            num_frames = sum(entry_frame_counts)
         if keyframe_mask.shape != (num_frames,):
             raise ValueError(
-                f"`keyframe_mask` has shape {tuple(keyframe_mask.shape)} but `pixel_values_videos` has {num_frames} "
+                f"`keyframe_mask` has shape {tuple(keyframe_mask.shape)} but {frames_name} has {num_frames} "
                 "frames; pass one mask entry per sampled frame."
             )
         if query_embeds.ndim != 2 or query_embeds.shape[1] != self.config.query_embed_dim:
@@ -682,17 +859,33 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
                 f"(`config.query_embed_dim`), got {tuple(query_embeds.shape)}."
             )
         num_videos = query_embeds.shape[0]
-        if video_frame_counts is None:
-            if num_videos != 1:
+        if isinstance(video_frame_features, (list, tuple)):
+            # a list holds one entry per video, which gives that video's frames
+            if len(entry_frame_counts) != num_videos:
                 raise ValueError(
-                    f"`video_frame_counts` is needed to split the frames of {num_videos} videos; pass the processor's."
+                    f"`video_frame_features` holds {len(entry_frame_counts)} videos but `query_embeds` has "
+                    f"{num_videos}; pass one entry per video of the batch (the same tensor again for another question "
+                    "about a video)."
                 )
-            return [num_frames]
-        frame_counts = video_frame_counts.flatten().tolist()
+            if video_frame_counts is not None and video_frame_counts.flatten().tolist() != entry_frame_counts:
+                raise ValueError(
+                    f"`video_frame_counts` {video_frame_counts.flatten().tolist()} differs from the frames of the "
+                    f"entries of `video_frame_features` {entry_frame_counts}; pass these videos' frame counts, or omit "
+                    "`video_frame_counts`."
+                )
+            frame_counts = entry_frame_counts
+        elif video_frame_counts is not None:
+            frame_counts = video_frame_counts.flatten().tolist()
+        elif num_videos == 1:
+            frame_counts = [num_frames]
+        else:
+            raise ValueError(
+                f"`video_frame_counts` is needed to split the frames of {num_videos} videos; pass the processor's."
+            )
         if len(frame_counts) != num_videos or sum(frame_counts) != num_frames or min(frame_counts) < 1:
             raise ValueError(
                 f"`video_frame_counts` {frame_counts} must give at least one frame to each of the {num_videos} videos "
-                f"of `query_embeds` and sum to the {num_frames} frames of `pixel_values_videos`."
+                f"of `query_embeds` and sum to the {num_frames} frames of {frames_name}."
             )
         return frame_counts
 
@@ -750,34 +943,41 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
             raise ValueError(
                 f"{'`input_ids`' if input_ids is not None else '`inputs_embeds`'} holds {num_placeholders} video "
                 f"placeholders (`config.video_token_id` = {self.config.video_token_id}) but no video was passed; pass "
-                "the video inputs the processor returned with the prompt (`pixel_values_videos`, `keyframe_mask`, "
-                "`query_embeds`, `video_frame_counts`), or drop the placeholders from a text-only prompt."
+                "the video inputs the processor returned with the prompt (`pixel_values_videos`, or "
+                "`video_frame_features` from `get_video_frame_features`, with `keyframe_mask`, `query_embeds` and "
+                "`video_frame_counts`), or drop the placeholders from a text-only prompt."
             )
 
     def repeat_videos_with_rows(
         self,
         placeholder_mask: torch.BoolTensor,
         expand_size: int,
-        pixel_values_videos: torch.Tensor,
-        keyframe_mask: torch.Tensor,
-        query_embeds: torch.Tensor,
+        pixel_values_videos: torch.Tensor | None = None,
+        keyframe_mask: torch.Tensor | None = None,
+        query_embeds: torch.Tensor | None = None,
         video_frame_counts: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
+        video_frame_features: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...] | None = None,
+    ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """
         Repeats the video inputs as `generate` repeats the batch rows for beams and `num_return_sequences`: each row
         becomes `expand_size` consecutive rows, so each video is repeated `expand_size` times with the row that holds it.
-        Videos fill the rows' placeholders in order, as the processor lays them out.
+        Videos fill the rows' placeholders in order, as the processor lays them out. Frame features are repeated as
+        a list that holds each video's tensor again, never copied.
 
         Args:
             placeholder_mask (`torch.BoolTensor` of shape `(batch_size, sequence_length)`): the `<video>` placeholders
                 of the rows before repetition.
             expand_size (`int`): copies of each row.
-            pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts: the video inputs, as for `forward`.
+            pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts, video_frame_features: the video
+                inputs, as for `forward`.
 
         Returns:
-            `dict` with the four video inputs of the repeated rows.
+            `dict` with the video inputs of the repeated rows: `pixel_values_videos` or `video_frame_features` (a list
+            of one tensor per video), `keyframe_mask`, `query_embeds` and `video_frame_counts`.
         """
-        frame_counts = self._check_video_inputs(pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts)
+        frame_counts = self._check_video_inputs(
+            pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts, video_frame_features
+        )
         layout = plan_video_tokens(
             keyframe_mask.bool().cpu(),
             frame_counts,
@@ -809,8 +1009,13 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         frame_indices = torch.cat(
             [torch.arange(frame_starts[video], frame_starts[video] + frame_counts[video]) for video in video_order]
         )
+        if video_frame_features is None:
+            frames = {"pixel_values_videos": pixel_values_videos[frame_indices.to(pixel_values_videos.device)]}
+        else:
+            features_by_video = frame_features_by_video(video_frame_features, frame_counts)
+            frames = {"video_frame_features": [features_by_video[video] for video in video_order]}
         return {
-            "pixel_values_videos": pixel_values_videos[frame_indices.to(pixel_values_videos.device)],
+            **frames,
             "keyframe_mask": keyframe_mask[frame_indices.to(keyframe_mask.device)],
             "query_embeds": query_embeds[torch.tensor(video_order, device=query_embeds.device)],
             "video_frame_counts": torch.tensor([frame_counts[video] for video in video_order], dtype=torch.long),
@@ -828,6 +1033,7 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        video_frame_features: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...] | None = None,
         **kwargs,
     ) -> ViLaMPModelOutputWithPast:
         r"""
@@ -842,6 +1048,11 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
                 The CLIP text embedding of each video's query.
             video_frame_counts (`torch.LongTensor` of shape `(num_videos,)`, *optional*):
                 Frames of each video.
+            video_frame_features (`torch.Tensor` of shape `(num_frames, num_patches, hidden_size)`, or a `list` of
+                one such tensor per video, *optional*):
+                Each video's projected patches from `get_video_frame_features`, instead of `pixel_values_videos`: a
+                loaded video answers a new question without encoding its frames again. A list may hold one tensor
+                several times, for several questions about one video; it is never copied.
             kwargs:
                 Passed to the language model, the key/value cache included under the name the installed transformers
                 gives it (`past_key_values`, or `cache` from 5.24).
@@ -852,9 +1063,9 @@ class ViLaMPModel(ViLaMPPreTrainedModel):
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
         video_features = None
-        if pixel_values_videos is not None:
+        if pixel_values_videos is not None or video_frame_features is not None:
             video_features = self.get_video_features(
-                pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts
+                pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts, video_frame_features
             ).pooler_output
             video_features = torch.cat(video_features).to(inputs_embeds.device, inputs_embeds.dtype)
             special_video_mask = self.get_placeholder_mask(
@@ -918,16 +1129,26 @@ class ViLaMPForConditionalGeneration(ViLaMPPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings: nn.Module):
         self.lm_head = new_embeddings
 
+    def get_video_frame_features(
+        self, pixel_values_videos: torch.Tensor, *, storage_device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """The projected patches `(num_frames, num_patches, hidden_size)` of one video's frames, kept on
+        `storage_device`, to answer any number of questions about it; see [`ViLaMPModel.get_video_frame_features`]."""
+        return self.model.get_video_frame_features(pixel_values_videos, storage_device=storage_device)
+
     @can_return_tuple
     def get_video_features(
         self,
-        pixel_values_videos: torch.Tensor,
-        keyframe_mask: torch.Tensor,
-        query_embeds: torch.Tensor,
+        pixel_values_videos: torch.Tensor | None = None,
+        keyframe_mask: torch.Tensor | None = None,
+        query_embeds: torch.Tensor | None = None,
         video_frame_counts: torch.Tensor | None = None,
+        video_frame_features: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...] | None = None,
     ) -> BaseModelOutputWithPooling:
         """The video tokens of each video of a batch, as `pooler_output`; see [`ViLaMPModel.get_video_features`]."""
-        return self.model.get_video_features(pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts)
+        return self.model.get_video_features(
+            pixel_values_videos, keyframe_mask, query_embeds, video_frame_counts, video_frame_features
+        )
 
     @can_return_tuple
     def forward(
@@ -943,6 +1164,7 @@ class ViLaMPForConditionalGeneration(ViLaMPPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        video_frame_features: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...] | None = None,
         **kwargs,
     ) -> ViLaMPCausalLMOutputWithPast:
         r"""
@@ -962,6 +1184,11 @@ class ViLaMPForConditionalGeneration(ViLaMPPreTrainedModel, GenerationMixin):
             logits_to_keep (`int` or `torch.Tensor`, *optional*, defaults to 0):
                 If an int, compute logits only for that many last positions (0 keeps all); if a tensor, the positions
                 to keep. Generation keeps only the last one.
+            video_frame_features (`torch.Tensor` of shape `(num_frames, num_patches, hidden_size)`, or a `list` of
+                one such tensor per video, *optional*):
+                Each video's projected patches from `get_video_frame_features`, instead of `pixel_values_videos`: a
+                loaded video answers a new question without encoding its frames again. A list may hold one tensor
+                several times, for several questions about one video; it is never copied.
             kwargs:
                 Passed to the language model, the key/value cache included under the name the installed transformers
                 gives it (`past_key_values`, or `cache` from 5.24).
@@ -987,6 +1214,7 @@ class ViLaMPForConditionalGeneration(ViLaMPPreTrainedModel, GenerationMixin):
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            video_frame_features=video_frame_features,
             **kwargs,
         )
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
@@ -1004,7 +1232,8 @@ class ViLaMPForConditionalGeneration(ViLaMPPreTrainedModel, GenerationMixin):
         # `generate` repeats every tensor along dim 0 for beams and `num_return_sequences`, but the frames and the
         # keyframe mask are frame-major: each video is repeated with the row that holds it instead
         video_inputs = {name: model_kwargs.pop(name) for name in VIDEO_INPUT_NAMES if name in model_kwargs}
-        if expand_size > 1 and video_inputs.get("pixel_values_videos") is not None:
+        has_video = any(video_inputs.get(name) is not None for name in ("pixel_values_videos", "video_frame_features"))
+        if expand_size > 1 and has_video:
             placeholder_mask = self.model.placeholder_mask(input_ids, model_kwargs.get("inputs_embeds"))
             video_inputs = self.model.repeat_videos_with_rows(placeholder_mask, expand_size, **video_inputs)
         input_ids, model_kwargs = super()._expand_inputs_for_generation(

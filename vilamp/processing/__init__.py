@@ -11,6 +11,7 @@ from .keyframe_selection import (
 )
 from .processing_vilamp import IGNORE_INDEX, ViLaMPProcessor, num_video_tokens
 from .training_data import ViLaMPDataCollator, read_video_qa_file, video_qa_conversation
+from .video_cache import VideoCache, VideoCacheWarning
 from .video_decoding import DecodedVideo, decode_video, sample_frame_indices
 from .video_processing_vilamp import LoadedVideo, ProgressCallback, ViLaMPVideoProcessor, clip_resize_and_crop
 
@@ -24,6 +25,8 @@ __all__ = [
     "ViLaMPDataCollator",
     "ViLaMPProcessor",
     "ViLaMPVideoProcessor",
+    "VideoCache",
+    "VideoCacheWarning",
     "clip_resize_and_crop",
     "decode_video",
     "fill_keyframe_slots",

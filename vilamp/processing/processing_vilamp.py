@@ -9,9 +9,10 @@ from transformers.processing_utils import MultiModalData, ProcessingKwargs, Proc
 from transformers.utils.chat_template_utils import _get_template_variables, render_jinja_template
 
 from .keyframe_selection import KeyframeSelection, KeyframeSelector, rank_keyframes, resolve_device
+from .video_cache import VideoCache
 from .video_processing_vilamp import (
+    FRAME_SETTINGS,
     LEGACY_VIDEO_SETTINGS,
-    SETTINGS_KEEPING_FRAMES,
     LoadedVideo,
     ProgressCallback,
     ViLaMPVideoProcessor,
@@ -257,16 +258,30 @@ class ViLaMPProcessor(ProcessorMixin):
             )
         return self.keyframe_selector
 
-    def load_video(self, video, *, progress: ProgressCallback | None = None, **videos_kwargs) -> LoadedVideo:
+    def load_video(
+        self, video, *, cache: VideoCache | None = None, progress: ProgressCallback | None = None, **videos_kwargs
+    ) -> LoadedVideo:
         """
         The first stage of `__call__`: the video processor's `load_video` (see it for `video`, `progress` and the
-        `videos_kwargs`), with CLIP frames of the keyframe selector's image size. Returns a [`LoadedVideo`].
+        `videos_kwargs`), with CLIP frames of the keyframe selector's image size. With a [`VideoCache`] as `cache`, a
+        video file's frames are read from it when stored with the same file and frame settings, else decoded and
+        stored. Returns a [`LoadedVideo`].
         """
         if videos_kwargs.get("do_resize") is False:
             raise ValueError(
                 "`do_resize=False` is not supported: SigLIP takes frames of one size; set `size` instead."
             )
+        if cache is not None and not isinstance(cache, VideoCache):
+            raise TypeError(f"`cache` must be a `VideoCache` or None, got {type(cache).__name__}.")
         keyframe_image_size = self._require_keyframe_selector().image_size
+        if cache is not None:
+            return cache.load_video(
+                self.video_processor,
+                video,
+                keyframe_image_size=keyframe_image_size,
+                progress=progress,
+                **videos_kwargs,
+            )
         return self.video_processor.load_video(
             video, keyframe_image_size=keyframe_image_size, progress=progress, **videos_kwargs
         )
@@ -277,7 +292,7 @@ class ViLaMPProcessor(ProcessorMixin):
         if not isinstance(video, LoadedVideo):
             return self.load_video(video, **videos_kwargs)
         frame_settings = sorted(
-            name for name, value in videos_kwargs.items() if name not in SETTINGS_KEEPING_FRAMES and value is not None
+            name for name, value in videos_kwargs.items() if name in FRAME_SETTINGS and value is not None
         )
         if frame_settings:
             raise ValueError(

@@ -28,16 +28,22 @@ from .video_decoding import DecodedVideo, decode_video, sample_frame_indices
 # Called with the number of frames a stage has just finished (1 per resized frame, one CLIP batch at a time), so a
 # progress bar's `update` (`tqdm.update`) can be passed as it is; decoding calls it from its worker threads.
 ProgressCallback = Callable[[int], None]
-# Video kwargs that leave a video's frames as they are: the keyframe selection's, and where and how files are decoded
-# (every decoder gives the same frames).
-SETTINGS_KEEPING_FRAMES = (
-    "num_keyframes",
-    "keyframe_relevance_threshold",
-    "keyframe_similarity_threshold",
-    "decode_device",
-    "num_decoders",
-    "device",
-    "return_tensors",
+# Video kwargs that change a video's frames (sampling, resizing, rescaling); the others (the keyframe selection's, and
+# where and how files are decoded: every decoder gives the same frames) leave them as they are. A loaded video was
+# loaded with these, and they key its entry in a `VideoCache`: a new setting that changes frames belongs here.
+FRAME_SETTINGS = (
+    "fps",
+    "max_frames",
+    "num_frames",
+    "do_sample_frames",
+    "size",
+    "resample",
+    "do_resize",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
 )
 # Standard `VideosKwargs` this video processor does not implement; passing one is an error, never a silent no-op.
 UNSUPPORTED_VIDEO_KWARGS = ("do_center_crop", "crop_size", "do_pad", "video_metadata", "return_metadata")
@@ -446,7 +452,7 @@ def video_processor_with(video_processor: ViLaMPVideoProcessor | None, legacy_se
 
 
 __all__ = [
-    "SETTINGS_KEEPING_FRAMES",
+    "FRAME_SETTINGS",
     "LEGACY_VIDEO_SETTINGS",
     "LoadedVideo",
     "ProgressCallback",
