@@ -27,7 +27,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 
-from vilamp import VideoQuestion
+from vilamp import VideoCache, VideoQuestion
 from vilamp.evaluation.video_qa import DecodingWorkers, VideoQuestionAnswerer, group_by_video
 from vilamp.processing import read_video_qa_file
 from vilamp.runner import DTYPES, KEEP_FEATURES
@@ -71,6 +71,14 @@ def parse_args() -> argparse.Namespace:
         "fit, else none)",
     )
     parser.add_argument(
+        "--video-cache",
+        type=Path,
+        help="directory of loaded videos read before decoding (vilamp.VideoCache), so a re-run skips decoding",
+    )
+    parser.add_argument(
+        "--video-cache-max-gib", type=float, default=20, help="the video cache's size cap (default 20)"
+    )
+    parser.add_argument(
         "--device",
         default="auto",
         help="auto (default: this process's GPU, else the CPU), cpu, cuda (this process's GPU)",
@@ -85,6 +93,8 @@ def parse_args() -> argparse.Namespace:
         parser.error("`--model`, `--data` and `--output` are required unless `--tiny` is given.")
     if args.device not in ("auto", "cpu", "cuda") and not args.device.startswith("cuda:"):
         parser.error(f"`--device` must be auto, cpu, cuda or cuda:N, got {args.device!r}.")
+    if args.video_cache_max_gib <= 0:
+        parser.error(f"`--video-cache-max-gib` must be positive, got {args.video_cache_max_gib}.")
     if args.decode_workers < 0:
         parser.error(f"`--decode-workers` must be at least 0, got {args.decode_workers}.")
     return args
@@ -160,6 +170,9 @@ def open_part_file(path: Path):
 
 def load_answerer(args, device: torch.device) -> VideoQuestionAnswerer:
     """The model and its processor on this process's device (the lmms-eval model's wrapper, `vilamp.evaluation.video_qa`)."""
+    video_cache = None
+    if args.video_cache is not None:
+        video_cache = VideoCache(args.video_cache, max_bytes=int(args.video_cache_max_gib * 2**30))
     if not args.tiny:
         return VideoQuestionAnswerer.from_pretrained(
             args.model,
@@ -169,13 +182,16 @@ def load_answerer(args, device: torch.device) -> VideoQuestionAnswerer:
             decode_workers=args.decode_workers,
             cache_implementation=args.cache_implementation,
             keep_features=args.keep_features,
+            video_cache=video_cache,
         )
     processor = build_tiny_processor()
     if args.max_frames is not None:
         processor.video_processor.max_frames = args.max_frames
-    workers = DecodingWorkers(processor, args.decode_workers) if args.decode_workers else None
+    workers = DecodingWorkers(processor, args.decode_workers, video_cache) if args.decode_workers else None
     model = build_tiny_model().to(device).eval()
-    return VideoQuestionAnswerer(model, processor, workers, args.cache_implementation, args.keep_features)
+    return VideoQuestionAnswerer(
+        model, processor, workers, args.cache_implementation, args.keep_features, video_cache=video_cache
+    )
 
 
 def question_of(row: dict) -> VideoQuestion:

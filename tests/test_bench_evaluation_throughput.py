@@ -21,8 +21,6 @@ def test_tiny_cpu_run_prints_a_grouped_and_an_ungrouped_row_per_process_count(tm
         "2",
         "--questions-per-video",
         "2",
-        "--keep-features",
-        "none",
         "--work-dir",
         str(tmp_path),
     ]

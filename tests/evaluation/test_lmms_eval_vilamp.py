@@ -128,7 +128,7 @@ def task_dir(tmp_path_factory, question_rows) -> Path:
 @pytest.fixture(scope="module")
 def single_process_run(tmp_path_factory, task_dir, converted_dir) -> dict:
     output_dir = tmp_path_factory.mktemp("lmms-eval-single")
-    run_lmms_eval(task_dir, output_dir, f"pretrained={converted_dir},decode_workers=1,keep_features=none")
+    run_lmms_eval(task_dir, output_dir, f"pretrained={converted_dir},decode_workers=1")
     return read_run(output_dir)
 
 
@@ -190,7 +190,7 @@ def test_choice_losses_equal_a_direct_forward_of_each_option(single_process_run,
 
 
 def test_two_processes_give_the_samples_of_one(tmp_path, task_dir, converted_dir, single_process_run):
-    run_lmms_eval(task_dir, tmp_path, f"pretrained={converted_dir},decode_workers=0,keep_features=none", processes=2)
+    run_lmms_eval(task_dir, tmp_path, f"pretrained={converted_dir},decode_workers=0", processes=2)
     double = read_run(tmp_path)
     assert double["results"]["n-samples"] == single_process_run["results"]["n-samples"]
     for task in (GENERATION_TASK, CHOICE_TASK):

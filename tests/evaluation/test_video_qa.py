@@ -8,15 +8,14 @@ import pytest
 import torch
 from transformers import AutoModel, AutoProcessor
 
+from vilamp import VideoCache
 from vilamp.evaluation.video_qa import DecodingWorkers, VideoQuestionAnswerer
 from vilamp.runner import VideoQuestion, ViLaMPRunner, process_questions
 
 
 @pytest.fixture(scope="module")
 def answerer(converted_dir):
-    with VideoQuestionAnswerer.from_pretrained(
-        converted_dir, device="cpu", decode_workers=1, keep_features="none"
-    ) as answerer:
+    with VideoQuestionAnswerer.from_pretrained(converted_dir, device="cpu", decode_workers=1) as answerer:
         yield answerer
 
 
@@ -66,6 +65,19 @@ def test_decoding_workers_start_when_made_and_serve_every_later_map(answerer, qu
     assert set(multiprocessing.active_children()) <= children
 
 
+def test_decoding_workers_read_through_a_video_cache(answerer, questions, tmp_path):
+    cache = VideoCache(tmp_path / "videos", max_bytes=2**30)
+    video = questions[0].video
+    with DecodingWorkers(answerer.processor, num_workers=1, video_cache=cache) as workers:
+        (stored, _), (read, _) = workers.map([video, video])
+    # the worker stored the video's frames in the cache, and the second load read them back
+    assert list((tmp_path / "videos").iterdir())
+    expected = answerer.processor.load_video(video)
+    for loaded in (stored, read):
+        assert torch.equal(loaded.siglip_frames, expected.siglip_frames)
+        assert torch.equal(loaded.clip_frames, expected.clip_frames)
+
+
 def test_a_video_that_fails_to_decode_in_a_worker_raises_its_error_and_the_workers_go_on(
     answerer, questions, tmp_path
 ):
@@ -82,9 +94,14 @@ def test_a_video_that_fails_to_decode_in_a_worker_raises_its_error_and_the_worke
 def test_prepare_by_video_groups_the_questions_of_each_video_in_order_of_first_appearance(
     answerer, interleaved_questions
 ):
-    batches = [batch for batch, _ in answerer.prepare_by_video(interleaved_questions, batch_size=2)]
+    prepared = list(answerer.prepare_by_video(interleaved_questions, batch_size=2))
     # questions 0, 3, 6 are about the first video, 1, 4, 7 about the second, 2, 5, 8 about the third
-    assert batches == [[0, 3], [6], [1, 4], [7], [2, 5], [8]]
+    assert [batch for batch, _ in prepared] == [[0, 3], [6], [1, 4], [7], [2, 5], [8]]
+    # each video is encoded once: its questions share one tensor of projected patches
+    features = [inputs["video_frame_features"] for _, inputs in prepared]
+    for first, second in (features[0:2], features[2:4], features[4:6]):
+        assert first[0] is first[1] is second[0]
+    assert features[0][0] is not features[2][0]
     # a batch holds questions of one key: the second question of each video has a key of its own
     keys = ["short"] * 3 + ["long"] * 3 + ["short"] * 3
     batches = [batch for batch, _ in answerer.prepare_by_video(interleaved_questions, 2, batch_keys=keys)]
@@ -98,16 +115,19 @@ def answers_asked_afresh(answerer, interleaved_questions) -> list[str]:
 
 
 @pytest.mark.parametrize("batch_size", [1, 2])
-@pytest.mark.parametrize("decode_workers", [0, 1])
-def test_answers_grouped_by_video_equal_each_question_asked_afresh(
-    answerer, interleaved_questions, answers_asked_afresh, batch_size, decode_workers
+def test_answers_grouped_by_video_with_decoding_workers_equal_each_question_asked_afresh(
+    answerer, interleaved_questions, answers_asked_afresh, batch_size
 ):
-    if decode_workers:
-        answers = answerer.answer(interleaved_questions, max_new_tokens=4, batch_size=batch_size)
-    else:
-        grouped = VideoQuestionAnswerer(answerer.model, answerer.processor, keep_features="none")
-        answers = grouped.answer(interleaved_questions, max_new_tokens=4, batch_size=batch_size)
-    assert answers == answers_asked_afresh
+    # the answerer keeps each video's projected patches (`keep_features="auto"`) for its three questions
+    assert answerer.answer(interleaved_questions, max_new_tokens=4, batch_size=batch_size) == answers_asked_afresh
+
+
+@pytest.mark.parametrize("keep_features", ["none", "cpu"])
+def test_answers_grouped_by_video_without_workers_equal_each_question_asked_afresh(
+    answerer, interleaved_questions, answers_asked_afresh, keep_features
+):
+    grouped = VideoQuestionAnswerer(answerer.model, answerer.processor, keep_features=keep_features)
+    assert grouped.answer(interleaved_questions, max_new_tokens=4, batch_size=2) == answers_asked_afresh
 
 
 def test_prepare_by_video_checks_its_batches(answerer, questions):

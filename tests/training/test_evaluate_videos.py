@@ -26,8 +26,7 @@ def run_evaluation(work_dir: Path, *extra_arguments: str, processes: int = 1) ->
         "OMP_NUM_THREADS": "1",
     }
     launcher = torchrun_launcher(processes) if processes > 1 else [sys.executable]
-    arguments = ["--tiny", "--work-dir", str(work_dir), "--max-new-tokens", "6", "--device", "cpu", "--keep-features"]
-    arguments += ["none", *extra_arguments]
+    arguments = ["--tiny", "--work-dir", str(work_dir), "--max-new-tokens", "6", "--device", "cpu", *extra_arguments]
     command = [*launcher, SCRIPT, *arguments]
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

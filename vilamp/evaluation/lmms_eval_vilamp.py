@@ -17,6 +17,7 @@ from lmms_eval.api.model import lmms
 from loguru import logger
 from tqdm import tqdm
 
+from ..processing import VideoCache
 from ..runner import VideoQuestion
 from .video_qa import VideoQuestionAnswerer
 
@@ -74,6 +75,9 @@ class ViLaMP(lmms):
         keep_features (`str`, *optional*, defaults to `"auto"`): where each video's projected patches are kept for all
             of its questions: `"device"`, `"cpu"`, `"none"` (each question encodes the frames again) or `"auto"` (see
             [`~vilamp.ViLaMPRunner.load_video`]).
+        video_cache (`str`, *optional*): a directory of loaded videos ([`~vilamp.VideoCache`]) that the decoding
+            workers read video files through, so that a re-run, or another process, does not decode them again.
+        video_cache_max_gib (`float`, *optional*, defaults to 20): the cache's size cap in GiB (579 KiB per frame).
         attn_implementation (`str`, *optional*, defaults to `"sdpa"`): the language model's attention.
         cache_implementation (`str`, *optional*, defaults to `"dynamic"`): `generate`'s key/value cache; `"static"`
             compiles the decoding step on a GPU.
@@ -91,6 +95,8 @@ class ViLaMP(lmms):
         keyframe_query: str = "question",
         decode_workers: int = 2,
         keep_features: str = "auto",
+        video_cache: str | None = None,
+        video_cache_max_gib: float = 20,
         attn_implementation: str = "sdpa",
         cache_implementation: str = "dynamic",
         max_batch_size: int | None = None,
@@ -113,6 +119,8 @@ class ViLaMP(lmms):
             )
         if keyframe_query not in ("question", "prompt"):
             raise ValueError(f"`keyframe_query` must be 'question' or 'prompt', got {keyframe_query!r}.")
+        if not isinstance(video_cache_max_gib, (int, float)) or video_cache_max_gib <= 0:
+            raise ValueError(f"`video_cache_max_gib` must be a positive number of GiB, got {video_cache_max_gib!r}.")
 
         self.accelerator = Accelerator()
         self._rank = self.accelerator.process_index
@@ -128,6 +136,9 @@ class ViLaMP(lmms):
             decode_workers=decode_workers,
             cache_implementation=cache_implementation,
             keep_features=keep_features,
+            video_cache=None
+            if video_cache is None
+            else VideoCache(video_cache, max_bytes=int(video_cache_max_gib * 2**30)),
         )
         self.startup_logged = False
         self.batch_size = batch_size

@@ -23,7 +23,7 @@ import torch
 from transformers import DynamicCache
 from transformers.feature_extraction_utils import BatchFeature
 
-from ..processing import LoadedVideo
+from ..processing import LoadedVideo, VideoCache
 from ..runner import (
     KEEP_FEATURES,
     EncodedVideo,
@@ -34,16 +34,20 @@ from ..runner import (
     resolve_dtype,
 )
 
-# The video processor of a decoding worker process, the keyframe selector's image size, and when its start ended.
+# The video processor of a decoding worker process, the keyframe selector's image size, the video cache it reads
+# through, and when its start ended.
 WORKER_STATE = {}
 
 
-def start_decoding_worker(video_processor, keyframe_image_size: int):
+def start_decoding_worker(video_processor, keyframe_image_size: int, video_cache: VideoCache | None):
     """Runs once in each decoding worker: keeps the video processor. One thread for torch's CPU operations per worker,
     as a `DataLoader`'s workers have: the workers run side by side."""
     torch.set_num_threads(1)
     WORKER_STATE.update(
-        video_processor=video_processor, keyframe_image_size=keyframe_image_size, ready_time=time.time()
+        video_processor=video_processor,
+        keyframe_image_size=keyframe_image_size,
+        video_cache=video_cache,
+        ready_time=time.time(),
     )
 
 
@@ -55,8 +59,13 @@ def worker_ready_time() -> float:
 def load_video_in_worker(video) -> tuple[LoadedVideo, float]:
     """The processor's `load_video` of `video` (its video processor's, with CLIP frames of the keyframe selector's image
     size), and the seconds it took."""
+    video_processor, video_cache = WORKER_STATE["video_processor"], WORKER_STATE["video_cache"]
+    keyframe_image_size = WORKER_STATE["keyframe_image_size"]
     start = time.perf_counter()
-    loaded = WORKER_STATE["video_processor"].load_video(video, keyframe_image_size=WORKER_STATE["keyframe_image_size"])
+    if video_cache is None:
+        loaded = video_processor.load_video(video, keyframe_image_size=keyframe_image_size)
+    else:
+        loaded = video_cache.load_video(video_processor, video, keyframe_image_size=keyframe_image_size)
     return loaded, time.perf_counter() - start
 
 
@@ -73,9 +82,11 @@ class DecodingWorkers:
     Args:
         processor ([`ViLaMPProcessor`]): the processor, with its keyframe selector.
         num_workers (`int`): worker processes; each holds one video at a time, so `num_workers` videos wait at most.
+        video_cache ([`VideoCache`], *optional*): the workers read video files through it (a video stored by an
+            earlier run or another process is not decoded again); give the answerer the same one.
     """
 
-    def __init__(self, processor, num_workers: int):
+    def __init__(self, processor, num_workers: int, video_cache: VideoCache | None = None):
         if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 1:
             raise ValueError(f"`num_workers` must be an integer of at least 1, got {num_workers!r}.")
         if processor.keyframe_selector is None:
@@ -90,7 +101,7 @@ class DecodingWorkers:
             num_workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=start_decoding_worker,
-            initargs=(processor.video_processor, processor.keyframe_selector.image_size),
+            initargs=(processor.video_processor, processor.keyframe_selector.image_size, video_cache),
         )
         self.ready_futures = []
         # A spawning pool starts a process per task submitted while none is idle: one task each starts them all. Each
@@ -180,6 +191,8 @@ class VideoQuestionAnswerer(ViLaMPRunner):
             compiles the decoding step on a GPU.
         keep_features (`str`, *optional*, defaults to `"auto"`): where each video's projected patches are kept for its
             questions, as [`ViLaMPRunner.load_video`] takes it.
+        video_cache ([`VideoCache`], *optional*): video files are read through it when this process loads them (the
+            decoding workers read through their own, the same one from `from_pretrained`).
         startup_seconds (`dict[str, float]`, *optional*): the start-up's costs so far (`from_pretrained` fills
             `processor_loading` and `model_loading`); the first video adds its own (see `first_video_seconds`).
     """
@@ -191,11 +204,12 @@ class VideoQuestionAnswerer(ViLaMPRunner):
         decoding_workers: DecodingWorkers | None = None,
         cache_implementation: str = "dynamic",
         keep_features: str = "auto",
+        video_cache: VideoCache | None = None,
         startup_seconds: dict[str, float] | None = None,
     ):
         if keep_features not in KEEP_FEATURES:
             raise ValueError(f"`keep_features` must be one of {list(KEEP_FEATURES)}, got {keep_features!r}.")
-        super().__init__(model, processor, cache_implementation=cache_implementation)
+        super().__init__(model, processor, cache_implementation=cache_implementation, video_cache=video_cache)
         self.decoding_workers = decoding_workers
         self.keep_features = keep_features
         self.startup_seconds = dict(startup_seconds or {})
@@ -213,6 +227,7 @@ class VideoQuestionAnswerer(ViLaMPRunner):
         decode_workers: int = 2,
         cache_implementation: str = "dynamic",
         keep_features: str = "auto",
+        video_cache: VideoCache | None = None,
     ) -> "VideoQuestionAnswerer":
         """
         Loads a converted ViLaMP (model and processor) onto one device. The decoding workers start before the model
@@ -230,6 +245,8 @@ class VideoQuestionAnswerer(ViLaMPRunner):
                 model answers (they decode on the CPU); 0 loads them in this process, between the model's calls.
             cache_implementation (`str`, *optional*, defaults to `"dynamic"`): see the class.
             keep_features (`str`, *optional*, defaults to `"auto"`): see the class.
+            video_cache ([`VideoCache`], *optional*): the decoding workers and this process read video files through
+                it, so that a re-run of an evaluation, or another process, does not decode them again.
         """
         device = process_device(device)
         # checked before anything loads or starts
@@ -243,14 +260,16 @@ class VideoQuestionAnswerer(ViLaMPRunner):
         # with the first video this process embeds
         processor = load_processor(pretrained_model_name_or_path, device="cpu", max_frames=max_frames)
         startup_seconds = {"processor_loading": time.perf_counter() - start}
-        decoding_workers = DecodingWorkers(processor, decode_workers) if decode_workers else None
+        decoding_workers = DecodingWorkers(processor, decode_workers, video_cache) if decode_workers else None
         try:
             start = time.perf_counter()
             model = load_model(
                 pretrained_model_name_or_path, device=device, dtype=dtype, attn_implementation=attn_implementation
             )
             startup_seconds["model_loading"] = time.perf_counter() - start
-            return cls(model, processor, decoding_workers, cache_implementation, keep_features, startup_seconds)
+            return cls(
+                model, processor, decoding_workers, cache_implementation, keep_features, video_cache, startup_seconds
+            )
         except BaseException:
             if decoding_workers is not None:
                 decoding_workers.close()
