@@ -130,6 +130,16 @@ def test_answers_grouped_by_video_without_workers_equal_each_question_asked_afre
     assert grouped.answer(interleaved_questions, max_new_tokens=4, batch_size=2) == answers_asked_afresh
 
 
+def test_ask_about_a_video_loaded_once_equals_each_question_asked_afresh(answerer, interleaved_questions):
+    video = interleaved_questions[0].video
+    prompts = [question.prompt for question in interleaved_questions[::3]]
+    runner = ViLaMPRunner(answerer.model, answerer.processor)
+    expected = [runner.answer([VideoQuestion(video, prompt, prompt)], max_new_tokens=4)[0] for prompt in prompts]
+    assert answerer.ask(video, prompts, max_new_tokens=4) == expected
+    loaded = answerer.processor.load_video(video)
+    assert answerer.answer([VideoQuestion(loaded, prompt, prompt) for prompt in prompts], 4) == expected
+
+
 def test_prepare_by_video_checks_its_batches(answerer, questions):
     with pytest.raises(ValueError, match="`batch_size` must be an integer of at least 1, got 0"):
         next(answerer.prepare_by_video(questions, batch_size=0))

@@ -279,16 +279,25 @@ class VideoQuestionAnswerer(ViLaMPRunner):
         """
         Each of `videos` (paths or frames, as the processor takes them) loaded once, in order, as
         [`ViLaMPRunner.load_video`] loads it with this answerer's `keep_features`. With decoding workers, they decode
-        the next videos while the caller works with the current one.
+        the next videos while the caller works with the current one. An [`EncodedVideo`] is taken as it is, and a
+        [`LoadedVideo`] is only encoded.
         """
+        videos = list(videos)
+        to_decode = [video for video in videos if not isinstance(video, (EncodedVideo, LoadedVideo))]
         if self.decoding_workers is None:
-            encoded_videos = (self.load_video(video, keep_features=self.keep_features) for video in videos)
+            decoded = (self.load_video(video, keep_features=self.keep_features) for video in to_decode)
         else:
-            encoded_videos = (
+            decoded = (
                 self._encode_loaded(loaded, decoding_seconds)
-                for loaded, decoding_seconds in self.decoding_workers.map(videos)
+                for loaded, decoding_seconds in self.decoding_workers.map(to_decode)
             )
-        for encoded in encoded_videos:
+        for video in videos:
+            if isinstance(video, EncodedVideo):
+                encoded = video
+            elif isinstance(video, LoadedVideo):
+                encoded = self._encode_loaded(video, 0.0)
+            else:
+                encoded = next(decoded)
             if self.first_video_seconds is None:
                 self.first_video_seconds = dict(encoded.seconds)
             yield encoded
@@ -309,7 +318,8 @@ class VideoQuestionAnswerer(ViLaMPRunner):
         appears in `questions`, and each video's questions in their order.
 
         Args:
-            questions (`list[VideoQuestion]`): the questions; their `video` is a path or frames.
+            questions (`list[VideoQuestion]`): the questions; their `video` is a path, frames, a [`LoadedVideo`] or an
+                [`EncodedVideo`].
             batch_size (`int`, *optional*, defaults to 1): questions per batch, all about one video.
             batch_keys (`list`, *optional*): one key per question; a batch holds questions of one key only (questions
                 of different `max_new_tokens`, say).
