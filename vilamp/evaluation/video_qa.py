@@ -179,8 +179,8 @@ class VideoQuestionAnswerer(ViLaMPRunner):
     worker processes ahead of the model), and which scores answer continuations.
 
     Memory: the decoding workers hold at most `num_workers` loaded videos (uint8 frames, 0.6 MiB per frame at 384 and
-    224 pixels), and this process at most two encoded videos at once, the one whose questions are answered and the next
-    (with `keep_features`, their projected patches: 5.0 MiB per frame for the released 7B in bfloat16).
+    224 pixels), and this process at most `batch_size + 1` encoded videos at once, those of the batch being answered
+    and the next (with `keep_features`, their projected patches: 5.0 MiB per frame for the released 7B in bfloat16).
 
     Args:
         model ([`ViLaMPForConditionalGeneration`]): the model on its device, in eval mode.
@@ -313,14 +313,16 @@ class VideoQuestionAnswerer(ViLaMPRunner):
     ) -> Iterator[tuple[list[int], BatchFeature]]:
         """
         The model inputs of `questions`, grouped by video: each distinct video (by path; the frame settings are this
-        answerer's for all) is loaded once (`load_videos`), its questions are processed in batches of at most
-        `batch_size`, and it is released before the video after next loads. Videos come in the order each first
-        appears in `questions`, and each video's questions in their order.
+        answerer's for all) is loaded once (`load_videos`) for all of its questions. Videos come in the order each first
+        appears in `questions`, each video's questions in their order (those of one batch key together), and batches
+        take up to `batch_size` consecutive questions of that order, so a batch may span videos (one question per
+        video, as EgoSchema asks, still fills it). A video is released once its last batch is yielded: at most
+        `batch_size + 1` videos are encoded at once.
 
         Args:
             questions (`list[VideoQuestion]`): the questions; their `video` is a path, frames, a [`LoadedVideo`] or an
                 [`EncodedVideo`].
-            batch_size (`int`, *optional*, defaults to 1): questions per batch, all about one video.
+            batch_size (`int`, *optional*, defaults to 1): questions per batch.
             batch_keys (`list`, *optional*): one key per question; a batch holds questions of one key only (questions
                 of different `max_new_tokens`, say).
 
@@ -334,22 +336,30 @@ class VideoQuestionAnswerer(ViLaMPRunner):
             raise ValueError(
                 f"`batch_keys` must hold one key per question: got {len(batch_keys)} keys for {len(questions)} questions."
             )
+        keys = [None] * len(questions) if batch_keys is None else batch_keys
         groups = group_by_video(questions)
         videos = (questions[indices[0]].video for indices in groups)
+        batch = []
         for indices, encoded in zip(groups, self.load_videos(videos)):
-            keys = [None] * len(indices) if batch_keys is None else [batch_keys[index] for index in indices]
-            for key in dict.fromkeys(keys):
-                keyed = [index for index, index_key in zip(indices, keys) if index_key == key]
-                for start in range(0, len(keyed), batch_size):
-                    batch = keyed[start : start + batch_size]
-                    (inputs,) = self.prepare(
-                        [[dataclasses.replace(questions[index], video=encoded) for index in batch]]
-                    )
-                    yield batch, inputs
+            for key in dict.fromkeys(keys[index] for index in indices):
+                for index in indices:
+                    if keys[index] != key:
+                        continue
+                    if batch and (len(batch) == batch_size or keys[batch[0][0]] != key):
+                        yield self._prepare_batch(batch)
+                        batch = []
+                    batch.append((index, dataclasses.replace(questions[index], video=encoded)))
+        if batch:
+            yield self._prepare_batch(batch)
+
+    def _prepare_batch(self, batch: list[tuple[int, VideoQuestion]]) -> tuple[list[int], BatchFeature]:
+        """The indices and model inputs of a batch of `(index, question)` pairs."""
+        (inputs,) = self.prepare([[question for _, question in batch]])
+        return [index for index, _ in batch], inputs
 
     def answer(self, questions: list[VideoQuestion], max_new_tokens: int, batch_size: int = 1) -> list[str]:
         """Greedy answers to `questions`, in order, each video loaded once for all of its questions and `batch_size`
-        questions of one video per `generate` call (see `prepare_by_video`)."""
+        questions per `generate` call (see `prepare_by_video`)."""
         answers = [None] * len(questions)
         for batch, inputs in self.prepare_by_video(questions, batch_size):
             for index, answer in zip(batch, self.generate(inputs, max_new_tokens)):
