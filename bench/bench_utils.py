@@ -9,8 +9,10 @@ first on the path, so `from bench_utils import ...` finds this module, and `vila
 
 import gc
 import os
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +22,14 @@ from transformers.utils import is_flash_attn_2_available
 
 from vilamp.modeling_vilamp import ViLaMPConfig, ViLaMPForConditionalGeneration
 from vilamp.processing import num_video_tokens
-from vilamp.testing import TINY_NUM_KEYFRAMES, synthetic_frames, tiny_config, write_video
+from vilamp.testing import (
+    NOISY_VIDEO_CODECS,
+    TINY_NUM_KEYFRAMES,
+    synthetic_frames,
+    tiny_config,
+    write_noisy_video,
+    write_video,
+)
 
 # keyframes per video K of the released model
 FULL_NUM_KEYFRAMES = 32
@@ -177,6 +186,52 @@ def write_gradient_video(path, seconds: float, fps: int, width: int, height: int
         return write_video(path, gradient_frames(seconds, fps, width, height), fps=fps)
     frames = gradient_frames(seconds, fps, width, height)
     return write_video(path, frames, fps=fps, codec="libx264", options={"preset": "ultrafast"})
+
+
+def repeat_video(segment: Path, path: Path, repeats: int) -> Path:
+    """Writes `repeats` copies of the video file `segment` one after the other into `path` (same container), without
+    re-encoding: decoding costs what a file of that length costs, writing far less."""
+    import av
+
+    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    with av.open(str(segment)) as source, av.open(str(temporary), "w") as container:
+        in_stream = source.streams.video[0]
+        out_stream = container.add_stream_from_template(in_stream)
+        frame_ticks = round(1 / (float(in_stream.average_rate) * in_stream.time_base))
+        offset = 0
+        for _ in range(repeats):
+            source.seek(0)
+            last_pts = 0
+            for packet in source.demux(in_stream):
+                if packet.size == 0:
+                    continue
+                last_pts = max(last_pts, packet.pts)
+                packet.pts += offset
+                packet.dts += offset
+                packet.stream = out_stream
+                container.mux(packet)
+            offset += last_pts + frame_ticks
+    temporary.replace(path)
+    return path
+
+
+def write_long_noisy_video(
+    directory: Path, codec: str, width: int, height: int, minutes: float, segment_seconds: float
+) -> Path:
+    """A camera-like file with sensor noise (`vilamp.testing.write_noisy_video`) of `minutes`, reused when
+    `directory` holds it already; longer than `segment_seconds`, it repeats a segment of that length, stream-copied."""
+    suffix = NOISY_VIDEO_CODECS[codec][1]
+    path = directory / f"noisy_{codec}_{width}x{height}_{round(minutes * 60)}s{suffix}"
+    if path.exists():
+        return path
+    start = time.perf_counter()
+    if minutes * 60 <= segment_seconds:
+        write_noisy_video(path, codec, seconds=minutes * 60, width=width, height=height)
+    else:
+        segment = write_long_noisy_video(directory, codec, width, height, segment_seconds / 60, segment_seconds)
+        repeat_video(segment, path, repeats=max(1, round(minutes * 60 / segment_seconds)))
+    print(f"wrote {path.name} in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    return path
 
 
 def device_name(device: torch.device) -> str:

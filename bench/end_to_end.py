@@ -3,7 +3,9 @@ From a video file to an answer: time and memory of every stage on real encoded v
 loop on the same file.
 
 The bench writes camera-like H.264 videos (a moving texture with a scene cut every 20 s, x264 `veryfast`, crf 23,
-30 fps; videos over 10 minutes repeat a 2-minute one, stream-copied) or takes any file through `--video`. It builds
+30 fps; videos over 10 minutes repeat a 2-minute one, stream-copied), with `--noisy` camera-like files with sensor
+noise in H.264, HEVC, VP9, AV1 and 4K HEVC (8-25 Mbit/s; a `--segment-seconds` segment repeated), or takes any file
+through `--video`. It builds
 the full-size architecture (SigLIP so400m, Qwen2-7B, CLIP ViT-B/32 keyframe selector) with random weights, saves the
 processor and loads it with `AutoProcessor`, then answers a question the way the README tells a user:
 
@@ -27,6 +29,7 @@ whether it kept the same frame numbers and pixels as this package.
 
     python bench/end_to_end.py                                  # 720p and 1080p, 10 minutes, one GPU
     python bench/end_to_end.py --resolutions 1080p --minutes 60
+    python bench/end_to_end.py --resolutions --noisy h264 hevc vp9 av1 hevc4k --questions 3
     python bench/end_to_end.py --video talk.mp4 --questions 3
     python bench/end_to_end.py --tiny --device cpu              # tiny model, seconds: proves that it runs
 """
@@ -54,10 +57,12 @@ from bench_utils import (
     markdown_row,
     peak_memory_gib,
     print_table_start,
+    repeat_video,
     reset_peak_memory,
     synchronize,
     timed,
     timed_generate,
+    write_long_noisy_video,
 )
 from transformers import AutoProcessor
 
@@ -69,6 +74,14 @@ from vilamp.runner import VideoQuestion, ViLaMPRunner
 from vilamp.testing import build_tiny_processor, build_tiny_tokenizer, write_video
 
 RESOLUTIONS = {"720p": (1280, 720), "1080p": (1920, 1080), "tiny": (160, 120)}
+# `--noisy` files: codec of `vilamp.testing.write_noisy_video`, width, height
+NOISY_VIDEOS = {
+    "h264": ("h264", 1920, 1080),
+    "hevc": ("hevc", 1920, 1080),
+    "vp9": ("vp9", 1920, 1080),
+    "av1": ("av1", 1920, 1080),
+    "hevc4k": ("hevc", 3840, 2160),
+}
 VIDEO_FPS = 30
 SCENE_SECONDS = 20
 QUESTION = "What happens after the second scene cut?"
@@ -105,7 +118,26 @@ def parse_args(argv=None) -> Namespace:
     parser.add_argument(
         "--video", type=Path, action="append", help="a video file to measure (repeatable); none: write them"
     )
-    parser.add_argument("--resolutions", nargs="+", default=["720p", "1080p"], choices=["720p", "1080p"])
+    parser.add_argument(
+        "--resolutions",
+        nargs="*",
+        default=["720p", "1080p"],
+        choices=["720p", "1080p"],
+        help="the smooth camera-like H.264 files to write (none: only --noisy ones)",
+    )
+    parser.add_argument(
+        "--noisy",
+        nargs="*",
+        default=[],
+        choices=list(NOISY_VIDEOS),
+        help="also camera-like files with sensor noise (8-25 Mbit/s) in these codecs, 1080p (hevc4k: 2160p)",
+    )
+    parser.add_argument(
+        "--segment-seconds",
+        type=float,
+        default=60.0,
+        help="a noisy file longer than this repeats a segment of this length, stream-copied (default 60)",
+    )
     parser.add_argument("--minutes", nargs="+", type=float, default=[10.0], help="lengths of the written videos")
     parser.add_argument("--video-dir", type=Path, help="where written videos are kept and reused (default: temporary)")
     parser.add_argument("--max-frames", type=int, default=600)
@@ -164,35 +196,9 @@ def write_camera_like_video(path: Path, width: int, height: int, minutes: float)
         return path
     if minutes > 10:
         segment = write_camera_like_video(path.with_name(f"{path.stem}_segment.mp4"), width, height, 2)
-        return concatenate_copies(segment, path, repeats=round(minutes / 2))
+        return repeat_video(segment, path, repeats=round(minutes / 2))
     frames = camera_like_frames(int(minutes * 60 * VIDEO_FPS), width, height)
     return write_video(path, frames, fps=VIDEO_FPS, codec="libx264", options={"preset": "veryfast", "crf": "23"})
-
-
-def concatenate_copies(segment: Path, path: Path, repeats: int) -> Path:
-    """Writes `repeats` copies of `segment` one after the other into `path`, without re-encoding."""
-    import av
-
-    temporary = path.with_name(f".{path.name}.tmp.mp4")
-    with av.open(str(segment)) as source, av.open(str(temporary), "w") as container:
-        in_stream = source.streams.video[0]
-        out_stream = container.add_stream_from_template(in_stream)
-        frame_ticks = round(1 / (VIDEO_FPS * in_stream.time_base))
-        offset = 0
-        for _ in range(repeats):
-            source.seek(0)
-            last_pts = 0
-            for packet in source.demux(in_stream):
-                if packet.size == 0:
-                    continue
-                last_pts = max(last_pts, packet.pts)
-                packet.pts += offset
-                packet.dts += offset
-                packet.stream = out_stream
-                container.mux(packet)
-            offset += last_pts + frame_ticks
-    temporary.replace(path)
-    return path
 
 
 def build_model(args: Namespace, video_token_id: int) -> ViLaMPForConditionalGeneration:
@@ -385,7 +391,8 @@ def decoder_rows(path: Path, processor: ViLaMPProcessor, args: Namespace) -> lis
 
 
 def videos_to_measure(args: Namespace, directory: Path) -> Iterator[Path]:
-    """The `--video` files, or camera-like videos for each resolution and length, each written when its turn comes."""
+    """The `--video` files, or camera-like videos for each resolution, noisy codec and length, each written when its
+    turn comes."""
     if args.video:
         yield from args.video
     elif args.tiny:
@@ -395,6 +402,8 @@ def videos_to_measure(args: Namespace, directory: Path) -> Iterator[Path]:
             for resolution in args.resolutions:
                 name = f"camera_{resolution}_{minutes:g}min.mp4"
                 yield write_camera_like_video(directory / name, *RESOLUTIONS[resolution], minutes)
+            for name in args.noisy:
+                yield write_long_noisy_video(directory, *NOISY_VIDEOS[name], minutes, args.segment_seconds)
 
 
 def main(argv=None) -> int:

@@ -187,7 +187,9 @@ def load_answerer(args, device: torch.device) -> VideoQuestionAnswerer:
     processor = build_tiny_processor()
     if args.max_frames is not None:
         processor.video_processor.max_frames = args.max_frames
-    workers = DecodingWorkers(processor, args.decode_workers, video_cache) if args.decode_workers else None
+    workers = (
+        DecodingWorkers(processor, args.decode_workers, video_cache, device=device) if args.decode_workers else None
+    )
     model = build_tiny_model().to(device).eval()
     return VideoQuestionAnswerer(
         model, processor, workers, args.cache_implementation, args.keep_features, video_cache=video_cache

@@ -203,3 +203,39 @@ def test_a_video_cache_spares_the_second_runner_the_decoding(questions, tmp_path
     again = second.load_video(questions[1].video)
     assert torch.equal(again.video.siglip_frames, loaded.video.siglip_frames)
     assert torch.equal(again.video.frame_embeds, loaded.video.frame_embeds)
+
+
+def test_chat_replies_from_the_loaded_video_with_each_question_ranking_its_own_keyframes(runner, questions):
+    video = runner.load_video(questions[1].video, keep_features="none")
+    first, second = "What moves in the video?", "How bright is it?"
+    conversation = [
+        {"role": "user", "content": [{"type": "video", "video": video.video}, {"type": "text", "text": first}]}
+    ]
+    first_answer = runner.reply(video, conversation, first, MAX_NEW_TOKENS)
+    assert first_answer == runner.ask(video, first, MAX_NEW_TOKENS)[0]
+
+    conversation += [
+        {"role": "assistant", "content": [{"type": "text", "text": first_answer}]},
+        {"role": "user", "content": [{"type": "text", "text": second}]},
+    ]
+    inputs = runner.prepare_chat(video, conversation, second)
+    prompt = runner.processor.tokenizer.decode(inputs["input_ids"][0])
+    assert prompt.index(first) < prompt.index(first_answer) < prompt.index(second)
+    # the keyframes are ranked against the current question alone, as `ask` ranks them, and the video is there once
+    alone = runner.processor(text=second, videos=video.video, query=second)
+    video_token_id = runner.model.config.video_token_id
+    assert (inputs["input_ids"] == video_token_id).sum() == (alone["input_ids"] == video_token_id).sum()
+    torch.testing.assert_close(inputs["query_embeds"], alone["query_embeds"], rtol=0, atol=0)
+    assert torch.equal(inputs["keyframe_mask"], alone["keyframe_mask"])
+    assert runner.reply(video, conversation, second, MAX_NEW_TOKENS) == runner.generate(inputs, MAX_NEW_TOKENS)[0]
+
+
+def test_prepare_chat_needs_the_loaded_video_in_one_video_block(runner, questions):
+    video = runner.load_video(questions[0].video, keep_features="none")
+    other = runner.load_video(questions[0].video, keep_features="none")
+    text_only = [{"role": "user", "content": [{"type": "text", "text": "What moves?"}]}]
+    with pytest.raises(ValueError, match=r"`conversation` must hold the loaded video .* found 0 video blocks"):
+        runner.prepare_chat(video, text_only, "What moves?")
+    another = [{"role": "user", "content": [{"type": "video", "video": other.video}, {"type": "text", "text": "q"}]}]
+    with pytest.raises(ValueError, match="found one holding another video"):
+        runner.prepare_chat(video, another, "q")

@@ -63,6 +63,7 @@ def load_model(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     attn_implementation: str | None = None,
+    quantization_config=None,
 ) -> ViLaMPForConditionalGeneration:
     """
     Loads a converted ViLaMP model straight onto `device` (no copy of the weights in host memory), in eval mode.
@@ -70,13 +71,20 @@ def load_model(
     Args:
         pretrained_model_name_or_path (`str` or `os.PathLike`): the converted checkpoint's directory or repository.
         device (`str` or `torch.device`, *optional*, defaults to `"auto"`): the GPU when torch sees one, else the CPU.
-        dtype (`str` or `torch.dtype`, *optional*, defaults to `"auto"`): see [`resolve_dtype`].
+        dtype (`str` or `torch.dtype`, *optional*, defaults to `"auto"`): see [`resolve_dtype`]; with a
+            `quantization_config`, the dtype of what stays unquantized (the vision path, `lm_head`, the norms).
         attn_implementation (`str`, *optional*): the language model's attention (`"sdpa"`, `"flash_attention_2"`, ...).
+        quantization_config (`transformers.utils.quantization_config.QuantizationConfigMixin`, *optional*): quantizes
+            the language model as it loads, e.g. `BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16)` or `TorchAoConfig(Int8WeightOnlyConfig())`; the vision tower, the
+            projector and the DFM stay in `dtype` (see [`ViLaMPPreTrainedModel.from_pretrained`]).
     """
     device = resolve_device(device)
     model_kwargs = {"dtype": resolve_dtype(dtype, device), "device_map": str(device)}
     if attn_implementation is not None:
         model_kwargs["attn_implementation"] = attn_implementation
+    if quantization_config is not None:
+        model_kwargs["quantization_config"] = quantization_config
     return ViLaMPForConditionalGeneration.from_pretrained(pretrained_model_name_or_path, **model_kwargs).eval()
 
 
@@ -249,7 +257,13 @@ class ViLaMPRunner:
         return self.model.device
 
     def load_video(
-        self, video, *, keep_features: str = "auto", progress: Any | None = None, **video_settings
+        self,
+        video,
+        *,
+        keep_features: str = "auto",
+        progress: Any | None = None,
+        embedding_progress: Any | None = None,
+        **video_settings,
     ) -> EncodedVideo:
         """
         Loads a video once for any number of questions: decodes and samples it, embeds its frames with the keyframe
@@ -267,6 +281,8 @@ class ViLaMPRunner:
                 encodes the frames again), or `"auto"`: the model's device if they take at most half its free memory,
                 else the host under the same rule, else none.
             progress (`Callable[[int], None]`, *optional*): called with 1 as each frame is decoded and resized.
+            embedding_progress (`Callable[[int], None]`, *optional*): called with the size of each batch of frames the
+                keyframe selector's CLIP embedded.
             video_settings: frame settings for this video (`fps`, `max_frames`, ...), as the processor takes them.
 
         Returns:
@@ -277,11 +293,13 @@ class ViLaMPRunner:
         start = time.perf_counter()
         loaded = self.processor.load_video(video, cache=self.video_cache, progress=progress, **video_settings)
         decoding_seconds = time.perf_counter() - start
-        encoded = self.encode_video(loaded, keep_features=keep_features)
+        encoded = self.encode_video(loaded, keep_features=keep_features, embedding_progress=embedding_progress)
         encoded.seconds = {"decoding": decoding_seconds, **encoded.seconds}
         return encoded
 
-    def encode_video(self, loaded: LoadedVideo, *, keep_features: str = "auto") -> EncodedVideo:
+    def encode_video(
+        self, loaded: LoadedVideo, *, keep_features: str = "auto", embedding_progress: Any | None = None
+    ) -> EncodedVideo:
         """
         The second half of `load_video`, for a video the processor's `load_video` decoded elsewhere (in a worker
         process, say): its frames' CLIP embeddings on the model's device (unless it has them already) and its projected
@@ -291,7 +309,7 @@ class ViLaMPRunner:
             raise ValueError(f"`keep_features` must be one of {list(KEEP_FEATURES)}, got {keep_features!r}.")
         device = self.device
         start = time.perf_counter()
-        loaded = self.processor.embed_frames(loaded, device=device)
+        loaded = self.processor.embed_frames(loaded, progress=embedding_progress, device=device)
         seconds = {"keyframe_embedding": synchronized_seconds(device, start)}
         start = time.perf_counter()
         frame_features = self.encode_frames(loaded.siglip_frames, keep_features)
@@ -330,6 +348,65 @@ class ViLaMPRunner:
         return self.answer(
             [VideoQuestion(video, question, question) for question in questions], max_new_tokens, batch_size
         )
+
+    def prepare_chat(self, video: EncodedVideo, conversation: list[dict], question: str) -> BatchFeature:
+        """
+        The model inputs of the next answer in a chat about a loaded video: `conversation` through the processor's chat
+        template with the generation prompt added, the keyframes ranked against `question` alone, and the video's
+        projected patches as `video_frame_features` when it kept them.
+
+        Args:
+            video ([`EncodedVideo`]): the video, loaded once by `load_video`.
+            conversation (`list[dict]`): the messages so far, ending with the user's `question`; the first user turn
+                holds the video as `{"type": "video", "video": video.video}` (the chat template has it there and
+                nowhere else), later user turns are text and earlier answers are assistant turns.
+            question (`str`): the text the keyframes are ranked against, usually the last user turn's.
+
+        Returns:
+            [`BatchFeature`] as [`ViLaMPRunner.prepare`] gives it, for a batch of one.
+        """
+        videos = [
+            block.get("video")
+            for message in conversation
+            if isinstance(message.get("content"), (list, tuple))
+            for block in message["content"]
+            if block.get("type") == "video"
+        ]
+        if len(videos) != 1 or videos[0] is not video.video:
+            found = "one holding another video" if len(videos) == 1 else f"{len(videos)} video blocks"
+            raise ValueError(
+                "`conversation` must hold the loaded video in one video block, `{'type': 'video', 'video': "
+                f"video.video}}` in its first user turn; found {found}."
+            )
+        inputs = self.processor.apply_chat_template(
+            conversation,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            query=question,
+            device=self.device,
+        )
+        if video.frame_features is not None:
+            inputs["video_frame_features"] = [video.frame_features]
+        return inputs
+
+    def reply(
+        self,
+        video: EncodedVideo,
+        conversation: list[dict],
+        question: str,
+        max_new_tokens: int = 256,
+        streamer: BaseStreamer | None = None,
+    ) -> str:
+        """
+        The greedy answer to the last user turn of a chat about a loaded video (see [`ViLaMPRunner.prepare_chat`] for
+        the arguments); its first turn gives the same answer as `ask(video, question)`.
+
+        Returns:
+            `str`: the answer, special tokens left out.
+        """
+        (answer,) = self.generate(self.prepare_chat(video, conversation, question), max_new_tokens, streamer)
+        return answer
 
     def prepare(self, batches: Iterable[list[VideoQuestion]]) -> Iterator[BatchFeature]:
         """The model inputs of each batch of questions, in order, one processor call per batch as it is asked for;

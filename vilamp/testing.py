@@ -378,6 +378,7 @@ def write_video(
     codec: str = "mpeg4",
     options=None,
     container_options=None,
+    frame_format: str = "rgb24",
 ) -> Path:
     """
     Writes uint8 RGB frames of shape `(height, width, 3)` as a video with PyAV, through a temporary file renamed into
@@ -385,6 +386,8 @@ def write_video(
 
     Args:
         codec (`str`, *optional*, defaults to `"mpeg4"`): the FFmpeg encoder, e.g. `"libx264"`.
+        frame_format (`str`, *optional*, defaults to `"rgb24"`): `"yuv420p"` takes planar frames of shape
+            `(height * 3 // 2, width)` (as PyAV's `to_ndarray` gives them), encoded without a colour conversion.
         options (`dict[str, str]`, *optional*): encoder options, e.g. `{"preset": "ultrafast"}` for libx264.
         container_options (`dict[str, str]`, *optional*): muxer options, e.g. `{"movflags": "faststart"}` to write an
             MP4's index before its frames.
@@ -397,19 +400,111 @@ def write_video(
     first_frame = next(frames, None)
     if first_frame is None:
         raise ValueError(f"`frames` is empty: a video needs at least one frame to be written to {path}.")
-    height, width, _ = first_frame.shape
+    height, width = (
+        (first_frame.shape[0] * 2 // 3, first_frame.shape[1]) if frame_format == "yuv420p" else first_frame.shape[:2]
+    )
     with av.open(str(temporary), "w", options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if options:
             stream.options = options
         for frame in itertools.chain([first_frame], frames):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format=frame_format)):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
     temporary.replace(path)
     return path
+
+
+# codec name -> (FFmpeg encoder, container suffix, fast encoder options) of `write_noisy_video`
+NOISY_VIDEO_CODECS = {
+    "h264": ("libx264", ".mp4", {"preset": "ultrafast"}),
+    "hevc": ("libx265", ".mp4", {"preset": "ultrafast", "x265-params": "log-level=error"}),
+    "vp9": ("libvpx-vp9", ".webm", {"deadline": "realtime", "cpu-used": "8", "row-mt": "1"}),
+    "av1": ("libsvtav1", ".mp4", {"preset": "12"}),
+}
+
+
+def noisy_video_frames(
+    num_frames: int, *, width: int, height: int, fps: int = 30, seed: int = 0
+) -> Iterator[np.ndarray]:
+    """
+    Planar yuv420p frames of shape `(height * 3 // 2, width)` of a camera slowly panning over a textured scene, with
+    sensor noise in every frame (luma about 5 levels, chroma about 2): the noise makes encoders spend the bitrate a
+    camera's file has, unlike smooth synthetic frames. Each frame costs a few additions: the scene and a small bank of
+    noise fields are drawn once, and each frame is a window into them.
+    """
+    if width % 2 or height % 2:
+        raise ValueError(f"yuv420p frames need an even `width` and `height`, got {width}x{height}.")
+    rng = np.random.default_rng(seed)
+    margin = 2 * max(2, min(width, height) // 32)
+    scene_height, scene_width = height + 2 * margin, width + 4 * margin
+    y, x = np.mgrid[0:scene_height, 0:scene_width].astype(np.float32)
+    # objects: coarse blocks of random level with hard edges, on smooth gradients
+    blocks = np.kron(rng.integers(0, 60, (scene_height // 16 + 1, scene_width // 16 + 1)), np.ones((16, 16)))
+    gradient = 0.5 + 0.25 * np.sin(x / 97 + y / 151) + 0.25 * np.sin(y / 61 - x / 203)
+    scene_y = (24 + 120 * gradient + blocks[:scene_height, :scene_width]).astype(np.uint8)
+    half = (slice(0, scene_height, 2), slice(0, scene_width, 2))
+    scene_u = (100 + 40 * np.sin(x[half] / 53) + blocks[half] / 2).astype(np.uint8)
+    scene_v = (100 + 40 * np.cos(y[half] / 71) + blocks[half] / 2).astype(np.uint8)
+    # noise fields, offset to stay non-negative; every sum stays below 256
+    bank_size = 4
+    noise_y = [
+        np.clip(rng.normal(15, 5, (height + margin, width + margin)), 0, 30).astype(np.uint8) for _ in range(bank_size)
+    ]
+    noise_uv = [
+        np.clip(rng.normal(8, 2, (2, (height + margin) // 2, (width + margin) // 2)), 0, 16).astype(np.uint8)
+        for _ in range(bank_size)
+    ]
+    luma_size, chroma_size = height * width, height * width // 4
+    for index in range(num_frames):
+        # pan: a slow ellipse through the scene's margins, on even pixels so the chroma window follows the luma one
+        dx = int(2 * margin * (1 - np.cos(2 * np.pi * index / (8 * fps)))) // 2 * 2
+        dy = int(margin * (1 - np.cos(2 * np.pi * index / (5 * fps)))) // 2 * 2
+        nx, ny = (int(offset) // 2 * 2 for offset in rng.integers(0, margin, 2))
+        bank = int(rng.integers(bank_size))
+        frame = np.empty((height * 3 // 2, width), dtype=np.uint8)
+        flat = frame.reshape(-1)
+        luma = flat[:luma_size].reshape(height, width)
+        np.add(scene_y[dy : dy + height, dx : dx + width], noise_y[bank][ny : ny + height, nx : nx + width], out=luma)
+        for plane, scene in enumerate((scene_u, scene_v)):
+            chroma = flat[luma_size + plane * chroma_size : luma_size + (plane + 1) * chroma_size]
+            window = (slice(dy // 2, dy // 2 + height // 2), slice(dx // 2, dx // 2 + width // 2))
+            noise = noise_uv[bank][plane, ny // 2 : ny // 2 + height // 2, nx // 2 : nx // 2 + width // 2]
+            np.add(scene[window], noise, out=chroma.reshape(height // 2, width // 2))
+        yield frame
+
+
+def write_noisy_video(
+    path: str | os.PathLike,
+    codec: str,
+    *,
+    seconds: float,
+    width: int = 1920,
+    height: int = 1080,
+    fps: int = 30,
+    bitrate: int | None = None,
+) -> Path:
+    """
+    Writes `noisy_video_frames` as a camera-like video with a fast encoder preset, a keyframe every 2 seconds.
+
+    Args:
+        path (`str` or `os.PathLike`): where to write; the suffix picks the container (`NOISY_VIDEO_CODECS` gives the
+            usual one per codec, `.webm` for VP9).
+        codec (`str`): `"h264"`, `"hevc"`, `"vp9"` or `"av1"`.
+        seconds (`float`): length of the video.
+        bitrate (`int`, *optional*): bits per second; defaults to 12 Mbit/s at 1080p, scaled by the frame area and
+            capped at 25 Mbit/s.
+    """
+    if codec not in NOISY_VIDEO_CODECS:
+        raise ValueError(f"`codec` {codec!r} is not one of {sorted(NOISY_VIDEO_CODECS)}.")
+    encoder, _, options = NOISY_VIDEO_CODECS[codec]
+    if bitrate is None:
+        bitrate = int(min(25e6, 12e6 * width * height / (1920 * 1080)))
+    options = {**options, "b": str(bitrate), "g": str(2 * fps)}
+    frames = noisy_video_frames(max(1, round(seconds * fps)), width=width, height=height, fps=fps)
+    return write_video(path, frames, fps=fps, codec=encoder, options=options, frame_format="yuv420p")
 
 
 def free_port() -> int:
@@ -437,11 +532,14 @@ __all__ = [
     "build_tiny_model",
     "build_tiny_processor",
     "build_tiny_tokenizer",
+    "NOISY_VIDEO_CODECS",
+    "noisy_video_frames",
     "random_original_state_dict",
     "synthetic_frames",
     "tiny_config",
     "write_synthetic_video",
     "write_tiny_video_qa_dataset",
     "write_original_checkpoint",
+    "write_noisy_video",
     "write_video",
 ]

@@ -35,15 +35,18 @@ def video_file(tmp_path_factory) -> Path:
     return write_video(path, synthetic_frames(VIDEO_SECONDS * VIDEO_FPS), fps=VIDEO_FPS)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_vilamp():
     """Runs `python -m vilamp.cli ARGS...` (what the `vilamp` script runs) from the repository root, with `env` added to
-    the environment."""
+    the environment and `stdin` (text) as its input."""
 
-    def run(*args, timeout: int = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def run(
+        *args, timeout: int = 300, env: dict[str, str] | None = None, stdin: str | None = None
+    ) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "vilamp.cli", *map(str, args)]
         return subprocess.run(
-            command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
-        )
+            command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+            input=stdin,
+        )  # fmt: skip
 
     return run

@@ -8,8 +8,9 @@ from PIL import Image
 import vilamp
 from vilamp.cli.main import convert_command
 
+VIDEO_TIMING_STAGES = {"load_model", "decoding", "keyframe_embedding", "vision_encoding", "total"}
 TIMING_STAGES = {
-    "load_model", "decoding", "keyframe_selection", "encoding", "prefill", "decode_warm_up", "generation", "total",
+    "keyframe_selection", "encoding", "prefill", "decode_warm_up", "generation", "time_to_first_token", "total",
 }  # fmt: skip
 
 
@@ -20,15 +21,19 @@ def test_ask_json_reports_answer_keyframe_times_and_timings(run_vilamp, model_di
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
-    assert isinstance(record["answer"], str)
+    (answer,) = record["answers"]
+    assert isinstance(answer["answer"], str) and answer["question"] == "What colour is the square?"
     assert record["num_frames"] == 10  # 12 frames at 1 fps, thinned to --max-frames
-    assert record["num_keyframes"] == 3
-    keyframe_times = record["keyframe_timestamps_seconds"]
+    assert (record["duration_seconds"], record["video_backend"]) == (12.0, "pyav")
+    assert answer["num_keyframes"] == 3
+    keyframe_times = answer["keyframe_timestamps_seconds"]
     assert len(keyframe_times) == 3 and all(isinstance(seconds, float) for seconds in keyframe_times)
     assert keyframe_times == sorted(keyframe_times) and 0 <= keyframe_times[0] and keyframe_times[-1] < 12
-    assert record["num_video_tokens"] == 196 * 3 + (10 - 3) + 1
-    assert set(record["timings_seconds"]) == TIMING_STAGES
-    assert all(isinstance(seconds, float) and seconds >= 0 for seconds in record["timings_seconds"].values())
+    assert answer["num_video_tokens"] == 196 * 3 + (10 - 3) + 1
+    assert 1 <= answer["num_tokens"] <= 4  # --max-new-tokens, or fewer when the end token comes first
+    assert set(record["timings_seconds"]) == VIDEO_TIMING_STAGES and set(answer["timings_seconds"]) == TIMING_STAGES
+    timings = [*record["timings_seconds"].values(), *answer["timings_seconds"].values()]
+    assert all(isinstance(seconds, float) and seconds >= 0 for seconds in timings)
     assert (record["device"], record["dtype"]) == ("cpu", "float32")
 
 
@@ -46,7 +51,7 @@ def test_ask_streams_the_same_answer_and_shows_progress(run_vilamp, model_dir, v
     streamed = run_vilamp(*arguments)
     assert streamed.returncode == 0, streamed.stderr
     as_json = json.loads(run_vilamp(*arguments, "--json", "--no-progress").stdout)
-    assert streamed.stdout == as_json["answer"] + "\n"  # greedy decoding is deterministic
+    assert streamed.stdout == as_json["answers"][0]["answer"] + "\n"  # greedy decoding is deterministic
     for stage in ("decoding", "keyframe selection", "encoding"):
         assert stage in streamed.stderr  # the progress bars
     assert "12 frames, 4 keyframes at" in streamed.stderr
@@ -68,9 +73,9 @@ def test_ask_with_a_static_cache_gives_the_default_greedy_answer(run_vilamp, mod
     static = run_vilamp(*arguments, "--cache-implementation", "static")
     assert default.returncode == 0, default.stderr
     assert static.returncode == 0, static.stderr
-    static_record = json.loads(static.stdout)
-    assert static_record["answer"] == json.loads(default.stdout)["answer"]
-    assert set(static_record["timings_seconds"]) == TIMING_STAGES
+    (static_answer,) = json.loads(static.stdout)["answers"]
+    assert static_answer["answer"] == json.loads(default.stdout)["answers"][0]["answer"]
+    assert set(static_answer["timings_seconds"]) == TIMING_STAGES
 
 
 def test_keyframes_draws_a_png_of_the_expected_size(run_vilamp, model_dir, video_file, tmp_path):
@@ -148,6 +153,10 @@ def test_version_prints_the_package_version(run_vilamp):
         (["keyframes", "{model}", "{video}", "q", "--dpi", "1.5"], "argument --dpi: expected a positive integer, got '1.5'"),
         (["convert", "{missing}", "{tmp}/out"], "argument ORIGINAL_DIR: no such directory: '{missing}'"),
         (["ask", "{model}", "{video}"], "the following arguments are required: QUESTION"),
+        (["ask", "{model}", "{video}", "q", "--keep-features", "bogus"], "vilamp ask: error: argument --keep-features: invalid choice: 'bogus'"),
+        (["chat", "{model}", "{video}", "--keep-features", "gpu"], "vilamp chat: error: argument --keep-features: invalid choice: 'gpu'"),
+        (["chat", "{model}", "{video}", "q"], "vilamp chat: error: unrecognized arguments: q; see `vilamp chat --help`"),
+        (["chat", "{model}"], "the following arguments are required: VIDEO"),
         ([], "the following arguments are required: COMMAND"),
         (["ask", "{model}", "{video}", "q", "--device", "gpu"], "vilamp ask: error: argument --device: 'gpu' is not a device; pass auto, cpu, cuda or cuda:N"),
         (["demo", "--device", "cuda:x"], "vilamp demo: error: argument --device: 'cuda:x' is not a device"),

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModel, AutoProcessor
 
 from vilamp import VideoCache
-from vilamp.evaluation.video_qa import DecodingWorkers, VideoQuestionAnswerer
+from vilamp.evaluation.video_qa import DecodingWorkers, VideoQuestionAnswerer, visible_gpu
 from vilamp.runner import VideoQuestion, ViLaMPRunner, process_questions
 
 
@@ -147,6 +147,20 @@ def test_prepare_by_video_checks_its_batches(answerer, questions):
         next(answerer.prepare_by_video(questions, batch_size=0))
     with pytest.raises(ValueError, match="`batch_keys` must hold one key per question: got 1 keys for 3 questions"):
         next(answerer.prepare_by_video(questions, batch_keys=[1]))
+
+
+@pytest.mark.parametrize(
+    "device, visible, expected",
+    [("cpu", None, None), ("cuda:1", None, "1"), ("cuda:1", "4,6", "6"), ("cuda", "GPU-a, GPU-b", "GPU-a")],
+)
+def test_decoding_workers_decode_on_the_model_gpu_as_cuda_visible_devices_names_it(
+    monkeypatch, device, visible, expected
+):
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert visible_gpu(device) == expected
 
 
 def test_decoding_workers_take_a_positive_count(answerer):

@@ -116,7 +116,9 @@ def test_processor_takes_the_decoding_settings_per_call_and_checks_them(make_vid
     three = processor(text="What moves?", videos=path, num_decoders=3, return_tensors="pt")
     for key in one:
         assert torch.equal(one[key], three[key]), key
-    with pytest.raises(ValueError, match="`decode_device` must be 'cpu' or 'cuda'"):
+    with pytest.raises(
+        ValueError, match=r"`decode_device` must be 'auto' \(NVDEC and the CPU together .*\), 'cpu' or 'cuda'"
+    ):
         processor(text="What moves?", videos=path, decode_device="gpu")
     with pytest.raises(ValueError, match="`num_decoders` must be an integer of at least 1, got 0"):
         processor(text="What moves?", videos=path, num_decoders=0)

@@ -1,8 +1,10 @@
-"""The `vilamp` command line: convert a checkpoint, ask about a video, draw the keyframe timeline, run the demo.
+"""The `vilamp` command line: convert a checkpoint, ask about a video, chat about it, draw the keyframe timeline, run
+the demo.
 
     vilamp demo
     vilamp convert ViLAMP-llava-qwen vilamp-7b
-    vilamp ask vilamp-7b talk.mp4 "What is the speaker holding?"
+    vilamp ask vilamp-7b talk.mp4 "What is the speaker holding?" "Where is the speaker?"
+    vilamp chat vilamp-7b talk.mp4
     vilamp keyframes vilamp-7b talk.mp4 "What is the speaker holding?" --out timeline.png
 
 Exit status: 0 on success; 2 for a usage error (an unknown flag, a value of the wrong kind, a path that does not exist,
@@ -21,10 +23,12 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from vilamp import __version__
+from vilamp.runner import KEEP_FEATURES
 
 DEFAULT_MAX_NEW_TOKENS = 128
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
@@ -120,12 +124,10 @@ def png_file(text: str) -> Path:
     return path
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, *, with_video: bool = True):
-    """MODEL_DIR, VIDEO, QUESTION and the sampling flags shared by `ask` and `keyframes`."""
+def add_model_arguments(parser: argparse.ArgumentParser):
+    """MODEL_DIR, VIDEO and the sampling flags shared by `ask`, `chat` and `keyframes`."""
     parser.add_argument("model_dir", metavar="MODEL_DIR", type=existing_dir, help="a converted ViLaMP directory")
-    if with_video:
-        parser.add_argument("video", metavar="VIDEO", type=existing_file, help="the video file")
-        parser.add_argument("question", metavar="QUESTION", help="the question about the video")
+    parser.add_argument("video", metavar="VIDEO", type=existing_file, help="the video file")
     parser.add_argument(
         "--max-frames",
         type=positive_int,
@@ -139,6 +141,25 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, with_video: bool = T
         help="where the models run: auto (default: the GPU when torch sees one), cpu, cuda, cuda:1, ...",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser):
+    """The flags of the model's side shared by `ask` and `chat`."""
+    parser.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS, help="default 128")
+    parser.add_argument(
+        "--dtype", choices=DTYPE_CHOICES, default="auto", help="auto: bfloat16 on a GPU, float32 on the CPU"
+    )
+    parser.add_argument(
+        "--cache-implementation", choices=CACHE_IMPLEMENTATION_CHOICES, default="dynamic",
+        help="generate's KV cache (default dynamic); static compiles the decoding step on a GPU: faster per token after "
+        "a one-time warm-up, reported as `decode_warm_up`",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keep-features", choices=KEEP_FEATURES, default="auto",
+        help="where the video's projected patches (SigLIP and the projector, per frame) are kept for its questions: "
+        "device (the model's), cpu, none (each question encodes the frames again), or auto (default: the device if they "
+        "take at most half its free memory, else the host under the same rule, else none)",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,25 +186,34 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(handler=run_convert)
 
     ask = commands.add_parser(
-        "ask", help="answer a question about a video, printing the answer as it is generated",
-        description="Answers QUESTION about VIDEO with the model in MODEL_DIR, streaming the answer to stdout and "
-        "progress bars (decoding, keyframe selection, encoding) to stderr.",
+        "ask", help="answer questions about a video, printing each answer as it is generated",
+        description="Answers each QUESTION about VIDEO with the model in MODEL_DIR, in order, streaming the answers to "
+        "stdout (each after its question, when there are several) and progress bars (decoding, keyframe selection, "
+        "encoding) to stderr. The video is decoded, embedded for the keyframe selection and encoded once for all the "
+        "questions; each question then runs its keyframe selection, the DFM, the prefill and its answer, and gets the "
+        "answer it would get asked alone.",
     )  # fmt: skip
     add_model_arguments(ask)
-    ask.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS, help="default 128")
-    ask.add_argument(
-        "--dtype", choices=DTYPE_CHOICES, default="auto", help="auto: bfloat16 on a GPU, float32 on the CPU"
-    )
-    ask.add_argument(
-        "--cache-implementation", choices=CACHE_IMPLEMENTATION_CHOICES, default="dynamic",
-        help="generate's KV cache (default dynamic); static compiles the decoding step on a GPU: faster per token after "
-        "a one-time warm-up, reported as `decode_warm_up`",
-    )  # fmt: skip
+    ask.add_argument("questions", metavar="QUESTION", nargs="+", help="a question about the video; give one or more")
+    add_generation_arguments(ask)
     ask.add_argument(
         "--json", action="store_true",
-        help="print one JSON object (answer, keyframe timestamps, timings per stage, frame counts) instead of the text",
+        help="print one JSON object instead of the text: the video's frame count, decoders and one-time costs, and a "
+        "list of answers, each with its keyframe timestamps, token count and timings",
     )  # fmt: skip
     ask.set_defaults(handler=run_ask)
+
+    chat = commands.add_parser(
+        "chat", help="answer questions about a video read from stdin, one a line, keeping the conversation",
+        description="Loads VIDEO once, then reads questions from stdin, one a line, and streams each answer to stdout "
+        "(a `> ` prompt on stderr when stdin is a terminal). Each question selects its own keyframes; the earlier "
+        "questions and answers stay in the prompt as the chat template allows, the oldest dropped (with a warning) "
+        "when the prompt would exceed the model's positions. An empty line is ignored; `/exit` or the end of input "
+        "(Ctrl-D) ends the chat.",
+    )  # fmt: skip
+    add_model_arguments(chat)
+    add_generation_arguments(chat)
+    chat.set_defaults(handler=run_chat)
 
     keyframes = commands.add_parser(
         "keyframes", help="draw the relevance curve, the chosen keyframes and their thumbnails",
@@ -192,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the processor and its CLIP keyframe selector run, not the language model.",
     )  # fmt: skip
     add_model_arguments(keyframes)
+    keyframes.add_argument("question", metavar="QUESTION", help="the question the frames are ranked against")
     keyframes.add_argument(
         "--out", type=png_file, default=Path("timeline.png"), help="the PNG to write (default timeline.png)"
     )
@@ -278,69 +309,175 @@ def run_convert(args) -> int:
     return run_command(args, prog="vilamp convert")
 
 
-def ask_video(model_dir: Path, video: Path, question: str, args, *, write) -> dict:
-    """Loads the model, answers the question about the video (streaming the text to `write`) and returns the record
-    that `--json` prints."""
-    from vilamp.processing import resolve_device
+def load_runner(model_dir: Path, video: Path, args):
+    """Checks MODEL_DIR and VIDEO, then loads the model and its processor with the command's settings."""
     from vilamp.runner import ViLaMPRunner
 
-    from .pipeline import generate_answer, prepare_video, probe_video
+    from .pipeline import probe_video
 
     check_model_dir(model_dir)
     probe_video(video)
-    device = resolve_device(args.device)
-    start = time.perf_counter()
     with model_dir_errors(model_dir):
-        runner = ViLaMPRunner.from_pretrained(
+        return ViLaMPRunner.from_pretrained(
             model_dir,
-            device=device,
+            device=args.device,
             dtype=args.dtype,
             cache_implementation=args.cache_implementation,
             max_frames=args.max_frames,
             num_keyframes=args.keyframes,
         )
-    loaded_at = time.perf_counter()
-    prepared = prepare_video(runner.processor, video, question, show_progress=not args.no_progress)
-    answer = generate_answer(
-        runner, prepared, max_new_tokens=args.max_new_tokens, write=write, show_progress=not args.no_progress
-    )
-    timings = {"load_model": loaded_at - start, **prepared.timings_seconds, "total": time.perf_counter() - start}
+
+
+def rounded(timings: dict[str, float]) -> dict[str, float]:
+    """Timings to a tenth of a millisecond, for `--json`."""
+    return {stage: round(seconds, 4) for stage, seconds in timings.items()}
+
+
+def video_record(video: Path, encoded, runner, load_model_seconds: float) -> dict:
+    """What `--json` says once about the loaded video: its frames, decoders and one-time costs, and the model's side."""
+    metadata = encoded.video.metadata
+    features = encoded.frame_features
     return {
-        "answer": answer,
-        "question": question,
         "video": str(video),
-        "num_frames": len(prepared.timestamps_seconds),
-        "num_keyframes": len(prepared.keyframe_timestamps_seconds),
-        "keyframe_timestamps_seconds": [round(seconds, 3) for seconds in prepared.keyframe_timestamps_seconds],
-        "num_video_tokens": int((prepared.inputs["input_ids"] == runner.model.config.video_token_id).sum()),
-        "timings_seconds": {stage: round(seconds, 4) for stage, seconds in timings.items()},
-        "device": str(device),
+        "num_frames": encoded.num_frames,
+        "duration_seconds": None if metadata.duration is None else round(float(metadata.duration), 3),
+        "video_backend": metadata.video_backend,
+        "frame_features_device": None if features is None else str(features.device),
+        "timings_seconds": rounded({"load_model": load_model_seconds, **encoded.seconds}),
+        "device": str(runner.device),
         "dtype": str(runner.model.dtype).removeprefix("torch."),
     }
 
 
-def print_summary(record: dict):
-    """One line of what was done and how long each stage took, on stderr."""
-    keyframe_times = ", ".join(f"{seconds:g}" for seconds in record["keyframe_timestamps_seconds"])
-    timings = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in record["timings_seconds"].items())
+def answer_record(answer) -> dict:
+    """What `--json` says about one answer."""
+    return {
+        "question": answer.question,
+        "answer": answer.text,
+        "num_keyframes": len(answer.keyframe_timestamps_seconds),
+        "keyframe_timestamps_seconds": [round(seconds, 3) for seconds in answer.keyframe_timestamps_seconds],
+        "num_video_tokens": answer.num_video_tokens,
+        "num_tokens": answer.num_tokens,
+        "timings_seconds": rounded(answer.timings_seconds),
+    }
+
+
+def print_timings(prefix: str, timings: dict[str, float]):
+    """One line on stderr: `[prefix; stage 0.12 s, ...]`."""
     print(
-        f"[{record['num_frames']} frames, {record['num_keyframes']} keyframes at {keyframe_times} s; {timings}]",
-        file=sys.stderr,
+        f"[{prefix}; {', '.join(f'{stage} {seconds:.2f} s' for stage, seconds in timings.items())}]", file=sys.stderr
     )
+
+
+def print_video_summary(record: dict):
+    """One line on stderr of what loading the video took."""
+    duration = "" if record["duration_seconds"] is None else f" of {record['duration_seconds']:g} s"
+    print_timings(
+        f"video: {record['num_frames']} frames{duration}, decoded by {record['video_backend']}",
+        record["timings_seconds"],
+    )
+
+
+def print_answer_summary(record: dict, num_frames: int):
+    """One line on stderr of an answer's keyframes and how long each of its stages took."""
+    keyframe_times = ", ".join(f"{seconds:g}" for seconds in record["keyframe_timestamps_seconds"])
+    print_timings(
+        f"{num_frames} frames, {record['num_keyframes']} keyframes at {keyframe_times} s", record["timings_seconds"]
+    )
+
+
+def ask_video(model_dir: Path, video: Path, questions: list[str], args, *, write, summarize: bool) -> dict:
+    """
+    Loads the model and the video once and answers each question in order, streaming the answers to `write` (each
+    after its question when there are several) and, with `summarize`, a line of timings per stage on stderr. Returns
+    the record that `--json` prints.
+    """
+    from .pipeline import answer_question, load_video
+
+    empty = [index for index, question in enumerate(questions, start=1) if not question.strip()]
+    if empty:
+        raise CommandError(
+            f"QUESTION {empty[0]} of {len(questions)} is empty; the keyframe selection ranks frames against it. Pass "
+            "a question."
+        )
+    start = time.perf_counter()
+    runner = load_runner(model_dir, video, args)
+    loaded_at = time.perf_counter()
+    encoded = load_video(runner, video, keep_features=args.keep_features, show_progress=not args.no_progress)
+    record = video_record(video, encoded, runner, load_model_seconds=loaded_at - start)
+    if summarize:
+        print_video_summary(record)
+    answers = []
+    for index, question in enumerate(questions):
+        if write is not None and len(questions) > 1:
+            write(("\n" if index else "") + f"> {question}\n")
+        answer = answer_question(
+            runner, encoded, question, max_new_tokens=args.max_new_tokens, write=write,
+            show_progress=not args.no_progress,
+        )  # fmt: skip
+        answers.append(answer_record(answer))
+        if summarize:
+            print_answer_summary(answers[-1], encoded.num_frames)
+    record["timings_seconds"]["total"] = round(time.perf_counter() - start, 4)
+    return {**record, "answers": answers}
+
+
+def write_stdout(text: str):
+    """Writes to stdout at once, so each token of a streamed answer shows as it comes."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def run_ask(args) -> int:
     quiet_transformers()
-
-    def write(text: str):
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-    record = ask_video(args.model_dir, args.video, args.question, args, write=None if args.json else write)
+    record = ask_video(
+        args.model_dir, args.video, args.questions, args, write=None if args.json else write_stdout,
+        summarize=not args.json,
+    )  # fmt: skip
     if args.json:
         print(json.dumps(record, ensure_ascii=False))
-    else:
-        print_summary(record)
+    return 0
+
+
+def read_questions(stream) -> Iterator[str]:
+    """The questions of a chat, one a line, until `/exit` or the end of `stream`; empty lines are skipped, and a `> `
+    prompt goes to stderr before each line when `stream` is a terminal."""
+    while True:
+        if stream.isatty():
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = stream.readline()
+        question = line.strip()
+        if not line or question == "/exit":
+            return
+        if question:
+            yield question
+
+
+def run_chat(args) -> int:
+    from .pipeline import answer_question, load_video
+
+    quiet_transformers()
+    start = time.perf_counter()
+    runner = load_runner(args.model_dir, args.video, args)
+    loaded_at = time.perf_counter()
+    encoded = load_video(runner, args.video, keep_features=args.keep_features, show_progress=not args.no_progress)
+    print_video_summary(video_record(args.video, encoded, runner, load_model_seconds=loaded_at - start))
+    exchanges: list[tuple[str, str]] = []
+    for question in read_questions(sys.stdin):
+        answer = answer_question(
+            runner, encoded, question, max_new_tokens=args.max_new_tokens, exchanges=exchanges, write=write_stdout,
+            show_progress=not args.no_progress,
+        )  # fmt: skip
+        if answer.num_dropped_exchanges:
+            print(
+                f"vilamp chat: warning: the conversation would exceed the model's "
+                f"{runner.model.config.text_config.max_position_embeddings} positions, so its "
+                f"{answer.num_dropped_exchanges} oldest question(s) and answer(s) are left out of this prompt and the "
+                "later ones; the video moves to the first question kept.",
+                file=sys.stderr,
+            )
+        exchanges = exchanges[answer.num_dropped_exchanges :] + [(question, answer.text)]
+        print_answer_summary(answer_record(answer), encoded.num_frames)
     return 0
 
 
@@ -421,12 +558,12 @@ def demo_in(work_dir: Path, args) -> int:
     print(f"3/4 vilamp ask {model_dir} {video} {json.dumps(DEMO_QUESTION)}")
     sampling = argparse.Namespace(
         max_frames=None, keyframes=None, device=args.device, dtype="auto", max_new_tokens=args.max_new_tokens,
-        cache_implementation="dynamic", no_progress=args.no_progress, dpi=100,
+        cache_implementation="dynamic", keep_features="auto", no_progress=args.no_progress, dpi=100,
     )  # fmt: skip
-    record = ask_video(model_dir, video, DEMO_QUESTION, sampling, write=None)
-    print_summary(record)
+    record = ask_video(model_dir, video, [DEMO_QUESTION], sampling, write=None, summarize=True)
     # random byte tokens rarely form UTF-8 characters: the replacement characters are dropped from the display
-    answer = record["answer"].replace("\ufffd", "").strip()
+    (demo_answer,) = record["answers"]
+    answer = demo_answer["answer"].replace("\ufffd", "").strip()
     if answer:
         print(f"Answer of the tiny random model (noise): {answer}")
     else:

@@ -39,9 +39,14 @@ from ..runner import (
 WORKER_STATE = {}
 
 
-def start_decoding_worker(video_processor, keyframe_image_size: int, video_cache: VideoCache | None):
-    """Runs once in each decoding worker: keeps the video processor. One thread for torch's CPU operations per worker,
-    as a `DataLoader`'s workers have: the workers run side by side."""
+def start_decoding_worker(
+    video_processor, keyframe_image_size: int, video_cache: VideoCache | None, visible_gpu: str | None
+):
+    """Runs once in each decoding worker: keeps the video processor, and makes the model's GPU (`visible_gpu`, as
+    `CUDA_VISIBLE_DEVICES` names it) the only one NVDEC can use here; nothing has started CUDA yet, so it applies. One
+    thread for torch's CPU operations per worker, as a `DataLoader`'s workers have: the workers run side by side."""
+    if visible_gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible_gpu
     torch.set_num_threads(1)
     WORKER_STATE.update(
         video_processor=video_processor,
@@ -74,19 +79,28 @@ class DecodingWorkers:
     Worker processes that load videos (decoding, 1 fps sampling, resizing: the processor's `load_video`) ahead of the
     model. They start when this object is made and stay until `close`: their start (importing torch and the package,
     receiving the processor) overlaps whatever the caller does next, such as loading the model, and each later `map`
-    finds them ready. They only decode, on the CPU, and create no CUDA context: the model's process embeds the frames
-    with CLIP on its device, so that the embeddings do not depend on the number of workers. So each worker gets a copy
-    of the video processor alone, not of the keyframe selector's CLIP weights (577 MiB for ViT-B/32), and does not import
-    open_clip.
+    finds them ready. They only decode (on the CPU, and on the GPU's video decoders where the video processor's
+    `decode_device` uses NVDEC, the one use of CUDA in a worker): the model's process embeds the frames with CLIP on its
+    device, so that the embeddings do not depend on the number of workers. So each worker gets a copy of the video
+    processor alone, not of the keyframe selector's CLIP weights (577 MiB for ViT-B/32), and does not import open_clip.
 
     Args:
         processor ([`ViLaMPProcessor`]): the processor, with its keyframe selector.
         num_workers (`int`): worker processes; each holds one video at a time, so `num_workers` videos wait at most.
         video_cache ([`VideoCache`], *optional*): the workers read video files through it (a video stored by an
             earlier run or another process is not decoded again); give the answerer the same one.
+        device (`torch.device`, *optional*): the model's device; for a GPU, the only one the workers' NVDEC decoders
+            use (otherwise each process's workers would all decode on the first GPU).
     """
 
-    def __init__(self, processor, num_workers: int, video_cache: VideoCache | None = None):
+    def __init__(
+        self,
+        processor,
+        num_workers: int,
+        video_cache: VideoCache | None = None,
+        *,
+        device: str | torch.device | None = None,
+    ):
         if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 1:
             raise ValueError(f"`num_workers` must be an integer of at least 1, got {num_workers!r}.")
         if processor.keyframe_selector is None:
@@ -101,7 +115,12 @@ class DecodingWorkers:
             num_workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=start_decoding_worker,
-            initargs=(processor.video_processor, processor.keyframe_selector.image_size, video_cache),
+            initargs=(
+                processor.video_processor,
+                processor.keyframe_selector.image_size,
+                video_cache,
+                visible_gpu(device),
+            ),
         )
         self.ready_futures = []
         # A spawning pool starts a process per task submitted while none is idle: one task each starts them all. Each
@@ -146,6 +165,15 @@ class DecodingWorkers:
 
     def __exit__(self, *exc_info):
         self.close()
+
+
+def visible_gpu(device: str | torch.device | None) -> str | None:
+    """How `CUDA_VISIBLE_DEVICES` names the GPU `device` is in this process, or None for no GPU."""
+    if device is None or torch.device(device).type != "cuda":
+        return None
+    index = torch.device(device).index or 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return str(index) if visible is None else visible.split(",")[index].strip()
 
 
 def video_key(video) -> Hashable:
@@ -260,7 +288,9 @@ class VideoQuestionAnswerer(ViLaMPRunner):
         # with the first video this process embeds
         processor = load_processor(pretrained_model_name_or_path, device="cpu", max_frames=max_frames)
         startup_seconds = {"processor_loading": time.perf_counter() - start}
-        decoding_workers = DecodingWorkers(processor, decode_workers, video_cache) if decode_workers else None
+        decoding_workers = (
+            DecodingWorkers(processor, decode_workers, video_cache, device=device) if decode_workers else None
+        )
         try:
             start = time.perf_counter()
             model = load_model(
@@ -430,4 +460,4 @@ class VideoQuestionAnswerer(ViLaMPRunner):
         return "cache" if "cache" in parameters else "past_key_values"
 
 
-__all__ = ["DecodingWorkers", "VideoQuestionAnswerer", "group_by_video", "process_device", "video_key"]
+__all__ = ["DecodingWorkers", "VideoQuestionAnswerer", "group_by_video", "process_device", "video_key", "visible_gpu"]

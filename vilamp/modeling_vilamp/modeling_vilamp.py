@@ -1,6 +1,7 @@
 """ViLaMP: SigLIP frames, keyframes pooled to a grid, non-keyframes merged by the DFM, and a Qwen2 language model."""
 
 import bisect
+import copy
 import functools
 import itertools
 import json
@@ -18,6 +19,7 @@ from transformers import AutoModel, GenerationMixin, PreTrainedConfig, PreTraine
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.quantizers.auto import AutoQuantizationConfig
 from transformers.utils import cached_file, is_torchdynamo_compiling, logging
 from transformers.utils.generic import can_return_tuple
 
@@ -261,6 +263,23 @@ def free_memory_bytes(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def with_unquantized_modules(quantization_config, module_names: list[str]):
+    """
+    A copy of a transformers quantization config whose list of modules to skip (`llm_int8_skip_modules` of
+    bitsandbytes, `modules_to_not_convert` of torchao and most others) holds `module_names` and then the user's own;
+    the user's config is left as it is. A config without such a list is returned as given.
+    """
+    if isinstance(quantization_config, dict):
+        quantization_config = AutoQuantizationConfig.from_dict(quantization_config)
+    for skip_field in ("llm_int8_skip_modules", "modules_to_not_convert"):
+        if hasattr(quantization_config, skip_field):
+            user_modules = getattr(quantization_config, skip_field) or []
+            quantization_config = copy.deepcopy(quantization_config)
+            setattr(quantization_config, skip_field, list(dict.fromkeys([*module_names, *user_modules])))
+            break
+    return quantization_config
+
+
 class ViLaMPMultiModalProjector(nn.Module):
     """The 2-layer MLP from SigLIP features to the language model's width (`mlp2x_gelu` in the original)."""
 
@@ -293,6 +312,11 @@ class ViLaMPPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True
     # converters before 0.2 kept SigLIP's `post_layernorm`, which the original never applies
     _keys_to_ignore_on_load_unexpected = [r"vision_tower\.post_layernorm\."]
+    # Modules that `from_pretrained(..., quantization_config=...)` leaves in the model's dtype, by their name in the
+    # class loaded: VLMs whose vision tower and projectors are quantized to 4 bits answer gibberish, and these are small
+    # next to the language model. transformers' quantizers read none of the model's attributes for this (and
+    # `_keep_in_fp32_modules` would upcast them under float16), so `from_pretrained` adds them to the config's list.
+    _unquantized_modules: list[str] = []
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -300,8 +324,14 @@ class ViLaMPPreTrainedModel(PreTrainedModel):
         Loads a saved model as `PreTrainedModel.from_pretrained` does, and checks that the processor saved with it lays
         out the video tokens as its config does (see `check_saved_processor`). A damaged weights file of a local
         directory raises safetensors' `SafetensorError` as in transformers, with a message naming the file and the fix.
+        A `quantization_config` (bitsandbytes 4/8-bit, torchao, ...) quantizes the language model only: the vision
+        tower, the projector, the DFM and `lm_head` stay in the model's dtype, next to the modules the config lists.
         """
         hub_kwargs = {name: kwargs[name] for name in HUB_KWARGS if name in kwargs}
+        if kwargs.get("quantization_config") is not None:
+            kwargs["quantization_config"] = with_unquantized_modules(
+                kwargs["quantization_config"], cls._unquantized_modules
+            )
         config = kwargs.get("config")
         # `AutoModel` hands over the loaded config: then the check comes before any weight is read
         if isinstance(config, PreTrainedConfig) and pretrained_model_name_or_path is not None:
@@ -335,6 +365,8 @@ class ViLaMPPreTrainedModel(PreTrainedModel):
 
 class ViLaMPModel(ViLaMPPreTrainedModel):
     """The ViLaMP encoder stages and the Qwen2 language model, without the language modeling head."""
+
+    _unquantized_modules = ["vision_tower", "multi_modal_projector", "feature_merger"]
 
     def __init__(self, config: ViLaMPConfig, compile_vision_tower: bool = False):
         super().__init__(config)
@@ -1098,6 +1130,8 @@ class ViLaMPForConditionalGeneration(ViLaMPPreTrainedModel, GenerationMixin):
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # `lm_head` is transformers' own default, which any list of modules to skip replaces
+    _unquantized_modules = ["model.vision_tower", "model.multi_modal_projector", "model.feature_merger", "lm_head"]
     _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: ViLaMPConfig, compile_vision_tower: bool = False):

@@ -186,8 +186,14 @@ class ViLaMPProcessor(ProcessorMixin):
                 f"takes these keyword arguments, flat or in {', '.join(f'`{name}`' for name in modality_kwargs)}: "
                 f"{sorted(accepted)}."
             )
+        # `from_pretrained` hands its video settings (`max_frames=...`) to the tokenizer too, which keeps them in its
+        # `init_kwargs`; they belong to the video processor, and as call kwargs they would refuse a `LoadedVideo`
+        video_only = set(self.video_processor.valid_kwargs.__annotations__) - set(TextKwargs.__annotations__)
+        tokenizer_init_kwargs = {
+            name: value for name, value in self.tokenizer.init_kwargs.items() if name not in video_only
+        }
         output_kwargs = self._merge_kwargs(
-            ViLaMPProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
+            ViLaMPProcessorKwargs, tokenizer_init_kwargs=tokenizer_init_kwargs, **kwargs
         )
         text_kwargs = output_kwargs["text_kwargs"]
         if {**kwargs, **kwargs.get("text_kwargs", {}), **kwargs.get("common_kwargs", {})}.get("padding_side") is None:

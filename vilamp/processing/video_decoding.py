@@ -1,20 +1,35 @@
-"""Streaming video decoding with PyAV and the frame sampling of the original evaluation.
+"""Streaming video decoding with PyAV, on the GPU's decoders too (nvdec_decoding.py), and the frame sampling of the
+original evaluation.
 
 PyAV was chosen over torchcodec by measurement (bench/keyframe_selection_speed.py and the issue note): torchcodec
 decoded a 2-minute 640x360 video at 1 fps somewhat faster, but it only loads next to system FFmpeg shared libraries,
 while the PyAV wheels bundle FFmpeg and install with pip alone.
 """
 
+import logging
 import os
+import queue
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from transformers.video_utils import VideoMetadata
+
+from .nvdec_decoding import (
+    MAX_NVDEC_SESSIONS,
+    NVDEC_INSTALL_HINT,
+    NvdecSpanDecoder,
+    NvdecUnavailable,
+    NvdecVideo,
+    open_nvdec_video,
+)
+
+logger = logging.getLogger(__name__)
+DECODE_DEVICES = ("auto", "cpu", "cuda")
 
 
 class VideoDecodingWarning(UserWarning):
@@ -31,7 +46,8 @@ class DecodedVideo:
             `frame_transform` returned for it.
         timestamps_seconds (`list[float]`): the presentation time of each sampled frame.
         metadata (`VideoMetadata`): `total_num_frames`, `fps` (average), `width`, `height`, `duration` (seconds),
-            `video_backend` and `frames_indices` (the decoded frame numbers that were kept).
+            `video_backend` (the decoders that ran: `"pyav"`, `"pyav+nvdec"` or `"nvdec"`) and `frames_indices` (the
+            decoded frame numbers that were kept).
     """
 
     frames: list[Any]
@@ -117,16 +133,6 @@ def _import_av():
     return av
 
 
-def _open_video(path: str, device: str):
-    """Opens `path` for decoding on the CPU, or with NVDEC (`device="cuda"`, frames copied back to the host)."""
-    av = _import_av()
-    if device == "cpu":
-        return av.open(path)
-    from av.codec.hwaccel import HWAccel
-
-    return av.open(path, hwaccel=HWAccel(device_type="cuda", allow_software_fallback=False))
-
-
 def _count_video_frames(path: str) -> int:
     """Counts the video packets of a container whose header gives no frame count (no decoding)."""
     av = _import_av()
@@ -210,9 +216,7 @@ class _FrameConverter:
 
     def convert(self, frame):
         try:
-            # NVDEC returns NV12: repacked losslessly to the planar layout a CPU decoder gives, the RGB is the same
-            if frame.format.name == "nv12":
-                frame = frame.reformat(format="yuv420p")
+            # a PyAV frame, or an NVDEC picture (`Nv12Frame`) whose RGB is the same as PyAV's
             image = frame.to_image()
             return self.frame_transform(image) if self.frame_transform is not None else image
         finally:
@@ -227,9 +231,7 @@ def _frame_time(frame, frame_index: int, average_fps: float) -> float:
     return float(frame.time) if frame.time is not None else frame_index / average_fps
 
 
-def _decode_in_order(
-    path: str, frame_indices: list[int], average_fps: float, converter: _FrameConverter, device: str
-) -> int:
+def _decode_in_order(path: str, frame_indices: list[int], average_fps: float, converter: _FrameConverter) -> int:
     """
     Decodes `path` from its start up to its last wanted frame, handing the frames numbered `frame_indices` (numbers
     count the frames that decode) to `converter`; returns how many frames decoded.
@@ -237,7 +239,7 @@ def _decode_in_order(
     wanted = set(frame_indices)
     last_index = max(frame_indices, default=-1)
     num_decoded = 0
-    with _open_video(path, device) as container:
+    with _import_av().open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for frame_index, frame in enumerate(_decodable_frames(container, stream)):
@@ -257,7 +259,6 @@ def _decode_span(
     wanted_indices: dict[int, int],
     average_fps: float,
     converter: _FrameConverter,
-    device: str,
     num_threads: int,
 ) -> bool:
     """
@@ -268,7 +269,7 @@ def _decode_span(
     """
     first, last = np.searchsorted(timestamps.frames, [start_pts, end_pts])
     expected_count, seen = int(last - first), 0
-    with _open_video(path, device) as container:
+    with _import_av().open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = num_threads
@@ -303,28 +304,124 @@ def plan_decoding_spans(
     return [(int(start), int(end)) for start, end in zip(starts, ends)]
 
 
+Span = tuple[int, int]
+
+
+def decode_spans_from_queue(
+    spans: Sequence[Span],
+    decode_on_cpu: Callable[[Span], bool],
+    num_cpu_decoders: int,
+    gpu_decoders: Sequence[Callable[[Span], bool]] = (),
+) -> set[str] | None:
+    """
+    Decodes `spans` with `num_cpu_decoders` threads calling `decode_on_cpu` and one thread per GPU decoder, all
+    pulling spans from one queue, so the faster decoders take more. A span whose frames a GPU decoder finds different
+    from the timestamps read (it returns False) is decoded again on the CPU. A GPU decoder that raises
+    `NvdecUnavailable` stops, after its span is decoded again on the CPU: the CPU decoders take the rest (with none,
+    as for `decode_device="cuda"`, the error is raised).
+
+    Returns:
+        The decoders that decoded spans (`"pyav"`, `"nvdec"`), or None when a span's frames differ from the timestamps
+        read on the CPU too (the caller then decodes in order).
+    """
+    pending = queue.SimpleQueue()
+    for span in spans:
+        pending.put(span)
+    used = set()
+
+    def next_span() -> Span | None:
+        try:
+            return pending.get_nowait()
+        except queue.Empty:
+            return None
+
+    def decode_and_record_on_cpu(span: Span) -> bool:
+        decoded = decode_on_cpu(span)
+        if decoded:
+            used.add("pyav")
+        return decoded
+
+    def cpu_worker() -> bool:
+        while (span := next_span()) is not None:
+            if not decode_and_record_on_cpu(span):
+                return False
+        return True
+
+    def gpu_worker(decode_on_gpu: Callable[[Span], bool]) -> bool:
+        while (span := next_span()) is not None:
+            try:
+                decoded = decode_on_gpu(span)
+            except NvdecUnavailable as error:
+                if num_cpu_decoders == 0:
+                    raise
+                _log_cpu_only(f"NVDEC stopped: {error}")
+                return decode_and_record_on_cpu(span)
+            if decoded:
+                used.add("nvdec")
+            elif not decode_and_record_on_cpu(span):
+                return False
+        return True
+
+    num_workers = num_cpu_decoders + len(gpu_decoders)
+    with ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="vilamp-decode") as workers:
+        results = [workers.submit(cpu_worker) for _ in range(num_cpu_decoders)]
+        results += [workers.submit(gpu_worker, decoder) for decoder in gpu_decoders]
+        decoded = [result.result() for result in results]
+    return used if all(decoded) else None
+
+
+_logged_reasons: set[str] = set()
+_logged_reasons_lock = threading.Lock()
+
+
+def _log_cpu_only(reason: str):
+    """Says once per process and reason (decoding threads may hit it at once) why a video is decoded on the CPU
+    alone, where NVDEC was asked for."""
+    with _logged_reasons_lock:
+        if reason in _logged_reasons:
+            return
+        _logged_reasons.add(reason)
+    logger.info("Video decoding runs on the CPU only: %s.", reason)
+
+
 def _decode_in_spans(
     path: str,
     frame_indices: list[int],
     timestamps: _FrameTimestamps,
     average_fps: float,
     converter: _FrameConverter,
-    device: str,
-    num_decoders: int,
-) -> bool:
-    """Decodes the spans of `plan_decoding_spans` at once, one decoder each; False when a span's frames differ from
-    the timestamps read (the caller then decodes in order)."""
-    spans = plan_decoding_spans(timestamps, frame_indices, num_decoders)
+    num_cpu_decoders: int,
+    nvdec_video: NvdecVideo | None,
+    num_nvdec_sessions: int,
+) -> str | None:
+    """
+    Decodes the video in spans cut at keyframes, pulled from one queue by `num_cpu_decoders` PyAV decoders and
+    `num_nvdec_sessions` NVDEC sessions (three spans per decoder where NVDEC takes part, so the faster decoders take
+    more; one per decoder on the CPU alone). Returns the decoders used (`"pyav"`, `"pyav+nvdec"`, `"nvdec"`), or None
+    when a span's frames differ from the timestamps read (the caller then decodes in order).
+    """
+    num_gpu_decoders = num_nvdec_sessions if nvdec_video is not None else 0
+    spans_per_decoder = 3 if num_gpu_decoders else 1
+    spans = plan_decoding_spans(timestamps, frame_indices, spans_per_decoder * (num_cpu_decoders + num_gpu_decoders))
     wanted_indices = {int(timestamps.frames[index]): index for index in frame_indices}
-    num_threads = max(1, (os.cpu_count() or 1) // len(spans))
-    with ThreadPoolExecutor(max_workers=len(spans), thread_name_prefix="vilamp-decode") as decoders:
-        decoded = decoders.map(
-            lambda span: _decode_span(
-                path, *span, timestamps, wanted_indices, average_fps, converter, device, num_threads
-            ),
-            spans,
-        )
-        return all(list(decoded))
+    num_cpu_decoders = min(num_cpu_decoders, len(spans))
+    num_threads = max(1, (os.cpu_count() or 1) // max(num_cpu_decoders, 1))
+
+    def decode_on_cpu(span: Span) -> bool:
+        return _decode_span(path, *span, timestamps, wanted_indices, average_fps, converter, num_threads)
+
+    def gpu_decoder(session: NvdecSpanDecoder) -> Callable[[Span], bool]:
+        def decode_on_gpu(span: Span) -> bool:
+            first, last = np.searchsorted(timestamps.frames, span)
+            return session.decode_span(*span, timestamps.frames[first:last], wanted_indices, converter.submit)
+
+        return decode_on_gpu
+
+    gpu_decoders = [gpu_decoder(NvdecSpanDecoder(nvdec_video)) for _ in range(num_gpu_decoders)]
+    used = decode_spans_from_queue(spans, decode_on_cpu, num_cpu_decoders, gpu_decoders)
+    if used is None:
+        return None
+    return "+".join(name for name in ("pyav", "nvdec") if name in used)
 
 
 def default_num_decoders(num_frames: int, average_fps: float) -> int:
@@ -335,20 +432,63 @@ def default_num_decoders(num_frames: int, average_fps: float) -> int:
     return max(1, (os.cpu_count() or 1) // 4)
 
 
+def _cuda_is_available() -> bool:
+    """Whether torch sees a CUDA GPU (torch is imported only when NVDEC may be used)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _wants_nvdec(device: str, num_frames: int, average_fps: float) -> bool:
+    """Whether NVDEC is asked for: always for `"cuda"`; for `"auto"`, on videos of a minute or more (shorter ones
+    decode faster on one CPU decoder than they take to index) where torch sees a GPU."""
+    return device == "cuda" or (device == "auto" and num_frames >= 60 * average_fps and _cuda_is_available())
+
+
+def _nvdec_cannot_decode(path: str, reason: str) -> ValueError:
+    """The error of `decode_device="cuda"` for a video NVDEC cannot decode."""
+    return ValueError(
+        f"`decode_device='cuda'` cannot decode `{path}`: {reason}; pass `decode_device='auto'` (NVDEC where it can, "
+        "the CPU elsewhere) or `'cpu'`."
+    )
+
+
+def _open_nvdec(path: str, device: str, stream_properties: dict[str, Any]) -> NvdecVideo | None:
+    """
+    The NVDEC side of `decode_video`: the video NVDEC decodes, or, where it cannot, an error naming why for `"cuda"`
+    and None for `"auto"` (the CPU decodes it alone, said once per reason in an INFO log line).
+    """
+    try:
+        return open_nvdec_video(path, **stream_properties)
+    except (ImportError, NvdecUnavailable) as error:
+        if device == "cuda":
+            if isinstance(error, ImportError):
+                raise
+            raise _nvdec_cannot_decode(path, str(error)) from error
+        if isinstance(error, ImportError):
+            _log_cpu_only(
+                f"PyNvVideoCodec cannot be imported ({error.__cause__}); {NVDEC_INSTALL_HINT} to decode on NVDEC too"
+            )
+        else:
+            _log_cpu_only(f"NVDEC is not used for this video: {error}")
+        return None
+
+
 def decode_video(
     source: str | os.PathLike,
     *,
     fps: float = 1.0,
     max_frames: int = 600,
     frame_transform: Callable[[Any], Any] | None = None,
-    device: str = "cpu",
+    device: Literal["auto", "cpu", "cuda"] = "auto",
     num_decoders: int | None = None,
 ) -> DecodedVideo:
     """
     Decodes a video file and keeps the frames chosen by `sample_frame_indices`. The kept frames are converted to RGB
     and passed to `frame_transform` on a pool of threads while decoding goes on; only full-resolution frames waiting
-    for it are held. Long videos are cut at keyframes into spans decoded at once; frame numbers and pixels are those of
-    one decoder reading the file in order.
+    for it are held. Long videos are cut at keyframes into spans decoded at once, on the CPU and on the GPU's video
+    decoders (NVDEC, through PyNvVideoCodec); frame numbers and pixels are those of one CPU decoder reading the file in
+    order, whichever decoders ran (`metadata.video_backend` names them).
 
     A damaged file whose frames stop decoding before the count its header promises is sampled as the original's frame
     loop samples it: by the same rule, over the frames that decoded. A `VideoDecodingWarning` says how many came back.
@@ -359,10 +499,14 @@ def decode_video(
         max_frames (`int`, *optional*, defaults to 600): at most this many frames are kept, evenly spread.
         frame_transform (`Callable`, *optional*): called on each kept frame (an RGB `PIL.Image.Image`), from a worker
             thread; `frames` holds its results. By default `frames` holds the images.
-        device (`str`, *optional*, defaults to `"cpu"`): `"cuda"` decodes with NVDEC (PyAV's `cuda` hwaccel), with no
-            fallback to the CPU.
-        num_decoders (`int`, *optional*): decoders run at once on spans of the video; defaults to
-            `default_num_decoders`.
+        device (`str`, *optional*, defaults to `"auto"`): `"cpu"` decodes with PyAV on the CPU. `"auto"` decodes
+            videos of a minute or more on the CPU and on NVDEC together where torch sees a GPU, PyNvVideoCodec is
+            installed and NVDEC decodes the codec; otherwise as `"cpu"`. `"cuda"` decodes on NVDEC alone and raises
+            an error naming why where it cannot. A span whose frames NVDEC gives differently from the timestamps read
+            is decoded again on the CPU.
+        num_decoders (`int`, *optional*): decoders run at once on spans of the video: CPU decoders for `"cpu"` and
+            `"auto"` (defaults to `default_num_decoders`; `"auto"` adds up to 4 NVDEC sessions), NVDEC sessions for
+            `"cuda"` (defaults to 4, or the GPU's decoder count if lower).
 
     Returns:
         `DecodedVideo`.
@@ -370,8 +514,11 @@ def decode_video(
     av = _import_av()
     path = os.fspath(source)
     check_video_file(path)
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"`device` {device!r} is not a decoding device; pass `cpu` or `cuda` (NVDEC).")
+    if device not in DECODE_DEVICES:
+        raise ValueError(
+            f"`device` {device!r} is not a decoding device; pass `auto` (NVDEC and the CPU together where NVDEC is "
+            "available), `cpu` or `cuda` (NVDEC)."
+        )
     if num_decoders is not None and num_decoders < 1:
         raise ValueError(f"`num_decoders` must be at least 1, got {num_decoders}.")
     try:
@@ -382,29 +529,70 @@ def decode_video(
             average_fps = float(stream.average_rate or stream.guessed_rate or 0)
             width, height = stream.codec_context.width, stream.codec_context.height
             header_num_frames = stream.frames
+            # what NVDEC's pictures need to give the CPU decoder's RGB and timestamps
+            stream_properties = {
+                "width": width,
+                "height": height,
+                "pixel_format": stream.codec_context.pix_fmt,
+                "time_base": stream.time_base,
+                "colorspace": stream.codec_context.colorspace,
+                "color_range": stream.codec_context.color_range,
+            }
         if average_fps <= 0:
             raise ValueError(f"`{path}` does not state its frame rate, so frames cannot be sampled per second.")
-        if num_decoders is None:
-            num_decoders = default_num_decoders(header_num_frames, average_fps)
-        timestamps = _read_frame_timestamps(path) if num_decoders > 1 or not header_num_frames else None
+        # spans need the timestamps, and a header without a frame count (WebM) needs them to count the frames
+        timestamps = (
+            _read_frame_timestamps(path)
+            if not header_num_frames
+            or (num_decoders or default_num_decoders(header_num_frames, average_fps)) > 1
+            or _wants_nvdec(device, header_num_frames, average_fps)
+            else None
+        )
         if header_num_frames:
             total_num_frames = header_num_frames
         else:
             total_num_frames = len(timestamps.frames) if timestamps is not None else _count_video_frames(path)
+        nvdec_video = (
+            _open_nvdec(path, device, stream_properties)
+            if timestamps is not None and _wants_nvdec(device, total_num_frames, average_fps)
+            else None
+        )
         if total_num_frames == 0:
             raise ValueError(f"`{path}` has no decodable frames; pass a video with at least one frame.")
+        if device == "cuda" and nvdec_video is None:
+            raise _nvdec_cannot_decode(path, "its frames have no timestamps to cut it into spans")
+        if device == "cuda":
+            num_cpu_decoders, num_nvdec_sessions = 0, num_decoders or min(MAX_NVDEC_SESSIONS, nvdec_video.num_engines)
+        else:
+            num_cpu_decoders = num_decoders or default_num_decoders(total_num_frames, average_fps)
+            num_nvdec_sessions = min(MAX_NVDEC_SESSIONS, nvdec_video.num_engines) if nvdec_video is not None else 0
         frame_indices = sample_frame_indices(total_num_frames, average_fps, fps=fps, max_frames=max_frames).tolist()
         converter = _FrameConverter(frame_transform, num_workers=min(8, os.cpu_count() or 1), max_pending=64)
         try:
-            in_spans = (
-                num_decoders > 1
+            video_backend = None
+            if (
+                (num_cpu_decoders > 1 or nvdec_video is not None)
                 and timestamps is not None
                 and len(timestamps.frames) == total_num_frames
-                and _decode_in_spans(path, frame_indices, timestamps, average_fps, converter, device, num_decoders)
-            )
-            if not in_spans:
+            ):
+                try:
+                    video_backend = _decode_in_spans(
+                        path,
+                        frame_indices,
+                        timestamps,
+                        average_fps,
+                        converter,
+                        num_cpu_decoders,
+                        nvdec_video,
+                        num_nvdec_sessions,
+                    )
+                except NvdecUnavailable as error:
+                    # raised only with no CPU decoder to take over, for `"cuda"`
+                    raise _nvdec_cannot_decode(path, str(error)) from error
+            if video_backend is None:
+                video_backend = "pyav"
                 converter.results.clear()
-                num_decoded = _decode_in_order(path, frame_indices, average_fps, converter, device)
+                num_decoded = _decode_in_order(path, frame_indices, average_fps, converter)
                 if num_decoded == 0:
                     raise ValueError(f"`{path}` has no decodable frames; pass a video with at least one frame.")
                 if len(converter.results) < len(frame_indices):
@@ -420,7 +608,7 @@ def decode_video(
                     total_num_frames = num_decoded
                     missing = [index for index in frame_indices if index not in converter.results]
                     if missing:
-                        _decode_in_order(path, missing, average_fps, converter, device)
+                        _decode_in_order(path, missing, average_fps, converter)
             frames = [converter.results[index].result() for index in frame_indices]
             timestamps_seconds = [converter.timestamps_seconds[index] for index in frame_indices]
         finally:
@@ -433,16 +621,18 @@ def decode_video(
         width=width,
         height=height,
         duration=total_num_frames / average_fps,
-        video_backend="pyav",
+        video_backend=video_backend,
         frames_indices=frame_indices,
     )
     return DecodedVideo(frames=frames, timestamps_seconds=timestamps_seconds, metadata=metadata)
 
 
 __all__ = [
+    "DECODE_DEVICES",
     "DecodedVideo",
     "VideoDecodingWarning",
     "check_video_file",
+    "decode_spans_from_queue",
     "decode_video",
     "default_num_decoders",
     "plan_decoding_spans",

@@ -23,7 +23,7 @@ from transformers.processing_utils import Unpack, VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata
 
-from .video_decoding import DecodedVideo, decode_video, sample_frame_indices
+from .video_decoding import DECODE_DEVICES, DecodedVideo, decode_video, sample_frame_indices
 
 # Called with the number of frames a stage has just finished (1 per resized frame, one CLIP batch at a time), so a
 # progress bar's `update` (`tqdm.update`) can be passed as it is; decoding calls it from its worker threads.
@@ -61,12 +61,16 @@ class ViLaMPVideoProcessorInitKwargs(VideosKwargs, total=False):
     keyframe_similarity_threshold (`float`, *optional*, defaults to 0.85):
         A frame more similar than this to a chosen keyframe is skipped (`f2f_thrd` in the original; read by the
         processor's keyframe selection).
-    decode_device (`str`, *optional*, defaults to `"cpu"`):
-        Where video files are decoded: `"cpu"`, or `"cuda"` for NVDEC (PyAV's `cuda` hwaccel, no fallback). The
-        frames are the same; on a 16-core machine the CPU was faster (README, "From a file to the answer").
+    decode_device (`str`, *optional*, defaults to `"auto"`):
+        Where video files are decoded. `"auto"`: videos of a minute or more on the CPU and the GPU's video decoders
+        (NVDEC, through PyNvVideoCodec) together, where torch sees a GPU, PyNvVideoCodec is installed and NVDEC decodes
+        the codec; otherwise on the CPU alone. `"cpu"`: on the CPU alone (PyAV). `"cuda"`: on NVDEC alone, an error
+        naming why where it cannot. The frames are the same whichever decoders run (docs/performance.md, "Decoding on
+        the CPU and the GPU's decoders").
     num_decoders (`int`, *optional*):
-        Decoders run at once on spans of a video file cut at keyframes; by default one per 4 CPU cores for videos
-        over a minute, else one.
+        Decoders run at once on spans of a video file cut at keyframes: CPU decoders for `"cpu"` and `"auto"` (by
+        default one per 4 CPU cores for videos over a minute, else one; `"auto"` adds up to 4 NVDEC sessions), NVDEC
+        sessions for `"cuda"` (by default 4, or the GPU's decoder count if lower).
     """
 
     max_frames: int | None
@@ -102,8 +106,11 @@ def check_video_settings(settings: dict[str, Any]):
     fps = settings.get("fps")
     if fps is not None and not (isinstance(fps, (int, float)) and fps > 0):
         raise ValueError(f"`fps` must be positive, got {fps!r}.")
-    if settings.get("decode_device") not in (None, "cpu", "cuda"):
-        raise ValueError(f"`decode_device` must be 'cpu' or 'cuda' (NVDEC), got {settings['decode_device']!r}.")
+    if settings.get("decode_device") not in (None, *DECODE_DEVICES):
+        raise ValueError(
+            "`decode_device` must be 'auto' (NVDEC and the CPU together where NVDEC is available), 'cpu' or 'cuda' "
+            f"(NVDEC), got {settings['decode_device']!r}."
+        )
     num_decoders = settings.get("num_decoders")
     if num_decoders is not None and (
         not isinstance(num_decoders, int) or isinstance(num_decoders, bool) or num_decoders < 1
@@ -247,7 +254,7 @@ class ViLaMPVideoProcessor(BaseVideoProcessor):
     num_keyframes = 32
     keyframe_relevance_threshold = 0.2
     keyframe_similarity_threshold = 0.85
-    decode_device = "cpu"
+    decode_device = "auto"
     num_decoders = None
     valid_kwargs = ViLaMPVideoProcessorInitKwargs
     model_input_names = ["pixel_values_videos", "video_frame_counts"]

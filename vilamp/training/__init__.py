@@ -1,4 +1,4 @@
-"""Fine-tuning helpers: LoRA on the language model with PEFT, and FSDP sharding over GPUs."""
+"""Fine-tuning helpers: LoRA (and QLoRA) on the language model with PEFT, and FSDP sharding over GPUs."""
 
 from .fsdp import save_adapter, shard_model
 from .lora import (
@@ -6,6 +6,7 @@ from .lora import (
     is_vision_tower_parameter,
     language_model_target_pattern,
     lora_config,
+    prepare_quantized_model_for_training,
     trainable_parameter_names,
 )
 
@@ -14,6 +15,7 @@ __all__ = [
     "is_vision_tower_parameter",
     "language_model_target_pattern",
     "lora_config",
+    "prepare_quantized_model_for_training",
     "save_adapter",
     "shard_model",
     "trainable_parameter_names",

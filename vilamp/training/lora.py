@@ -1,5 +1,5 @@
 """LoRA fine-tuning of ViLaMP with PEFT: adapters on the language model only, gradient checkpointing in both transformers
-versions."""
+versions, and QLoRA on a language model quantized as it loads."""
 
 import re
 from collections.abc import Sequence
@@ -108,6 +108,38 @@ def enable_gradient_checkpointing(model: ViLaMPForConditionalGeneration, use_ree
     model.enable_input_require_grads()
 
 
+def prepare_quantized_model_for_training(model: ViLaMPForConditionalGeneration, use_reentrant: bool = False):
+    """
+    QLoRA: readies a model whose language model was quantized as it loaded (`from_pretrained(...,
+    quantization_config=BitsAndBytesConfig(load_in_4bit=True, ...))`) for LoRA, the documented PEFT way. PEFT's
+    `prepare_model_for_kbit_training` freezes every weight and, for bitsandbytes, upcasts the unquantized float16 and
+    bfloat16 weights (the vision path, the embeddings, the norms, `lm_head`) to float32 for stable training; then
+    [`enable_gradient_checkpointing`] turns on activation checkpointing under the name this transformers release has.
+    Wrap the model with `peft.get_peft_model(model, lora_config(...))` afterwards.
+
+    Args:
+        model ([`ViLaMPForConditionalGeneration`]): the model, loaded with a `quantization_config`.
+        use_reentrant (`bool`, *optional*, defaults to `False`): `torch.utils.checkpoint`'s mode.
+
+    Returns:
+        [`ViLaMPForConditionalGeneration`]: the same model, ready for `get_peft_model`.
+    """
+    try:
+        from peft import prepare_model_for_kbit_training
+    except ImportError as error:
+        raise ImportError("QLoRA fine-tuning needs the `peft` package: `pip install peft`.") from error
+    if getattr(model, "hf_quantizer", None) is None:
+        # on a model loaded without quantization, PEFT's preparation would upcast every weight to float32
+        raise ValueError(
+            "`model` was loaded without a `quantization_config`, so there is nothing to prepare for QLoRA: load it with "
+            "`from_pretrained(..., quantization_config=BitsAndBytesConfig(load_in_4bit=True, ...))`, or train LoRA on "
+            "the unquantized model with `enable_gradient_checkpointing` and `lora_config`."
+        )
+    prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    enable_gradient_checkpointing(model, use_reentrant=use_reentrant)
+    return model
+
+
 def trainable_parameter_names(model) -> list[str]:
     """The names of the parameters that require gradients."""
     return [name for name, parameter in model.named_parameters() if parameter.requires_grad]
@@ -123,5 +155,6 @@ __all__ = [
     "is_vision_tower_parameter",
     "language_model_target_pattern",
     "lora_config",
+    "prepare_quantized_model_for_training",
     "trainable_parameter_names",
 ]
