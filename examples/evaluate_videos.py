@@ -3,9 +3,10 @@ Answer the questions of a video question-answer dataset with ViLaMP, data-parall
 several on the CPU with the gloo backend), resumably.
 
 The dataset is a JSON list or a JSONL file of `{"video": path, "question": ..., "answer": ...}` rows (video paths
-relative to the dataset file). Process `rank` of `world_size` takes the rows `i` with `i % world_size == rank`, answers
-them one video at a time (greedy decoding; worker processes decode the next videos meanwhile, `--decode-workers`),
-through the same wrapper as the lmms-eval model (`vilamp.evaluation.video_qa`), and appends `{"index", "video", "question", "answer", "prediction"}` to its
+relative to the dataset file). Process `rank` of `world_size` takes the videos `j` (numbered in order of first
+appearance) with `j % world_size == rank` and all of their rows, loads each video once for all of its questions (greedy
+decoding; worker processes decode the next videos meanwhile, `--decode-workers`), through the same wrapper as the
+lmms-eval model (`vilamp.evaluation.video_qa`), and appends `{"index", "video", "question", "answer", "prediction"}` to its
 part file `OUTPUT.partRANK`, flushed after each row. Once every process is done, the main process merges the part files
 (and an earlier `OUTPUT`) into `OUTPUT`, one line per row ordered by index, and removes the part files. Run it again
 after an interruption: rows already in a part file or in `OUTPUT` are skipped, whatever the number of processes.
@@ -26,10 +27,10 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 
-from vilamp import VideoQuestion
-from vilamp.evaluation.video_qa import DecodingWorkers, VideoQuestionAnswerer
+from vilamp import VideoCache, VideoQuestion
+from vilamp.evaluation.video_qa import DecodingWorkers, VideoQuestionAnswerer, group_by_video
 from vilamp.processing import read_video_qa_file
-from vilamp.runner import DTYPES
+from vilamp.runner import DTYPES, KEEP_FEATURES
 from vilamp.testing import build_tiny_model, build_tiny_processor, write_tiny_video_qa_dataset
 
 # the processes meet twice, at the start and when all are done: a process whose shard ends early waits at the second
@@ -63,6 +64,21 @@ def parse_args() -> argparse.Namespace:
         help="processes that decode the next videos while the model runs; 0: none",
     )
     parser.add_argument(
+        "--keep-features",
+        choices=KEEP_FEATURES,
+        default="auto",
+        help="where each video's projected patches are kept for its questions (auto: the GPU or the host where they "
+        "fit, else none)",
+    )
+    parser.add_argument(
+        "--video-cache",
+        type=Path,
+        help="directory of loaded videos read before decoding (vilamp.VideoCache), so a re-run skips decoding",
+    )
+    parser.add_argument(
+        "--video-cache-max-gib", type=float, default=20, help="the video cache's size cap (default 20)"
+    )
+    parser.add_argument(
         "--device",
         default="auto",
         help="auto (default: this process's GPU, else the CPU), cpu, cuda (this process's GPU)",
@@ -77,6 +93,8 @@ def parse_args() -> argparse.Namespace:
         parser.error("`--model`, `--data` and `--output` are required unless `--tiny` is given.")
     if args.device not in ("auto", "cpu", "cuda") and not args.device.startswith("cuda:"):
         parser.error(f"`--device` must be auto, cpu, cuda or cuda:N, got {args.device!r}.")
+    if args.video_cache_max_gib <= 0:
+        parser.error(f"`--video-cache-max-gib` must be positive, got {args.video_cache_max_gib}.")
     if args.decode_workers < 0:
         parser.error(f"`--decode-workers` must be at least 0, got {args.decode_workers}.")
     return args
@@ -152,6 +170,9 @@ def open_part_file(path: Path):
 
 def load_answerer(args, device: torch.device) -> VideoQuestionAnswerer:
     """The model and its processor on this process's device (the lmms-eval model's wrapper, `vilamp.evaluation.video_qa`)."""
+    video_cache = None
+    if args.video_cache is not None:
+        video_cache = VideoCache(args.video_cache, max_bytes=int(args.video_cache_max_gib * 2**30))
     if not args.tiny:
         return VideoQuestionAnswerer.from_pretrained(
             args.model,
@@ -160,12 +181,19 @@ def load_answerer(args, device: torch.device) -> VideoQuestionAnswerer:
             max_frames=args.max_frames,
             decode_workers=args.decode_workers,
             cache_implementation=args.cache_implementation,
+            keep_features=args.keep_features,
+            video_cache=video_cache,
         )
     processor = build_tiny_processor()
     if args.max_frames is not None:
         processor.video_processor.max_frames = args.max_frames
-    workers = DecodingWorkers(processor, device, args.decode_workers) if args.decode_workers else None
-    return VideoQuestionAnswerer(build_tiny_model().to(device).eval(), processor, workers, args.cache_implementation)
+    workers = (
+        DecodingWorkers(processor, args.decode_workers, video_cache, device=device) if args.decode_workers else None
+    )
+    model = build_tiny_model().to(device).eval()
+    return VideoQuestionAnswerer(
+        model, processor, workers, args.cache_implementation, args.keep_features, video_cache=video_cache
+    )
 
 
 def question_of(row: dict) -> VideoQuestion:
@@ -191,15 +219,19 @@ def main():
     done = done_predictions(output, rows)
     # every process reads the old predictions before any of them appends to (or cleans up) its part file
     state.wait_for_everyone()
-    shard = [index for index in range(len(rows)) if index % state.num_processes == state.process_index]
+    # by video, so that each video is loaded by one process only, once for all of its rows
+    groups = group_by_video([question_of(row) for row in rows])
+    shard = sorted(index for group in groups[state.process_index :: state.num_processes] for index in group)
     todo = [index for index in shard if index not in done]
 
     evaluated = 0
     if todo:
-        # the next rows' videos are decoded in worker processes while the model answers this one
+        # each video is loaded once for all of its rows, and the next videos are decoded in worker processes while
+        # the model answers this one
         with load_answerer(args, device) as answerer, open_part_file(part_path(output, state.process_index)) as part:
-            prepared = answerer.prepare([[question_of(rows[index])] for index in todo])
-            for index, inputs in zip(todo, prepared):
+            prepared = answerer.prepare_by_video([question_of(rows[index]) for index in todo])
+            for (todo_index,), inputs in prepared:
+                index = todo[todo_index]
                 row = rows[index]
                 (prediction,) = answerer.generate(inputs, args.max_new_tokens)
                 record = {"index": index, "video": row["video"], "question": row["question"], "answer": row["answer"]}

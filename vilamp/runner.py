@@ -290,13 +290,27 @@ class ViLaMPRunner:
         """
         if keep_features not in KEEP_FEATURES:
             raise ValueError(f"`keep_features` must be one of {list(KEEP_FEATURES)}, got {keep_features!r}.")
-        device = self.device
         start = time.perf_counter()
         loaded = self.processor.load_video(video, cache=self.video_cache, progress=progress, **video_settings)
-        seconds = {"decoding": time.perf_counter() - start}
+        decoding_seconds = time.perf_counter() - start
+        encoded = self.encode_video(loaded, keep_features=keep_features, embedding_progress=embedding_progress)
+        encoded.seconds = {"decoding": decoding_seconds, **encoded.seconds}
+        return encoded
+
+    def encode_video(
+        self, loaded: LoadedVideo, *, keep_features: str = "auto", embedding_progress: Any | None = None
+    ) -> EncodedVideo:
+        """
+        The second half of `load_video`, for a video the processor's `load_video` decoded elsewhere (in a worker
+        process, say): its frames' CLIP embeddings on the model's device (unless it has them already) and its projected
+        patches as `keep_features` says. The returned `seconds` hold `keyframe_embedding` and `vision_encoding`.
+        """
+        if keep_features not in KEEP_FEATURES:
+            raise ValueError(f"`keep_features` must be one of {list(KEEP_FEATURES)}, got {keep_features!r}.")
+        device = self.device
         start = time.perf_counter()
         loaded = self.processor.embed_frames(loaded, progress=embedding_progress, device=device)
-        seconds["keyframe_embedding"] = synchronized_seconds(device, start)
+        seconds = {"keyframe_embedding": synchronized_seconds(device, start)}
         start = time.perf_counter()
         frame_features = self.encode_frames(loaded.siglip_frames, keep_features)
         seconds["vision_encoding"] = synchronized_seconds(device, start)

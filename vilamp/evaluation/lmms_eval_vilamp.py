@@ -17,6 +17,7 @@ from lmms_eval.api.model import lmms
 from loguru import logger
 from tqdm import tqdm
 
+from ..processing import VideoCache
 from ..runner import VideoQuestion
 from .video_qa import VideoQuestionAnswerer
 
@@ -71,6 +72,12 @@ class ViLaMP(lmms):
             original; `"prompt"`, lmms-eval's whole prompt.
         decode_workers (`int`, *optional*, defaults to 2): processes per GPU that decode the next videos while the
             model runs; 0 decodes between the model's calls.
+        keep_features (`str`, *optional*, defaults to `"auto"`): where each video's projected patches are kept for all
+            of its questions: `"device"`, `"cpu"`, `"none"` (each question encodes the frames again) or `"auto"` (see
+            [`~vilamp.ViLaMPRunner.load_video`]).
+        video_cache (`str`, *optional*): a directory of loaded videos ([`~vilamp.VideoCache`]) that the decoding
+            workers read video files through, so that a re-run, or another process, does not decode them again.
+        video_cache_max_gib (`float`, *optional*, defaults to 20): the cache's size cap in GiB (579 KiB per frame).
         attn_implementation (`str`, *optional*, defaults to `"sdpa"`): the language model's attention.
         cache_implementation (`str`, *optional*, defaults to `"dynamic"`): `generate`'s key/value cache; `"static"`
             compiles the decoding step on a GPU.
@@ -87,6 +94,9 @@ class ViLaMP(lmms):
         max_new_tokens: int | str = "original",
         keyframe_query: str = "question",
         decode_workers: int = 2,
+        keep_features: str = "auto",
+        video_cache: str | None = None,
+        video_cache_max_gib: float = 20,
         attn_implementation: str = "sdpa",
         cache_implementation: str = "dynamic",
         max_batch_size: int | None = None,
@@ -109,6 +119,8 @@ class ViLaMP(lmms):
             )
         if keyframe_query not in ("question", "prompt"):
             raise ValueError(f"`keyframe_query` must be 'question' or 'prompt', got {keyframe_query!r}.")
+        if not isinstance(video_cache_max_gib, (int, float)) or video_cache_max_gib <= 0:
+            raise ValueError(f"`video_cache_max_gib` must be a positive number of GiB, got {video_cache_max_gib!r}.")
 
         self.accelerator = Accelerator()
         self._rank = self.accelerator.process_index
@@ -123,7 +135,12 @@ class ViLaMP(lmms):
             max_frames=max_frames,
             decode_workers=decode_workers,
             cache_implementation=cache_implementation,
+            keep_features=keep_features,
+            video_cache=None
+            if video_cache is None
+            else VideoCache(video_cache, max_bytes=int(video_cache_max_gib * 2**30)),
         )
+        self.startup_logged = False
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.keyframe_query = keyframe_query
@@ -154,35 +171,32 @@ class ViLaMP(lmms):
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         """
-        Greedy answers, `batch_size` requests of equal `max_new_tokens` per `generate` call. As in the original
-        evaluation, answers run to the end-of-turn token or `max_new_tokens`: the task's `until` strings and sampling
-        settings are not applied.
+        Greedy answers, in request order. The requests are grouped by video: each video is loaded once for all of its
+        questions, and `batch_size` questions of one video and of equal `max_new_tokens` go into one `generate` call.
+        As in the original evaluation, answers run to the end-of-turn token or `max_new_tokens`: the task's `until`
+        strings and sampling settings are not applied.
         """
         questions, token_limits = [], []
         for request in requests:
             context, generation_kwargs, doc_to_visual, doc_id, task, split = request.args
             questions.append(self._question(context, doc_to_visual, doc_id, task, split))
             token_limits.append(self._max_new_tokens(task, generation_kwargs))
-        batches = []
-        for limit in dict.fromkeys(token_limits):
-            indices = [index for index, request_limit in enumerate(token_limits) if request_limit == limit]
-            batches += [indices[start : start + self.batch_size] for start in range(0, len(indices), self.batch_size)]
         answers = [None] * len(requests)
         start_time = time.perf_counter()
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc="ViLaMP answering")
-        prepared = self.answerer.prepare([[questions[index] for index in batch] for batch in batches])
         first_batch_seconds = None
-        for batch, inputs in zip(batches, prepared):
+        for batch, inputs in self.answerer.prepare_by_video(questions, self.batch_size, batch_keys=token_limits):
             first_batch_seconds = first_batch_seconds or time.perf_counter() - start_time
             for index, answer in zip(batch, self.answerer.generate(inputs, token_limits[batch[0]])):
                 answers[index] = answer
+            self._log_startup(first_batch_seconds, time.perf_counter() - start_time)
             progress.update(len(batch))
         progress.close()
         self._log_time("generate_until", len(requests), start_time, first_batch_seconds)
         return answers
 
     def _log_time(self, request_type: str, num_requests: int, start_time: float, first_batch_seconds: float | None):
-        """Logs how long this process took for its requests and until its first batch was decoded (the decoding
+        """Logs how long this process took for its requests and until its first batch was ready (the decoding
         workers' start and one video); bench/evaluation_throughput.py reads the line."""
         seconds = time.perf_counter() - start_time
         logger.info(
@@ -190,13 +204,31 @@ class ViLaMP(lmms):
             f"ready after {first_batch_seconds or 0:.3f} s"
         )
 
+    def _log_startup(self, first_batch_seconds: float, first_answer_seconds: float):
+        """Logs, once, what this process's start-up was made of: loading the processor and the model, the decoding
+        workers' start (spawn, imports, their copy of the processor), the first video's decoding, CLIP and SigLIP,
+        and the first batch's model call (which pays the GPU's first kernels)."""
+        if self.startup_logged:
+            return
+        self.startup_logged = True
+        answerer = self.answerer
+        parts = [f"{name} {seconds:.3f} s" for name, seconds in answerer.startup_seconds.items()]
+        if answerer.decoding_workers is not None:
+            parts.append(
+                f"first decoding worker ready {answerer.decoding_workers.ready_seconds():.3f} s after its start"
+            )
+        parts += [f"first video's {name} {seconds:.3f} s" for name, seconds in answerer.first_video_seconds.items()]
+        parts.append(f"first batch ready after {first_batch_seconds:.3f} s")
+        parts.append(f"first batch answered after {first_answer_seconds:.3f} s")
+        logger.info(f"ViLaMP process {self.rank} start-up: " + ", ".join(parts))
+
     def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:
         """
         Per request, the mean negative log-likelihood of its continuation's tokens after the prompt (a loss, which
         lmms-eval's multiple-choice scoring minimises) and whether greedy decoding gives them, as a
         `GenerationResult` whose `text` is that `(loss, is_greedy)` pair: lmms-eval 0.7.3 turns any other result that
         is not a string into its `str()` before scoring it. The requests of one document and prompt (its answer
-        options) share one decoding of the video and one prefill.
+        options) share one prefill, and the questions of one video share one loading of the video.
         """
         groups: dict[tuple, list[int]] = {}
         for index, request in enumerate(requests):
@@ -210,15 +242,18 @@ class ViLaMP(lmms):
         questions = []
         for (context, doc_id, task, split), indices in groups.items():
             questions.append(self._question(context, requests[indices[0]].args[2], doc_id, task, split))
+        request_indices = list(groups.values())
         results = [None] * len(requests)
         start_time = time.perf_counter()
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc="ViLaMP scoring")
         first_batch_seconds = None
-        for indices, inputs in zip(groups.values(), self.answerer.prepare([[question] for question in questions])):
+        for (question_index,), inputs in self.answerer.prepare_by_video(questions):
             first_batch_seconds = first_batch_seconds or time.perf_counter() - start_time
+            indices = request_indices[question_index]
             continuations = [self._continuation(requests[index]) for index in indices]
             for index, result in zip(indices, self.answerer.continuation_losses(inputs, continuations)):
                 results[index] = GenerationResult(text=result)
+            self._log_startup(first_batch_seconds, time.perf_counter() - start_time)
             progress.update(len(indices))
         progress.close()
         self._log_time("loglikelihood", len(requests), start_time, first_batch_seconds)
