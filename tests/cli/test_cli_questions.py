@@ -76,3 +76,23 @@ def test_chat_ends_at_the_end_of_its_input(run_vilamp, model_dir, video_file, si
     result = run_vilamp("chat", model_dir, video_file, *SETTINGS, "--no-progress", stdin=question)
     assert result.returncode == 0, result.stderr
     assert result.stdout == single_answers[question]["answer"] + "\n"
+
+
+def test_a_video_cache_keeps_the_loaded_video_for_the_next_run(
+    run_vilamp, model_dir, video_file, single_answers, tmp_path
+):
+    cache = tmp_path / "videos"
+    question = QUESTIONS[0]
+    for _ in range(2):
+        record = ask_json(run_vilamp, model_dir, video_file, question, "--video-cache", cache)
+        assert record["answers"][0]["answer"] == single_answers[question]["answer"]
+    # one entry: the second run read the first run's frames rather than storing its own
+    assert [path.suffix for path in cache.iterdir()] == [".safetensors"]
+
+
+def test_a_video_cache_size_that_is_not_positive_is_a_usage_error(run_vilamp, model_dir, video_file):
+    result = run_vilamp("ask", model_dir, video_file, QUESTIONS[0], "--video-cache-max-gib", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "vilamp ask: error: argument --video-cache-max-gib: expected a positive number, got 0; see `vilamp ask --help`"
+    ]

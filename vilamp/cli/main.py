@@ -73,6 +73,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_number(text: str) -> float:
+    """An argparse type: a number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value:g}")
+    return value
+
+
 def existing_file(text: str) -> Path:
     """An argparse type: the path of an existing file."""
     path = Path(text)
@@ -159,6 +170,15 @@ def add_generation_arguments(parser: argparse.ArgumentParser):
         help="where the video's projected patches (SigLIP and the projector, per frame) are kept for its questions: "
         "device (the model's), cpu, none (each question encodes the frames again), or auto (default: the device if they "
         "take at most half its free memory, else the host under the same rule, else none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--video-cache", type=Path, metavar="DIR",
+        help="read the video through an on-disk cache of loaded videos in DIR: a later run on the same file and "
+        "settings skips decoding",
+    )  # fmt: skip
+    parser.add_argument(
+        "--video-cache-max-gib", type=positive_number, default=20.0, metavar="GIB",
+        help="the video cache's size cap; the least recently used videos go first (default 20)",
     )  # fmt: skip
 
 
@@ -311,18 +331,23 @@ def run_convert(args) -> int:
 
 def load_runner(model_dir: Path, video: Path, args):
     """Checks MODEL_DIR and VIDEO, then loads the model and its processor with the command's settings."""
+    from vilamp.processing import VideoCache
     from vilamp.runner import ViLaMPRunner
 
     from .pipeline import probe_video
 
     check_model_dir(model_dir)
     probe_video(video)
+    video_cache = None
+    if args.video_cache is not None:
+        video_cache = VideoCache(args.video_cache, max_bytes=int(args.video_cache_max_gib * 2**30))
     with model_dir_errors(model_dir):
         return ViLaMPRunner.from_pretrained(
             model_dir,
             device=args.device,
             dtype=args.dtype,
             cache_implementation=args.cache_implementation,
+            video_cache=video_cache,
             max_frames=args.max_frames,
             num_keyframes=args.keyframes,
         )
@@ -558,7 +583,7 @@ def demo_in(work_dir: Path, args) -> int:
     print(f"3/4 vilamp ask {model_dir} {video} {json.dumps(DEMO_QUESTION)}")
     sampling = argparse.Namespace(
         max_frames=None, keyframes=None, device=args.device, dtype="auto", max_new_tokens=args.max_new_tokens,
-        cache_implementation="dynamic", keep_features="auto", no_progress=args.no_progress, dpi=100,
+        cache_implementation="dynamic", keep_features="auto", no_progress=args.no_progress, dpi=100, video_cache=None,
     )  # fmt: skip
     record = ask_video(model_dir, video, [DEMO_QUESTION], sampling, write=None, summarize=True)
     # random byte tokens rarely form UTF-8 characters: the replacement characters are dropped from the display
