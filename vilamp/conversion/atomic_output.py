@@ -35,6 +35,7 @@ PROCESSOR_CODE_FILES = (
     "video_processing_vilamp.py",
     "keyframe_selection.py",
     "video_decoding.py",
+    "nvdec_decoding.py",
     "video_cache.py",
 )
 # The files a conversion writes: the tokenizer's as any transformers 5 version saves them, `model-00001-of-00002`
