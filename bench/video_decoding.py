@@ -10,7 +10,7 @@ before the clock starts; each `decode_video` call still opens its own NVDEC sess
 10-minute files is slow (HEVC most; the files are written at once), so a longer file repeats a `--segment-seconds`
 segment, stream-copied (the decoding cost is the full length's); `--directory` keeps them for the next run.
 
-    PYTHONPATH=. python bench/video_decoding.py --minutes 10 --directory /tmp/vilamp-videos
+    PYTHONPATH=. python bench/video_decoding.py --minutes 10 --directory videos
     PYTHONPATH=. python bench/video_decoding.py --codecs hevc4k --minutes 2
     PYTHONPATH=. python bench/video_decoding.py --tiny
 """
