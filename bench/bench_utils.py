@@ -188,6 +188,16 @@ def write_gradient_video(path, seconds: float, fps: int, width: int, height: int
     return write_video(path, frames, fps=fps, codec="libx264", options={"preset": "ultrafast"})
 
 
+# The benches' camera-like files with sensor noise: name -> (codec of `vilamp.testing.write_noisy_video`, width, height)
+NOISY_VIDEOS = {
+    "h264": ("h264", 1920, 1080),
+    "hevc": ("hevc", 1920, 1080),
+    "vp9": ("vp9", 1920, 1080),
+    "av1": ("av1", 1920, 1080),
+    "hevc4k": ("hevc", 3840, 2160),
+}
+
+
 def repeat_video(segment: Path, path: Path, repeats: int) -> Path:
     """Writes `repeats` copies of the video file `segment` one after the other into `path` (same container), without
     re-encoding: decoding costs what a file of that length costs, writing far less."""

@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_utils import (
+    NOISY_VIDEOS,
     VIT_B_32_CONFIG,
     build_config,
     build_random_model,
@@ -74,14 +75,6 @@ from vilamp.runner import VideoQuestion, ViLaMPRunner
 from vilamp.testing import build_tiny_processor, build_tiny_tokenizer, write_video
 
 RESOLUTIONS = {"720p": (1280, 720), "1080p": (1920, 1080), "tiny": (160, 120)}
-# `--noisy` files: codec of `vilamp.testing.write_noisy_video`, width, height
-NOISY_VIDEOS = {
-    "h264": ("h264", 1920, 1080),
-    "hevc": ("hevc", 1920, 1080),
-    "vp9": ("vp9", 1920, 1080),
-    "av1": ("av1", 1920, 1080),
-    "hevc4k": ("hevc", 3840, 2160),
-}
 VIDEO_FPS = 30
 SCENE_SECONDS = 20
 QUESTION = "What happens after the second scene cut?"

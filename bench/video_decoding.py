@@ -28,25 +28,19 @@ from pathlib import Path
 
 import av
 import torch
-from bench_utils import format_number, markdown_row, print_table_start, write_long_noisy_video
+from bench_utils import NOISY_VIDEOS, format_number, markdown_row, print_table_start, write_long_noisy_video
 
 from vilamp.processing.video_decoding import decode_video
 from vilamp.testing import write_noisy_video
 
-# bench name -> (codec of `write_noisy_video`, width, height)
-VIDEOS = {
-    "h264": ("h264", 1920, 1080),
-    "hevc": ("hevc", 1920, 1080),
-    "vp9": ("vp9", 1920, 1080),
-    "av1": ("av1", 1920, 1080),
-    "hevc4k": ("hevc", 3840, 2160),
-}
 DEVICES = ("cpu", "cuda", "auto")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--codecs", default="h264,hevc,vp9,av1,hevc4k", help=f"comma-separated, of {list(VIDEOS)}")
+    parser.add_argument(
+        "--codecs", default="h264,hevc,vp9,av1,hevc4k", help=f"comma-separated, of {list(NOISY_VIDEOS)}"
+    )
     parser.add_argument("--minutes", type=float, default=10.0, help="length of each file")
     parser.add_argument("--devices", default=",".join(DEVICES), help="comma-separated decode devices to time")
     parser.add_argument("--max-frames", type=int, default=600)
@@ -65,8 +59,8 @@ def parse_args(argv=None):
     args.codecs = [name.strip() for name in args.codecs.split(",") if name.strip()]
     args.devices = [name.strip() for name in args.devices.split(",") if name.strip()]
     for name in args.codecs:
-        if name not in VIDEOS:
-            parser.error(f"--codecs: {name!r} is not one of {list(VIDEOS)}")
+        if name not in NOISY_VIDEOS:
+            parser.error(f"--codecs: {name!r} is not one of {list(NOISY_VIDEOS)}")
     for name in args.devices:
         if name not in DEVICES:
             parser.error(f"--devices: {name!r} is not one of {list(DEVICES)}")
@@ -76,7 +70,7 @@ def parse_args(argv=None):
 
 
 def video_size(name: str, tiny: bool) -> tuple[str, int, int]:
-    codec, width, height = VIDEOS[name]
+    codec, width, height = NOISY_VIDEOS[name]
     return (codec, 96, 64) if tiny else (codec, width, height)
 
 

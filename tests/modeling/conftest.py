@@ -2,13 +2,36 @@ import pytest
 import torch
 
 from vilamp.processing import num_video_tokens
-from vilamp.testing import TINY_SPECIAL_TOKEN_IDS, build_tiny_model
+from vilamp.testing import TINY_SPECIAL_TOKEN_IDS, build_tiny_model, build_tiny_processor, write_synthetic_video
 from vilamp.testing import tiny_config as build_tiny_config
 
 VIDEO_TOKEN_ID = TINY_SPECIAL_TOKEN_IDS["<video>"]
 PAD_TOKEN_ID = TINY_SPECIAL_TOKEN_IDS["<|endoftext|>"]
 # transformers' default, as in its model tests (`vilamp.testing` widens it for fine-tuning)
 TRANSFORMERS_INITIALIZER_RANGE = 0.02
+# the `videos` fixture's two videos (6 and 10 frames sampled at 1 fps) and the `questions` about them
+VIDEO_FRAME_COUNTS_AT_8_FPS = (48, 80)
+QUESTIONS = ("What moves in the video?", "How bright is it?")
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return build_tiny_processor()
+
+
+@pytest.fixture(scope="module")
+def questions() -> tuple[str, ...]:
+    return QUESTIONS
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> list[str]:
+    """Two video files of uneven length, one per question of `questions`."""
+    directory = tmp_path_factory.mktemp("videos")
+    return [
+        str(write_synthetic_video(directory / f"video_{index}.mp4", num_frames=num_frames, level_step=5 + 3 * index))
+        for index, num_frames in enumerate(VIDEO_FRAME_COUNTS_AT_8_FPS)
+    ]
 
 
 @pytest.fixture

@@ -8,13 +8,11 @@ multi-frame videos (keyframes and non-keyframes) of different lengths in one bat
 import pytest
 import torch
 
-from vilamp.testing import build_tiny_model, build_tiny_processor, write_synthetic_video
+from vilamp.testing import build_tiny_model
 
 # float32 on the CPU: the first step of each copy must equal a plain forward of its prompt up to rounding
 FIRST_STEP_ATOL = 1e-5
 # 6 and 10 frames at 1 fps (K = 2 keyframes each), so the rows differ in length and in frames
-VIDEO_FRAME_COUNTS_AT_8_FPS = (48, 80)
-QUESTIONS = ("What moves in the video?", "How bright is it?")
 
 
 @pytest.fixture(scope="module")
@@ -23,23 +21,9 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def processor():
-    return build_tiny_processor()
-
-
-@pytest.fixture(scope="module")
-def videos(tmp_path_factory) -> list[str]:
-    directory = tmp_path_factory.mktemp("videos")
-    return [
-        str(write_synthetic_video(directory / f"video_{index}.mp4", num_frames=num_frames, level_step=5 + 3 * index))
-        for index, num_frames in enumerate(VIDEO_FRAME_COUNTS_AT_8_FPS)
-    ]
-
-
-@pytest.fixture(scope="module")
-def batch(processor, videos):
+def batch(processor, questions, videos):
     """Two questions about two videos of 6 and 10 sampled frames, left-padded into one batch."""
-    inputs = processor(text=list(QUESTIONS), videos=videos, return_tensors="pt")
+    inputs = processor(text=list(questions), videos=videos, return_tensors="pt")
     assert inputs["video_frame_counts"].tolist() == [6, 10]
     assert not inputs["keyframe_mask"].all() and inputs["keyframe_mask"].any()
     return inputs
@@ -72,11 +56,11 @@ def test_each_returned_sample_sees_its_own_video(model, batch, last_logits):
     torch.testing.assert_close(logits, last_logits.repeat_interleave(3, dim=0), rtol=0, atol=FIRST_STEP_ATOL)
 
 
-def test_beam_search_returns_each_rows_sequences_in_order(model, batch, processor, videos):
+def test_beam_search_returns_each_rows_sequences_in_order(model, batch, processor, questions, videos):
     torch.manual_seed(0)
     together = model.generate(**batch, num_beams=2, num_return_sequences=2, max_new_tokens=4, do_sample=False)
     assert together.shape[0] == 4
-    for row, (question, video) in enumerate(zip(QUESTIONS, videos)):
+    for row, (question, video) in enumerate(zip(questions, videos)):
         alone = processor(text=question, videos=video, return_tensors="pt")
         alone_ids = model.generate(**alone, num_beams=2, num_return_sequences=2, max_new_tokens=4, do_sample=False)
         new_tokens = together[2 * row : 2 * row + 2, batch["input_ids"].shape[1] :]
@@ -100,9 +84,9 @@ def test_greedy_decoding_options_give_the_default_ids(model, batch, decoding):
 
 
 @pytest.mark.parametrize("assistance", ["assistant_model", "prompt_lookup_num_tokens"])
-def test_assisted_decoding_gives_the_default_ids(model, processor, videos, assistance):
+def test_assisted_decoding_gives_the_default_ids(model, processor, questions, videos, assistance):
     # transformers runs assisted decoding one prompt at a time; the assistant is another tiny ViLaMP on the same video
-    inputs = processor(text=QUESTIONS[1], videos=videos[1], return_tensors="pt")
+    inputs = processor(text=questions[1], videos=videos[1], return_tensors="pt")
     assisted = (
         {"assistant_model": build_tiny_model(seed=2).eval()} if assistance == "assistant_model" else {assistance: 2}
     )

@@ -12,11 +12,9 @@ import torch
 from vilamp import ViLaMPForConditionalGeneration
 from vilamp.modeling_vilamp import ViLaMPModel
 from vilamp.runner import DEVICE_INPUT_NAMES
-from vilamp.testing import build_tiny_model, build_tiny_processor, write_synthetic_video
+from vilamp.testing import build_tiny_model
 
 # 6 and 10 frames at 1 fps (K = 2 keyframes each), so the rows of a batch differ in length and in frames
-VIDEO_FRAME_COUNTS_AT_8_FPS = (48, 80)
-QUESTIONS = ("What moves in the video?", "How bright is it?")
 MAX_NEW_TOKENS = 6
 # the modules of `ViLaMPForConditionalGeneration` that stay in the model's dtype, and what transformers quantizes
 UNQUANTIZED_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector.", "model.feature_merger.", "lm_head.")
@@ -65,22 +63,8 @@ def saved_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def processor():
-    return build_tiny_processor()
-
-
-@pytest.fixture(scope="module")
-def videos(tmp_path_factory) -> list[str]:
-    directory = tmp_path_factory.mktemp("videos")
-    return [
-        str(write_synthetic_video(directory / f"video_{index}.mp4", num_frames=num_frames, level_step=5 + 3 * index))
-        for index, num_frames in enumerate(VIDEO_FRAME_COUNTS_AT_8_FPS)
-    ]
-
-
-@pytest.fixture(scope="module")
-def batch(processor, videos):
-    return processor(text=list(QUESTIONS), videos=videos, return_tensors="pt")
+def batch(processor, questions, videos):
+    return processor(text=list(questions), videos=videos, return_tensors="pt")
 
 
 def load_quantized(directory, quantization_config, device: str = "cpu", dtype=torch.bfloat16):
@@ -137,7 +121,7 @@ def greedy(model, inputs, **generate_kwargs) -> tuple[list[list[int]], torch.Ten
     return output.sequences[:, inputs["input_ids"].shape[1] :].tolist(), output.logits[0].float().cpu()
 
 
-def check_generation_as_unquantized(model, batch, processor, videos, logits_tolerance: float | None = None):
+def check_generation_as_unquantized(model, batch, processor, questions, videos, logits_tolerance: float | None = None):
     """
     What holds for the unquantized model holds for the quantized one: each row of a batch of two videos is that video
     asked alone, and the static cache gives the dynamic cache's answers. Exact ids where `logits_tolerance` is None (float32
@@ -149,7 +133,7 @@ def check_generation_as_unquantized(model, batch, processor, videos, logits_tole
     static_ids, static_logits = greedy(model, batch, cache_implementation="static")
     alone = [
         greedy(model, on_model_device(processor(text=question, videos=video, return_tensors="pt"), model))
-        for question, video in zip(QUESTIONS, videos)
+        for question, video in zip(questions, videos)
     ]
     alone_ids = [ids[0] for ids, _ in alone]
     alone_logits = torch.cat([logits for _, logits in alone])
@@ -175,9 +159,11 @@ def test_float16_keeps_the_vision_path_in_float16(saved_model_dir):
 
 
 @pytest.mark.parametrize("kind", ["int8", "int4"])
-def test_torchao_generates_batches_and_static_cache_as_unquantized(saved_model_dir, batch, processor, videos, kind):
+def test_torchao_generates_batches_and_static_cache_as_unquantized(
+    saved_model_dir, batch, processor, questions, videos, kind
+):
     model = load_quantized(saved_model_dir, torchao_config(kind), dtype=torch.float32)
-    check_generation_as_unquantized(model, batch, processor, videos)
+    check_generation_as_unquantized(model, batch, processor, questions, videos)
 
 
 def test_user_modules_to_skip_add_to_the_vision_path_and_the_users_config_is_unchanged(saved_model_dir):
@@ -219,14 +205,14 @@ def test_saved_quantized_model_reloads_quantized_with_the_same_logits(saved_mode
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["nf4", "int8"])
-def test_bitsandbytes_quantizes_only_the_language_model(saved_model_dir, batch, processor, videos, kind):
+def test_bitsandbytes_quantizes_only_the_language_model(saved_model_dir, batch, processor, questions, videos, kind):
     model = load_quantized(saved_model_dir, bitsandbytes_config(kind), device="cuda")
     check_only_language_model_quantized(model, torch.bfloat16)
-    check_generation_as_unquantized(model, batch, processor, videos, logits_tolerance=GPU_LOGITS_TOLERANCE)
+    check_generation_as_unquantized(model, batch, processor, questions, videos, logits_tolerance=GPU_LOGITS_TOLERANCE)
 
 
 @pytest.mark.gpu
-def test_torchao_int4_weight_only_on_a_gpu(saved_model_dir, batch, processor, videos):
+def test_torchao_int4_weight_only_on_a_gpu(saved_model_dir, batch, processor, questions, videos):
     torchao = pytest.importorskip("torchao", reason="needs torchao")
     from transformers import TorchAoConfig
 
@@ -234,4 +220,4 @@ def test_torchao_int4_weight_only_on_a_gpu(saved_model_dir, batch, processor, vi
     quant_type = torchao.quantization.Int4WeightOnlyConfig(group_size=32, int4_packing_format="tile_packed_to_4d")
     model = load_quantized(saved_model_dir, TorchAoConfig(quant_type), device="cuda")
     check_only_language_model_quantized(model, torch.bfloat16)
-    check_generation_as_unquantized(model, batch, processor, videos, logits_tolerance=GPU_LOGITS_TOLERANCE)
+    check_generation_as_unquantized(model, batch, processor, questions, videos, logits_tolerance=GPU_LOGITS_TOLERANCE)
