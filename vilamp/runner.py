@@ -144,6 +144,12 @@ def feature_storage(keep_features: str, feature_bytes: int, device: torch.device
     return None
 
 
+def check_keep_features(keep_features: str):
+    """Checks a `keep_features` value against `KEEP_FEATURES`."""
+    if keep_features not in KEEP_FEATURES:
+        raise ValueError(f"`keep_features` must be one of {list(KEEP_FEATURES)}, got {keep_features!r}.")
+
+
 def synchronized_seconds(device: torch.device, start: float) -> float:
     """Seconds since `start` (`time.perf_counter`), once the work queued on `device` is done."""
     if device.type == "cuda":
@@ -288,8 +294,7 @@ class ViLaMPRunner:
         Returns:
             [`EncodedVideo`].
         """
-        if keep_features not in KEEP_FEATURES:
-            raise ValueError(f"`keep_features` must be one of {list(KEEP_FEATURES)}, got {keep_features!r}.")
+        check_keep_features(keep_features)
         start = time.perf_counter()
         loaded = self.processor.load_video(video, cache=self.video_cache, progress=progress, **video_settings)
         decoding_seconds = time.perf_counter() - start
@@ -305,8 +310,7 @@ class ViLaMPRunner:
         process, say): its frames' CLIP embeddings on the model's device (unless it has them already) and its projected
         patches as `keep_features` says. The returned `seconds` hold `keyframe_embedding` and `vision_encoding`.
         """
-        if keep_features not in KEEP_FEATURES:
-            raise ValueError(f"`keep_features` must be one of {list(KEEP_FEATURES)}, got {keep_features!r}.")
+        check_keep_features(keep_features)
         device = self.device
         start = time.perf_counter()
         loaded = self.processor.embed_frames(loaded, progress=embedding_progress, device=device)
