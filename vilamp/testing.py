@@ -507,6 +507,20 @@ def write_noisy_video(
     return write_video(path, frames, fps=fps, codec=encoder, options=options, frame_format="yuv420p")
 
 
+def train_steps(model, batch: dict, num_steps: int, learning_rate: float) -> list[float]:
+    """Runs `num_steps` AdamW steps of `model` on one batch (its trainable parameters) and returns the loss before each
+    step."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
+    losses = []
+    for _ in range(num_steps):
+        loss = model(**batch).loss
+        losses.append(loss.item())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return losses
+
+
 def free_port() -> int:
     """A TCP port free on this machine now, for a process group's rendezvous."""
     with socket.socket() as probe:
@@ -525,6 +539,7 @@ def torchrun_launcher(num_processes: int) -> list[str]:
 
 
 __all__ = [
+    "train_steps",
     "free_port",
     "torchrun_launcher",
     "build_demo_checkpoint",

@@ -7,6 +7,7 @@ import torch
 
 peft = pytest.importorskip("peft", reason="LoRA fine-tuning needs peft (the `peft` extra)")
 
+from vilamp.testing import train_steps  # noqa: E402
 from vilamp.training import (  # noqa: E402
     enable_gradient_checkpointing,
     is_vision_tower_parameter,
@@ -29,15 +30,7 @@ def lora_model(model, modules_to_save=MODULES_TO_SAVE):
 
 def train(model, batch, num_steps: int) -> list[float]:
     """Runs `num_steps` AdamW steps on one batch and returns the loss before each step."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE)
-    losses = []
-    for _ in range(num_steps):
-        loss = model(**batch).loss
-        losses.append(loss.item())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return losses
+    return train_steps(model, batch, num_steps, LEARNING_RATE)
 
 
 def test_target_pattern_hits_only_language_model_projections(tiny_model):

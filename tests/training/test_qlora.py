@@ -11,7 +11,7 @@ peft = pytest.importorskip("peft", reason="QLoRA fine-tuning needs peft (the `pe
 
 from vilamp import ViLaMPForConditionalGeneration  # noqa: E402
 from vilamp.runner import DEVICE_INPUT_NAMES  # noqa: E402
-from vilamp.testing import build_tiny_model  # noqa: E402
+from vilamp.testing import build_tiny_model, train_steps  # noqa: E402
 from vilamp.training import (  # noqa: E402
     is_vision_tower_parameter,
     lora_config,
@@ -61,17 +61,9 @@ def on_device(batch, device) -> dict:
 
 
 def train(model, batch, num_steps: int) -> list[float]:
-    """Runs `num_steps` AdamW steps on one batch and returns the loss before each step."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE)
+    """Runs `num_steps` AdamW steps on one batch, the model in training mode, and returns the loss before each step."""
     model.train()
-    losses = []
-    for _ in range(num_steps):
-        loss = model(**batch).loss
-        losses.append(loss.item())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return losses
+    return train_steps(model, batch, num_steps, LEARNING_RATE)
 
 
 def check_qlora_trains_and_reloads(directory, quantization_config, batch, tmp_path, device, dtype):
