@@ -90,20 +90,24 @@ def write_tagged_video(path, colorspace: int, color_range: int):
     return path
 
 
+def stored_samples(plane) -> np.ndarray:
+    """A decoded plane's samples as stored, without the row padding (`to_ndarray` may convert a yuvj420p frame)."""
+    return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
+
+
 @pytest.mark.parametrize("colorspace, color_range", [(0, 0), (1, 1), (1, 2), (5, 1)])
 def test_nv12_pictures_give_the_cpu_decoders_rgb(tmp_path, colorspace, color_range):
-    """NVDEC's NV12 pictures (the same samples as the CPU's planar yuv420p, chroma interleaved) give the RGB pixels
-    the CPU path gives, for BT.709 and BT.601, limited and full range."""
+    """NVDEC's NV12 pictures (the samples the CPU decoder stores, chroma interleaved) give the RGB pixels the CPU path
+    gives, for BT.709 and BT.601, limited and full range (yuvj420p on older FFmpeg)."""
     path = write_tagged_video(tmp_path / "tagged.mp4", colorspace, color_range)
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         for frame in container.decode(stream):
-            planar = frame.to_ndarray(format="yuv420p")
-            height, width = frame.height, frame.width
-            u = planar[height : height * 5 // 4].reshape(height // 2, width // 2)
-            v = planar[height * 5 // 4 :].reshape(height // 2, width // 2)
-            nv12 = np.concatenate([planar[:height], np.stack([u, v], axis=-1).reshape(height // 2, width)])
-            picture = Nv12Frame(nv12, stream.codec_context.colorspace, stream.codec_context.color_range)
+            luma, u, v = (stored_samples(plane) for plane in frame.planes)
+            nv12 = np.concatenate([luma, np.stack([u, v], axis=-1).reshape(u.shape[0], -1)])
+            picture = Nv12Frame(
+                nv12, stream.codec_context.pix_fmt, stream.codec_context.colorspace, stream.codec_context.color_range
+            )
             np.testing.assert_array_equal(np.asarray(picture.to_image()), np.asarray(frame.to_image()))
 
 

@@ -44,14 +44,16 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def nv12_to_video_frame(nv12: np.ndarray, *, colorspace: int, color_range: int):
+def nv12_to_video_frame(nv12: np.ndarray, *, pixel_format: str, colorspace: int, color_range: int):
     """
-    Repacks an NV12 picture losslessly into the planar yuv420p `av.VideoFrame` a CPU decoder gives, tagged with
-    `colorspace` and `color_range` (PyAV's conversion to RGB reads them).
+    Repacks an NV12 picture losslessly into the planar `av.VideoFrame` a CPU decoder gives, of `pixel_format` and
+    tagged with `colorspace` and `color_range` (PyAV's conversion to RGB reads them).
 
     Args:
         nv12 (`np.ndarray` of shape `(height * 3 // 2, width)`): uint8, the luma rows, then rows of interleaved U and
             V samples.
+        pixel_format (`str`): the stream's pixel format, `yuv420p` or `yuvj420p` (the full-range 4:2:0 that FFmpeg
+            before 7.1 gives, whose conversion ignores `color_range`).
         colorspace (`int`): the stream's `AVColorSpace`.
         color_range (`int`): the stream's `AVColorRange`.
     """
@@ -61,7 +63,7 @@ def nv12_to_video_frame(nv12: np.ndarray, *, colorspace: int, color_range: int):
     height = rows * 2 // 3
     luma, chroma = nv12[:height], nv12[height:].reshape(height // 2, width // 2, 2)
     planar = np.concatenate([luma.reshape(-1), chroma[..., 0].reshape(-1), chroma[..., 1].reshape(-1)])
-    frame = av.VideoFrame.from_ndarray(planar.reshape(rows, width), format="yuv420p")
+    frame = av.VideoFrame.from_ndarray(planar.reshape(rows, width), format=pixel_format)
     frame.colorspace = colorspace
     frame.color_range = color_range
     return frame
@@ -72,12 +74,15 @@ class Nv12Frame:
     """A kept NVDEC picture copied to the host; converted to RGB off the decoding thread, like a PyAV frame."""
 
     nv12: np.ndarray  # (height * 3 // 2, width) uint8
+    pixel_format: str
     colorspace: int
     color_range: int
 
     def to_image(self):
         """The RGB `PIL.Image.Image` PyAV gives for the same picture decoded on the CPU."""
-        return nv12_to_video_frame(self.nv12, colorspace=self.colorspace, color_range=self.color_range).to_image()
+        return nv12_to_video_frame(
+            self.nv12, pixel_format=self.pixel_format, colorspace=self.colorspace, color_range=self.color_range
+        ).to_image()
 
 
 @dataclass
@@ -92,6 +97,7 @@ class NvdecVideo:
     width: int
     height: int
     time_base: Fraction
+    pixel_format: str
     colorspace: int
     color_range: int
 
@@ -152,6 +158,7 @@ def open_nvdec_video(
         width=width,
         height=height,
         time_base=time_base,
+        pixel_format=pixel_format,
         colorspace=colorspace,
         color_range=color_range,
     )
@@ -253,7 +260,9 @@ class NvdecSpanDecoder:
                             f"{(video.height * 3 // 2, video.width)}"
                         )
                     seconds = float(pts) * video.time_base.numerator / video.time_base.denominator
-                    submit(frame_index, Nv12Frame(nv12, video.colorspace, video.color_range), seconds)
+                    submit(
+                        frame_index, Nv12Frame(nv12, video.pixel_format, video.colorspace, video.color_range), seconds
+                    )
             if len(seen) == len(expected_pts):
                 return True
             if end_of_stream:
