@@ -27,7 +27,7 @@ from .modeling_vilamp import (
 from .processing import KeyframeSelector, VideoCache, ViLaMPProcessor, ViLaMPVideoProcessor
 from .runner import VideoQuestion, ViLaMPRunner
 
-__version__ = "0.2.0"
+__version__ = "0.3.0.dev0"
 
 AutoConfig.register("vilamp", ViLaMPConfig)
 # `AutoModel.from_pretrained(...).generate(...)` is how the long-video releases are used: resolve to the generating model
