@@ -8,7 +8,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin, TextKwargs, Unpack
 from transformers.utils.chat_template_utils import _get_template_variables, render_jinja_template
 
-from .keyframe_selection import KeyframeSelection, KeyframeSelector, rank_keyframes, resolve_device
+from .keyframe_selection import KeyframeSelection, KeyframeSelector, resolve_device
 from .video_cache import VideoCache
 from .video_processing_vilamp import (
     FRAME_SETTINGS,
@@ -146,7 +146,7 @@ class ViLaMPProcessor(ProcessorMixin):
         # checked before any decoding, so a mismatch costs no video; `build_inputs` checks its own arguments
         self._check_video_placeholders(texts, len(videos))
         if videos:
-            self._require_keyframe_selector()
+            self._keyframe_selector()
         video_frames, keyframe_selections = [], []
         for video_index, (video, video_query) in enumerate(
             zip(videos, self._video_queries(texts, len(videos), query))
@@ -255,14 +255,14 @@ class ViLaMPProcessor(ProcessorMixin):
                 )
         return list(queries)
 
-    def _require_keyframe_selector(self) -> KeyframeSelector:
-        """The keyframe selector, or an error saying how to get one."""
+    def _keyframe_selector(self, device: str | torch.device | None = None) -> KeyframeSelector:
+        """The keyframe selector, moved to `device` when one is given, or an error saying how to get one."""
         if self.keyframe_selector is None:
             raise ValueError(
                 "This processor has no `keyframe_selector`; load it with `ViLaMPProcessor.from_pretrained` from a "
                 "directory holding keyframe_selector.safetensors, or pass `keyframe_selector=`."
             )
-        return self.keyframe_selector
+        return self.keyframe_selector if device is None else self.keyframe_selector.to(resolve_device(device))
 
     def load_video(
         self, video, *, cache: VideoCache | None = None, progress: ProgressCallback | None = None, **videos_kwargs
@@ -279,7 +279,7 @@ class ViLaMPProcessor(ProcessorMixin):
             )
         if cache is not None and not isinstance(cache, VideoCache):
             raise TypeError(f"`cache` must be a `VideoCache` or None, got {type(cache).__name__}.")
-        keyframe_image_size = self._require_keyframe_selector().image_size
+        keyframe_image_size = self._keyframe_selector().image_size
         if cache is not None:
             return cache.load_video(
                 self.video_processor,
@@ -339,10 +339,7 @@ class ViLaMPProcessor(ProcessorMixin):
                 "The `LoadedVideo` has no CLIP frames to embed; load it with `ViLaMPProcessor.load_video`, which makes "
                 "them."
             )
-        selector = self._require_keyframe_selector()
-        if device is not None:
-            selector.to(resolve_device(device))
-        frame_embeds = selector.encode_frames(loaded_video.clip_frames, progress=progress)
+        frame_embeds = self._keyframe_selector(device).encode_frames(loaded_video.clip_frames, progress=progress)
         return dataclasses.replace(loaded_video, clip_frames=None, frame_embeds=frame_embeds)
 
     def select_keyframes(
@@ -355,38 +352,30 @@ class ViLaMPProcessor(ProcessorMixin):
         **videos_kwargs,
     ) -> KeyframeSelection:
         """
-        The second stage of `__call__`: the differential keyframe selection of one video against its question, on the
-        keyframe selector's device.
+        The second stage of `__call__`: `KeyframeSelector.select` of one video against its question, with the video
+        processor's keyframe settings.
 
         Args:
-            clip_frames (`torch.ByteTensor` of shape `(num_frames, 3, 224, 224)`, *optional*): the CLIP frames
-                (`LoadedVideo.clip_frames`).
+            clip_frames (`torch.ByteTensor` of shape `(num_frames, 3, 224, 224)`, *optional*): `LoadedVideo.clip_frames`.
             query (`str`): the question the frames are ranked against.
             frame_embeds (`torch.FloatTensor` of shape `(num_frames, embed_dim)`, *optional*): CLIP image embeddings
-                already known, instead of `clip_frames` (pass exactly one of them).
+                already known (`LoadedVideo.frame_embeds`), instead of `clip_frames` (pass exactly one of them).
             progress (`Callable[[int], None]`, *optional*): called with the size of each batch CLIP embedded.
-            videos_kwargs: `num_keyframes`, `keyframe_relevance_threshold`, `keyframe_similarity_threshold` and
-                `device` (where the keyframe selector runs); default to the video processor's settings.
+            videos_kwargs: `num_keyframes`, `keyframe_relevance_threshold`, `keyframe_similarity_threshold` (default to
+                the video processor's settings) and `device` (where the keyframe selector runs).
 
         Returns:
             [`KeyframeSelection`] (on the CPU).
         """
-        if (clip_frames is None) == (frame_embeds is None):
-            raise ValueError("You must specify exactly one of `clip_frames` or `frame_embeds`.")
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError(f"`query` must be the question to rank the frames against, got {query!r}.")
         settings = self.video_processor.call_settings(**videos_kwargs)
-        selector = self._require_keyframe_selector()
-        if videos_kwargs.get("device") is not None:
-            selector.to(resolve_device(videos_kwargs["device"]))
-        if frame_embeds is None:
-            frame_embeds = selector.encode_frames(clip_frames, progress=progress)
-        return rank_keyframes(
-            frame_embeds,
-            selector.encode_query(query).to(frame_embeds.device),
+        return self._keyframe_selector(videos_kwargs.get("device")).select(
+            query,
+            clip_frames=clip_frames,
+            frame_embeds=frame_embeds,
             num_keyframes=settings["num_keyframes"],
             relevance_threshold=settings["keyframe_relevance_threshold"],
             similarity_threshold=settings["keyframe_similarity_threshold"],
+            progress=progress,
         )
 
     def build_inputs(
