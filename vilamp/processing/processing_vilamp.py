@@ -11,12 +11,11 @@ from transformers.utils.chat_template_utils import _get_template_variables, rend
 from .keyframe_selection import KeyframeSelection, KeyframeSelector, resolve_device
 from .video_cache import VideoCache
 from .video_processing_vilamp import (
-    FRAME_SETTINGS,
-    LEGACY_VIDEO_SETTINGS,
     LoadedVideo,
     ProgressCallback,
     ViLaMPVideoProcessor,
     ViLaMPVideoProcessorInitKwargs,
+    check_loaded_video,
     flatten_videos,
     video_processor_with,
 )
@@ -152,7 +151,10 @@ class ViLaMPProcessor(ProcessorMixin):
             zip(videos, self._video_queries(texts, len(videos), query))
         ):
             try:
-                loaded_video = self._loaded_video(video, videos_kwargs)
+                if isinstance(video, LoadedVideo):
+                    loaded_video = check_loaded_video(video, videos_kwargs)
+                else:
+                    loaded_video = self.load_video(video, **videos_kwargs)
             except ValueError as error:
                 raise ValueError(f"`videos[{video_index}]`: {error}") from error
             # only the SigLIP frames are kept: the CLIP frames of a video are dropped once its keyframes are chosen
@@ -291,26 +293,6 @@ class ViLaMPProcessor(ProcessorMixin):
         return self.video_processor.load_video(
             video, keyframe_image_size=keyframe_image_size, progress=progress, **videos_kwargs
         )
-
-    def _loaded_video(self, video, videos_kwargs: dict) -> LoadedVideo:
-        """`video` loaded by `load_video`, or as it is when it was loaded already; the settings that change frames
-        applied when it was loaded, so passing one again is an error rather than a setting silently ignored."""
-        if not isinstance(video, LoadedVideo):
-            return self.load_video(video, **videos_kwargs)
-        frame_settings = sorted(
-            name for name, value in videos_kwargs.items() if name in FRAME_SETTINGS and value is not None
-        )
-        if frame_settings:
-            raise ValueError(
-                f"it is a `LoadedVideo`, whose frames were sampled and resized when it was loaded, so {frame_settings} "
-                "cannot apply to it now; pass them to `load_video` instead."
-            )
-        if video.clip_frames is None and video.frame_embeds is None:
-            raise ValueError(
-                "the `LoadedVideo` has neither CLIP frames nor `frame_embeds`, so its keyframes cannot be selected; "
-                "load it with `ViLaMPProcessor.load_video`, which makes the CLIP frames."
-            )
-        return video
 
     def embed_frames(
         self,
@@ -597,16 +579,7 @@ class ViLaMPProcessor(ProcessorMixin):
         tokenizer = cls._load_tokenizer_from_pretrained(
             "tokenizer", pretrained_model_name_or_path, subfolder=subfolder, **kwargs
         )
-        if isinstance(processor_dict.get("video_processor"), dict):
-            video_processor_dict = processor_dict["video_processor"]
-        else:
-            legacy = {name: processor_dict[name] for name in LEGACY_VIDEO_SETTINGS if name in processor_dict}
-            video_processor_dict = video_processor_with(None, legacy).to_dict()
-        overrides = {
-            name: kwargs[name] for name in ViLaMPVideoProcessor.valid_kwargs.__annotations__ if name in kwargs
-        }
-        video_processor = ViLaMPVideoProcessor.from_dict(video_processor_dict, **overrides)
-        return [tokenizer, video_processor]
+        return [tokenizer, ViLaMPVideoProcessor.from_processor_dict(processor_dict, **kwargs)]
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, device="auto", **kwargs):
