@@ -8,6 +8,13 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin, TextKwargs, Unpack
 from transformers.utils.chat_template_utils import _get_template_variables, render_jinja_template
 
+from .chat_template_extras import (
+    assistant_token_masks,
+    check_assistant_mask_arguments,
+    check_every_conversation_answers,
+    conversation_videos,
+    named_chat_template,
+)
 from .keyframe_selection import KeyframeSelection, KeyframeSelector, resolve_device
 from .video_cache import VideoCache
 from .video_processing_vilamp import (
@@ -463,25 +470,16 @@ class ViLaMPProcessor(ProcessorMixin):
             chat_template_kwargs (`dict`, *optional*): variables for the Jinja template.
             kwargs: template variables when the template uses them, otherwise kwargs for `__call__`.
         """
+        check_assistant_mask_arguments(
+            tokenize=tokenize,
+            return_dict=return_dict,
+            return_assistant_tokens_mask=return_assistant_tokens_mask,
+            return_labels=return_labels,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+        )
         with_masks = return_assistant_tokens_mask or return_labels
-        if with_masks and not (tokenize and return_dict):
-            name = "return_labels" if return_labels else "return_assistant_tokens_mask"
-            raise ValueError(
-                f"`{name}=True` needs `tokenize=True` and `return_dict=True`: the result is returned next to the "
-                f"`input_ids` in the `BatchFeature`; got tokenize={tokenize}, return_dict={return_dict}."
-            )
-        if with_masks and (add_generation_prompt or continue_final_message):
-            raise ValueError(
-                "`return_labels` and `return_assistant_tokens_mask` mark complete answers: leave `add_generation_prompt` "
-                "and `continue_final_message` False and end the conversation with the assistant's answer."
-            )
-        templates = self.chat_template if isinstance(self.chat_template, dict) else {"default": self.chat_template}
-        if chat_template is None and "default" not in templates:
-            raise ValueError(
-                'The processor has no chat template named "default"; pass `chat_template=` with one of '
-                f"{sorted(templates)} or a template."
-            )
-        chat_template = templates.get(chat_template or "default", chat_template)
+        chat_template = named_chat_template(self.chat_template, chat_template)
         template_variables = _get_template_variables(chat_template)
         template_kwargs = {name: value for name, value in kwargs.items() if name in template_variables}
         call_kwargs = {name: value for name, value in kwargs.items() if name not in template_variables}
@@ -497,24 +495,9 @@ class ViLaMPProcessor(ProcessorMixin):
         )
         if not tokenize:
             return prompts if is_batched else prompts[0]
-        videos, questions = [], []
-        for message in (message for messages in conversations for message in messages):
-            content = message.get("content")
-            blocks = content if isinstance(content, (list, tuple)) else []
-            message_videos = [
-                next(block[key] for key in ("video", "path", "url") if key in block)
-                for block in blocks
-                if block.get("type") == "video"
-            ]
-            text = " ".join(block["text"] for block in blocks if block.get("type") == "text").strip()
-            videos += message_videos
-            questions += [text] * len(message_videos)
-        if return_labels and not all(generation_spans):
-            row = [bool(spans) for spans in generation_spans].index(False)
-            raise ValueError(
-                f"Conversation {row} has no assistant message, so nothing to learn; end it with "
-                '`{"role": "assistant", "content": [{"type": "text", "text": answer}]}`.'
-            )
+        videos, questions = conversation_videos(conversations)
+        if return_labels:
+            check_every_conversation_answers(generation_spans)
         if with_masks:
             call_kwargs.update(return_offsets_mapping=True, return_text_replacement_offsets=True)
         inputs = self(
@@ -524,29 +507,12 @@ class ViLaMPProcessor(ProcessorMixin):
             **{**(processor_kwargs or {}), **call_kwargs},
         )
         if with_masks:
-            assistant_masks = self._assistant_masks(inputs, generation_spans)
+            assistant_masks = assistant_token_masks(inputs, generation_spans, self.video_token_id)
             if return_assistant_tokens_mask:
                 inputs["assistant_masks"] = assistant_masks.long()
             if return_labels:
                 inputs["labels"] = inputs["input_ids"].masked_fill(~assistant_masks, IGNORE_INDEX)
         return inputs if return_dict else inputs["input_ids"]
-
-    def _assistant_masks(self, inputs: BatchFeature, generation_spans: list[list[tuple[int, int]]]) -> torch.Tensor:
-        """
-        Which tokens start inside the `[start, end)` character spans the template marks with `{% generation %}`, the
-        spans moved by the placeholder expansions before them; pops `offset_mapping` and `text_replacement_offsets`.
-        Video placeholders and padding are never assistant tokens.
-        """
-        token_starts = inputs.pop("offset_mapping")[..., 0]  # (batch_size, sequence_length)
-        replacement_offsets = inputs.pop("text_replacement_offsets") or [[] for _ in generation_spans]
-        masks = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
-        for row, (spans, replacements) in enumerate(zip(generation_spans, replacement_offsets)):
-            # (end of the placeholder, characters it grew by) for each expansion in the row
-            growths = [(item["span"][1], item["new_span"][1] - item["span"][1]) for item in replacements]
-            for span in spans:
-                start, end = (char + sum(growth for stop, growth in growths if stop <= char) for char in span)
-                masks[row] |= (token_starts[row] >= start) & (token_starts[row] < end)
-        return masks & inputs["attention_mask"].bool() & (inputs["input_ids"] != self.video_token_id)
 
     def to_dict(self) -> dict:
         """The processor settings saved in `processor_config.json`, with the video processor's nested (the tokenizer,
