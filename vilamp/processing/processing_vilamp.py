@@ -1,6 +1,7 @@
 """Processor class for ViLaMP: composes the tokenizer, the video processor and the keyframe selector."""
 
 import dataclasses
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from .video_processing_vilamp import (
     ViLaMPVideoProcessorInitKwargs,
     check_loaded_video,
     flatten_videos,
+    video_frames_inputs,
     video_processor_with,
 )
 
@@ -53,11 +55,10 @@ def num_video_tokens(num_frames: int, num_keyframes: int, keyframe_pooled_size: 
 
 class ViLaMPProcessor(ProcessorMixin):
     r"""
-    Constructs a ViLaMP processor from a Qwen2 tokenizer, a [`ViLaMPVideoProcessor`] (decoding, sampling, both resizes,
-    and the sampling and keyframe settings, saved with it and overridable per call: `processor.video_processor.fps`)
-    and a [`KeyframeSelector`] (DKS against the question). `__call__` runs three public stages, which can also be
-    called one by one: `load_video`, `select_keyframes` and `build_inputs` (each `<video>` expanded to the tokens the
-    model produces for that video, then tokenized).
+    Constructs a ViLaMP processor from a Qwen2 tokenizer, a [`ViLaMPVideoProcessor`] (decoding, sampling, resizing, and
+    the sampling and keyframe settings, saved with it and overridable per call) and a [`KeyframeSelector`] (DKS against
+    the question). `__call__` runs three stages, public on their own: `load_video`, `select_keyframes` and
+    `build_inputs` (each `<video>` expanded to the tokens the model makes of its video, then tokenized).
 
     Args:
         tokenizer (`PreTrainedTokenizerBase`): the Qwen2 tokenizer; it must know the `video_token` as one token.
@@ -65,10 +66,9 @@ class ViLaMPProcessor(ProcessorMixin):
         chat_template (`str`, *optional*): defaults to the original's `qwen_1_5` template (`chat_template.jinja`).
         video_token (`str`, *optional*, defaults to `"<video>"`): its id must equal the config's `video_token_index`.
         keyframe_pooled_size (`int`, *optional*, defaults to 14): a keyframe takes `keyframe_pooled_size**2` tokens.
-        keyframe_selector ([`KeyframeSelector`], *optional*): `from_pretrained` loads it from
-            `keyframe_selector.safetensors` and `keyframe_selector_config.json`.
-        video_settings (*optional*): the flat settings of processors saved before the video processor was one
-            (`LEGACY_VIDEO_SETTINGS`); they build the video processor or override its settings.
+        keyframe_selector ([`KeyframeSelector`], *optional*): `from_pretrained` loads it from its own files.
+        video_settings (*optional*): the flat `LEGACY_VIDEO_SETTINGS` of processors saved before the video processor
+            was one; they build the video processor or override its settings.
     """
 
     valid_processor_kwargs = ViLaMPProcessorKwargs
@@ -124,24 +124,21 @@ class ViLaMPProcessor(ProcessorMixin):
             text (`str` or `list[str]`): the prompts, chat template applied, one `<video>` per video; plain questions
                 without placeholders, one per video, are put into the chat template first (`question_prompt`).
             videos (*optional*): one video or a list of videos (or of per-prompt lists), in placeholder order: file
-                paths, uint8 arrays or tensors of shape `(num_frames, height, width, 3)` or
-                `(num_frames, 3, height, width)`, lists of PIL images (taken as sampled at `fps`), or [`LoadedVideo`]s
-                from `load_video` (not decoded again; after `embed_frames`, not embedded again either), so that one
-                video loaded once answers any number of questions. The same `LoadedVideo` may appear several times.
-            query (`str` or `list[str]`, *optional*): the question each video's frames are ranked against, one for
-                all or one per video; defaults to the video's prompt without the placeholder.
-            kwargs ([`ViLaMPProcessorKwargs`]): flat or in `text_kwargs` / `videos_kwargs`. Video kwargs override the
-                video processor's settings for this call, and `device` moves the keyframe selector; tokenizer kwargs
-                default to `padding=True, padding_side="left"`; `return_tensors` must be `"pt"`; any other key is an
-                error.
+                paths, uint8 arrays or tensors of shape `(num_frames, height, width, 3)` or `(num_frames, 3, height,
+                width)`, lists of PIL images (taken as sampled at `fps`), or [`LoadedVideo`]s, which are not decoded
+                (nor, after `embed_frames`, embedded) again, so one loaded video answers any number of questions.
+            query (`str` or `list[str]`, *optional*): the question the frames are ranked against, one for all or one
+                per video; defaults to the video's prompt without the placeholder.
+            kwargs ([`ViLaMPProcessorKwargs`]): flat or in `text_kwargs` / `videos_kwargs`: video kwargs override the
+                video processor's settings and `device` moves the keyframe selector; the tokenizer's default to
+                `padding=True, padding_side="left"`; `return_tensors` must be `"pt"`; any other key is an error.
 
         Returns:
             [`BatchFeature`] with **input_ids** and **attention_mask** (`(batch_size, sequence_length)`, each `<video>`
             repeated `num_video_tokens(...)` times), **pixel_values_videos** (uint8 `(total_frames, 3, height, width)`,
-            all videos concatenated; the model normalises them), **video_frame_counts** (`(num_videos,)`),
-            **keyframe_mask** (bool `(total_frames,)`, `min(num_keyframes, num_frames)` per video) and **query_embeds**
-            (`(num_videos, embed_dim)`, the unnormalised CLIP text embedding of each question); the video entries are
-            left out when no prompt has a video.
+            normalised by the model), **video_frame_counts** (`(num_videos,)`), **keyframe_mask** (bool
+            `(total_frames,)`) and **query_embeds** (`(num_videos, embed_dim)`, unnormalised CLIP text embeddings);
+            the video entries only when a prompt has a video.
         """
         output_kwargs = self._merge_call_kwargs(kwargs)
         videos_kwargs = output_kwargs["videos_kwargs"]
@@ -177,10 +174,8 @@ class ViLaMPProcessor(ProcessorMixin):
         return self.build_inputs(texts, video_frames, keyframe_selections, **output_kwargs["text_kwargs"])
 
     def _merge_call_kwargs(self, kwargs: dict) -> dict[str, dict]:
-        """
-        Splits call kwargs into tokenizer and video kwargs with `_merge_kwargs`, after checking that every key is one
-        the tokenizer or the video processor takes; defaults `padding_side` to left and requires `return_tensors="pt"`.
-        """
+        """Splits call kwargs into tokenizer and video kwargs (`_merge_kwargs`), refusing keys neither takes; pads left
+        by default and requires `return_tensors="pt"`."""
         modality_kwargs = ("text_kwargs", "videos_kwargs", "common_kwargs")
         accepted = (
             set(TextKwargs.__annotations__)
@@ -195,8 +190,8 @@ class ViLaMPProcessor(ProcessorMixin):
                 f"takes these keyword arguments, flat or in {', '.join(f'`{name}`' for name in modality_kwargs)}: "
                 f"{sorted(accepted)}."
             )
-        # `from_pretrained` hands its video settings (`max_frames=...`) to the tokenizer too, which keeps them in its
-        # `init_kwargs`; they belong to the video processor, and as call kwargs they would refuse a `LoadedVideo`
+        # `from_pretrained` hands its video settings to the tokenizer too, which keeps them in `init_kwargs`; as call
+        # kwargs they would refuse a `LoadedVideo`
         video_only = set(self.video_processor.valid_kwargs.__annotations__) - set(TextKwargs.__annotations__)
         tokenizer_init_kwargs = {
             name: value for name, value in self.tokenizer.init_kwargs.items() if name not in video_only
@@ -278,9 +273,8 @@ class ViLaMPProcessor(ProcessorMixin):
     ) -> LoadedVideo:
         """
         The first stage of `__call__`: the video processor's `load_video` (see it for `video`, `progress` and the
-        `videos_kwargs`), with CLIP frames of the keyframe selector's image size. With a [`VideoCache`] as `cache`, a
-        video file's frames are read from it when stored with the same file and frame settings, else decoded and
-        stored. Returns a [`LoadedVideo`].
+        `videos_kwargs`) with CLIP frames for the keyframe selector, read from or stored in `cache` ([`VideoCache`])
+        when one is given. Returns a [`LoadedVideo`].
         """
         if videos_kwargs.get("do_resize") is False:
             raise ValueError(
@@ -288,17 +282,9 @@ class ViLaMPProcessor(ProcessorMixin):
             )
         if cache is not None and not isinstance(cache, VideoCache):
             raise TypeError(f"`cache` must be a `VideoCache` or None, got {type(cache).__name__}.")
-        keyframe_image_size = self._keyframe_selector().image_size
-        if cache is not None:
-            return cache.load_video(
-                self.video_processor,
-                video,
-                keyframe_image_size=keyframe_image_size,
-                progress=progress,
-                **videos_kwargs,
-            )
-        return self.video_processor.load_video(
-            video, keyframe_image_size=keyframe_image_size, progress=progress, **videos_kwargs
+        load = self.video_processor.load_video if cache is None else partial(cache.load_video, self.video_processor)
+        return load(
+            video, keyframe_image_size=self._keyframe_selector().image_size, progress=progress, **videos_kwargs
         )
 
     def embed_frames(
@@ -309,8 +295,7 @@ class ViLaMPProcessor(ProcessorMixin):
         device: str | torch.device | None = None,
     ) -> LoadedVideo:
         """
-        The keyframe selector's CLIP embeddings of a loaded video's frames, computed once for all the questions about
-        it: each question then only embeds its text and ranks the frames (`select_keyframes`).
+        The keyframe selector's CLIP embeddings of a loaded video's frames, computed once for all its questions.
 
         Args:
             loaded_video ([`LoadedVideo`]): what `load_video` returned.
@@ -318,8 +303,7 @@ class ViLaMPProcessor(ProcessorMixin):
             device (`str` or `torch.device`, *optional*): where the keyframe selector runs; defaults to where it is.
 
         Returns:
-            [`LoadedVideo`]: the same video with `frame_embeds` (on the keyframe selector's device) and without its
-            CLIP frames.
+            [`LoadedVideo`]: the video with `frame_embeds` (on the selector's device) and without CLIP frames.
         """
         if loaded_video.frame_embeds is not None:
             return loaded_video
@@ -381,8 +365,7 @@ class ViLaMPProcessor(ProcessorMixin):
             text (`str` or `list[str]`): the prompts, chat template applied, one `<video>` per video.
             video_frames (`list[torch.Tensor]`, *optional*): per video, `LoadedVideo.siglip_frames`.
             keyframe_selections (`list[KeyframeSelection]`, *optional*): per video, what `select_keyframes` returned.
-            text_kwargs: for the tokenizer (`__call__` passes `padding=True, padding_side="left"` unless told
-                otherwise), and `return_mm_token_type_ids`, `return_text_replacement_offsets`.
+            text_kwargs: for the tokenizer, and `return_mm_token_type_ids`, `return_text_replacement_offsets`.
 
         Returns:
             [`BatchFeature`] as `__call__` returns it.
@@ -404,8 +387,7 @@ class ViLaMPProcessor(ProcessorMixin):
         video_inputs = {}
         if video_frames:
             video_inputs = {
-                "pixel_values_videos": torch.cat(video_frames),
-                "video_frame_counts": torch.tensor([len(frames) for frames in video_frames], dtype=torch.int64),
+                **video_frames_inputs(video_frames),
                 "keyframe_mask": torch.cat([selection.keyframe_mask for selection in keyframe_selections]),
                 "query_embeds": torch.stack([selection.query_embeds for selection in keyframe_selections]),
             }
@@ -456,16 +438,15 @@ class ViLaMPProcessor(ProcessorMixin):
         **kwargs,
     ):
         """
-        `ProcessorMixin.apply_chat_template` (same arguments) plus what ViLaMP needs and transformers lacks: each
-        video's question for the keyframe selection (the text of the message that holds it, or `query`),
-        `return_labels` for training, assistant masks that skip the expanded placeholders alike under transformers
-        5.17 (which does not shift them) and 5.24, and `chat_template_kwargs`. It renders once and tokenizes once.
+        `ProcessorMixin.apply_chat_template` (same arguments) plus what transformers lacks: each video's question (the
+        text of its message, or `query`), `return_labels`, assistant masks past the expanded placeholders alike under
+        transformers 5.17 and 5.24, and `chat_template_kwargs`. It renders once and tokenizes once.
 
         Args:
-            return_assistant_tokens_mask (`bool`, *optional*, defaults to `False`): add `assistant_masks` (needs
-                `tokenize=True` and `return_dict=True`): 1 on the tokens the template marks with `{% generation %}`.
-            return_labels (`bool`, *optional*, defaults to `False`): add `labels`: the assistant tokens' ids (as in
-                `assistant_masks`), -100 elsewhere; same needs.
+            return_assistant_tokens_mask (`bool`, *optional*, defaults to `False`): add `assistant_masks`, 1 on the
+                tokens the template marks with `{% generation %}` (needs `tokenize=True` and `return_dict=True`).
+            return_labels (`bool`, *optional*, defaults to `False`): add `labels`, the assistant tokens' ids and -100
+                elsewhere (same needs).
             query (`str` or `list[str]`, *optional*): overrides the questions, as in `__call__`.
             chat_template_kwargs (`dict`, *optional*): variables for the Jinja template.
             kwargs: template variables when the template uses them, otherwise kwargs for `__call__`.
@@ -537,9 +518,7 @@ class ViLaMPProcessor(ProcessorMixin):
 
     @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        """Loads the tokenizer, and builds the video processor from `processor_config.json` (its nested
-        `video_processor`, or the flat settings of processors saved before it was one); video settings in `kwargs`
-        override the saved ones."""
+        """The tokenizer and the video processor (`ViLaMPVideoProcessor.from_processor_dict`)."""
         processor_dict = processor_dict or {}
         subfolder = kwargs.pop("subfolder", "")
         tokenizer = cls._load_tokenizer_from_pretrained(

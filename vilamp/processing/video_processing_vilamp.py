@@ -172,6 +172,15 @@ def flatten_videos(videos) -> list:
     )
 
 
+def video_frames_inputs(video_frames: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model inputs of a batch of videos' frames: `pixel_values_videos` (all frames concatenated) and
+    `video_frame_counts` (`(num_videos,)`)."""
+    return {
+        "pixel_values_videos": torch.cat(video_frames),
+        "video_frame_counts": torch.tensor([len(frames) for frames in video_frames], dtype=torch.int64),
+    }
+
+
 def clip_resize_and_crop(image: Image.Image, size: int = 224) -> torch.Tensor:
     """
     Resizes the shortest edge of a frame to `size` (PIL bicubic) and crops its centre, as `CLIPImageProcessor` does.
@@ -450,12 +459,8 @@ class ViLaMPVideoProcessor(BaseVideoProcessor):
                 f"Unexpected video kwargs {sorted(unknown)}; accepted: {sorted(self.valid_kwargs.__annotations__)}."
             )
         return_tensors = kwargs.pop("return_tensors", None)
-        pixel_values_videos = [self.load_video(video, **kwargs).siglip_frames for video in flatten_videos(videos)]
-        data = {
-            "pixel_values_videos": torch.cat(pixel_values_videos),
-            "video_frame_counts": torch.tensor([len(frames) for frames in pixel_values_videos], dtype=torch.int64),
-        }
-        return BatchFeature(data=data, tensor_type=return_tensors)
+        video_frames = [self.load_video(video, **kwargs).siglip_frames for video in flatten_videos(videos)]
+        return BatchFeature(data=video_frames_inputs(video_frames), tensor_type=return_tensors)
 
 
 # Settings that processors saved before the video processor became an attribute kept flat in processor_config.json;
@@ -500,6 +505,7 @@ __all__ = [
     "check_video_settings",
     "clip_resize_and_crop",
     "flatten_videos",
+    "video_frames_inputs",
     "video_processor_with",
     "video_to_frames",
 ]
