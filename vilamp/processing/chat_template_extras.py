@@ -1,6 +1,6 @@
-"""What ViLaMP's `apply_chat_template` needs and transformers' `ProcessorMixin.apply_chat_template` lacks: the question of
-each video of a conversation, and assistant-token masks that follow the expanded video placeholders alike under
-transformers 5.17 (which does not shift them) and the newest 5.x."""
+"""What ViLaMP's `apply_chat_template` needs and transformers' `ProcessorMixin.apply_chat_template` lacks: the
+question of each video of a conversation, and assistant-token masks that follow the expanded video placeholders alike
+under transformers 5.17 (which does not shift them) and the newest 5.x."""
 
 import torch
 from transformers.feature_extraction_utils import BatchFeature

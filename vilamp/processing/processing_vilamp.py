@@ -329,7 +329,8 @@ class ViLaMPProcessor(ProcessorMixin):
         processor's keyframe settings.
 
         Args:
-            clip_frames (`torch.ByteTensor` of shape `(num_frames, 3, 224, 224)`, *optional*): `LoadedVideo.clip_frames`.
+            clip_frames (`torch.ByteTensor` of shape `(num_frames, 3, 224, 224)`, *optional*): the CLIP frames
+                (`LoadedVideo.clip_frames`).
             query (`str`): the question the frames are ranked against.
             frame_embeds (`torch.FloatTensor` of shape `(num_frames, embed_dim)`, *optional*): CLIP image embeddings
                 already known (`LoadedVideo.frame_embeds`), instead of `clip_frames` (pass exactly one of them).
