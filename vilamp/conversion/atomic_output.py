@@ -32,6 +32,7 @@ PROCESSOR_CONFIG_NAME = "processor_config.json"
 MODEL_CODE_FILES = ("configuration_vilamp.py", "modeling_vilamp.py", "feature_merger.py", "frame_parallel.py")
 PROCESSOR_CODE_FILES = (
     "processing_vilamp.py",
+    "chat_template_extras.py",
     "video_processing_vilamp.py",
     "keyframe_selection.py",
     "video_decoding.py",

@@ -411,6 +411,46 @@ class KeyframeSelector:
         token_ids = self.tokenizer([text]).to(self.device)  # (1, context_length)
         return self.model.encode_text(token_ids, normalize=False).float()[0]
 
+    def select(
+        self,
+        query: str,
+        *,
+        clip_frames: torch.Tensor | None = None,
+        frame_embeds: torch.Tensor | None = None,
+        num_keyframes: int,
+        relevance_threshold: float,
+        similarity_threshold: float,
+        progress: Callable[[int], None] | None = None,
+    ) -> KeyframeSelection:
+        """
+        The differential keyframe selection of one video against `query`, on the model's device: `rank_keyframes` of
+        the frames' embeddings (`encode_frames` of `clip_frames`, or `frame_embeds`) and the question's.
+
+        Args:
+            query (`str`): the question the frames are ranked against.
+            clip_frames (`torch.ByteTensor` of shape `(num_frames, 3, image_size, image_size)`, *optional*): the frames
+                to embed; pass exactly one of `clip_frames` and `frame_embeds`.
+            frame_embeds (`torch.FloatTensor` of shape `(num_frames, embed_dim)`, *optional*): the frames' embeddings.
+            num_keyframes, relevance_threshold, similarity_threshold: as in `select_keyframes`.
+            progress (`Callable[[int], None]`, *optional*): called with the size of each batch `encode_frames` embeds.
+
+        Returns:
+            [`KeyframeSelection`] on the CPU.
+        """
+        if (clip_frames is None) == (frame_embeds is None):
+            raise ValueError("You must specify exactly one of `clip_frames` or `frame_embeds`.")
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"`query` must be the question to rank the frames against, got {query!r}.")
+        if frame_embeds is None:
+            frame_embeds = self.encode_frames(clip_frames, progress=progress)
+        return rank_keyframes(
+            frame_embeds,
+            self.encode_query(query).to(frame_embeds.device),
+            num_keyframes=num_keyframes,
+            relevance_threshold=relevance_threshold,
+            similarity_threshold=similarity_threshold,
+        )
+
 
 __all__ = [
     "KeyframeSelection",

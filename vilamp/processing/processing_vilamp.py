@@ -1,6 +1,7 @@
 """Processor class for ViLaMP: composes the tokenizer, the video processor and the keyframe selector."""
 
 import dataclasses
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -8,16 +9,23 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin, TextKwargs, Unpack
 from transformers.utils.chat_template_utils import _get_template_variables, render_jinja_template
 
-from .keyframe_selection import KeyframeSelection, KeyframeSelector, rank_keyframes, resolve_device
+from .chat_template_extras import (
+    assistant_token_masks,
+    check_assistant_mask_arguments,
+    check_every_conversation_answers,
+    conversation_videos,
+    named_chat_template,
+)
+from .keyframe_selection import KeyframeSelection, KeyframeSelector, resolve_device
 from .video_cache import VideoCache
 from .video_processing_vilamp import (
-    FRAME_SETTINGS,
-    LEGACY_VIDEO_SETTINGS,
     LoadedVideo,
     ProgressCallback,
     ViLaMPVideoProcessor,
     ViLaMPVideoProcessorInitKwargs,
+    check_loaded_video,
     flatten_videos,
+    video_frames_inputs,
     video_processor_with,
 )
 
@@ -47,11 +55,10 @@ def num_video_tokens(num_frames: int, num_keyframes: int, keyframe_pooled_size: 
 
 class ViLaMPProcessor(ProcessorMixin):
     r"""
-    Constructs a ViLaMP processor from a Qwen2 tokenizer, a [`ViLaMPVideoProcessor`] (decoding, sampling, both resizes,
-    and the sampling and keyframe settings, saved with it and overridable per call: `processor.video_processor.fps`)
-    and a [`KeyframeSelector`] (DKS against the question). `__call__` runs three public stages, which can also be
-    called one by one: `load_video`, `select_keyframes` and `build_inputs` (each `<video>` expanded to the tokens the
-    model produces for that video, then tokenized).
+    Constructs a ViLaMP processor from a Qwen2 tokenizer, a [`ViLaMPVideoProcessor`] (decoding, sampling, resizing, and
+    the sampling and keyframe settings, saved with it and overridable per call) and a [`KeyframeSelector`] (DKS against
+    the question). `__call__` runs three stages, public on their own: `load_video`, `select_keyframes` and
+    `build_inputs` (each `<video>` expanded to the tokens the model makes of its video, then tokenized).
 
     Args:
         tokenizer (`PreTrainedTokenizerBase`): the Qwen2 tokenizer; it must know the `video_token` as one token.
@@ -59,10 +66,9 @@ class ViLaMPProcessor(ProcessorMixin):
         chat_template (`str`, *optional*): defaults to the original's `qwen_1_5` template (`chat_template.jinja`).
         video_token (`str`, *optional*, defaults to `"<video>"`): its id must equal the config's `video_token_index`.
         keyframe_pooled_size (`int`, *optional*, defaults to 14): a keyframe takes `keyframe_pooled_size**2` tokens.
-        keyframe_selector ([`KeyframeSelector`], *optional*): `from_pretrained` loads it from
-            `keyframe_selector.safetensors` and `keyframe_selector_config.json`.
-        video_settings (*optional*): the flat settings of processors saved before the video processor was one
-            (`LEGACY_VIDEO_SETTINGS`); they build the video processor or override its settings.
+        keyframe_selector ([`KeyframeSelector`], *optional*): `from_pretrained` loads it from its own files.
+        video_settings (*optional*): the flat `LEGACY_VIDEO_SETTINGS` of processors saved before the video processor
+            was one; they build the video processor or override its settings.
     """
 
     valid_processor_kwargs = ViLaMPProcessorKwargs
@@ -118,24 +124,21 @@ class ViLaMPProcessor(ProcessorMixin):
             text (`str` or `list[str]`): the prompts, chat template applied, one `<video>` per video; plain questions
                 without placeholders, one per video, are put into the chat template first (`question_prompt`).
             videos (*optional*): one video or a list of videos (or of per-prompt lists), in placeholder order: file
-                paths, uint8 arrays or tensors of shape `(num_frames, height, width, 3)` or
-                `(num_frames, 3, height, width)`, lists of PIL images (taken as sampled at `fps`), or [`LoadedVideo`]s
-                from `load_video` (not decoded again; after `embed_frames`, not embedded again either), so that one
-                video loaded once answers any number of questions. The same `LoadedVideo` may appear several times.
-            query (`str` or `list[str]`, *optional*): the question each video's frames are ranked against, one for
-                all or one per video; defaults to the video's prompt without the placeholder.
-            kwargs ([`ViLaMPProcessorKwargs`]): flat or in `text_kwargs` / `videos_kwargs`. Video kwargs override the
-                video processor's settings for this call, and `device` moves the keyframe selector; tokenizer kwargs
-                default to `padding=True, padding_side="left"`; `return_tensors` must be `"pt"`; any other key is an
-                error.
+                paths, uint8 arrays or tensors of shape `(num_frames, height, width, 3)` or `(num_frames, 3, height,
+                width)`, lists of PIL images (taken as sampled at `fps`), or [`LoadedVideo`]s, which are not decoded
+                (nor, after `embed_frames`, embedded) again, so one loaded video answers any number of questions.
+            query (`str` or `list[str]`, *optional*): the question the frames are ranked against, one for all or one
+                per video; defaults to the video's prompt without the placeholder.
+            kwargs ([`ViLaMPProcessorKwargs`]): flat or in `text_kwargs` / `videos_kwargs`: video kwargs override the
+                video processor's settings and `device` moves the keyframe selector; the tokenizer's default to
+                `padding=True, padding_side="left"`; `return_tensors` must be `"pt"`; any other key is an error.
 
         Returns:
             [`BatchFeature`] with **input_ids** and **attention_mask** (`(batch_size, sequence_length)`, each `<video>`
             repeated `num_video_tokens(...)` times), **pixel_values_videos** (uint8 `(total_frames, 3, height, width)`,
-            all videos concatenated; the model normalises them), **video_frame_counts** (`(num_videos,)`),
-            **keyframe_mask** (bool `(total_frames,)`, `min(num_keyframes, num_frames)` per video) and **query_embeds**
-            (`(num_videos, embed_dim)`, the unnormalised CLIP text embedding of each question); the video entries are
-            left out when no prompt has a video.
+            normalised by the model), **video_frame_counts** (`(num_videos,)`), **keyframe_mask** (bool
+            `(total_frames,)`) and **query_embeds** (`(num_videos, embed_dim)`, unnormalised CLIP text embeddings);
+            the video entries only when a prompt has a video.
         """
         output_kwargs = self._merge_call_kwargs(kwargs)
         videos_kwargs = output_kwargs["videos_kwargs"]
@@ -146,13 +149,16 @@ class ViLaMPProcessor(ProcessorMixin):
         # checked before any decoding, so a mismatch costs no video; `build_inputs` checks its own arguments
         self._check_video_placeholders(texts, len(videos))
         if videos:
-            self._require_keyframe_selector()
+            self._keyframe_selector()
         video_frames, keyframe_selections = [], []
         for video_index, (video, video_query) in enumerate(
             zip(videos, self._video_queries(texts, len(videos), query))
         ):
             try:
-                loaded_video = self._loaded_video(video, videos_kwargs)
+                if isinstance(video, LoadedVideo):
+                    loaded_video = check_loaded_video(video, videos_kwargs)
+                else:
+                    loaded_video = self.load_video(video, **videos_kwargs)
             except ValueError as error:
                 raise ValueError(f"`videos[{video_index}]`: {error}") from error
             # only the SigLIP frames are kept: the CLIP frames of a video are dropped once its keyframes are chosen
@@ -168,10 +174,8 @@ class ViLaMPProcessor(ProcessorMixin):
         return self.build_inputs(texts, video_frames, keyframe_selections, **output_kwargs["text_kwargs"])
 
     def _merge_call_kwargs(self, kwargs: dict) -> dict[str, dict]:
-        """
-        Splits call kwargs into tokenizer and video kwargs with `_merge_kwargs`, after checking that every key is one
-        the tokenizer or the video processor takes; defaults `padding_side` to left and requires `return_tensors="pt"`.
-        """
+        """Splits call kwargs into tokenizer and video kwargs (`_merge_kwargs`), refusing keys neither takes; pads left
+        by default and requires `return_tensors="pt"`."""
         modality_kwargs = ("text_kwargs", "videos_kwargs", "common_kwargs")
         accepted = (
             set(TextKwargs.__annotations__)
@@ -186,8 +190,8 @@ class ViLaMPProcessor(ProcessorMixin):
                 f"takes these keyword arguments, flat or in {', '.join(f'`{name}`' for name in modality_kwargs)}: "
                 f"{sorted(accepted)}."
             )
-        # `from_pretrained` hands its video settings (`max_frames=...`) to the tokenizer too, which keeps them in its
-        # `init_kwargs`; they belong to the video processor, and as call kwargs they would refuse a `LoadedVideo`
+        # `from_pretrained` hands its video settings to the tokenizer too, which keeps them in `init_kwargs`; as call
+        # kwargs they would refuse a `LoadedVideo`
         video_only = set(self.video_processor.valid_kwargs.__annotations__) - set(TextKwargs.__annotations__)
         tokenizer_init_kwargs = {
             name: value for name, value in self.tokenizer.init_kwargs.items() if name not in video_only
@@ -255,23 +259,22 @@ class ViLaMPProcessor(ProcessorMixin):
                 )
         return list(queries)
 
-    def _require_keyframe_selector(self) -> KeyframeSelector:
-        """The keyframe selector, or an error saying how to get one."""
+    def _keyframe_selector(self, device: str | torch.device | None = None) -> KeyframeSelector:
+        """The keyframe selector, moved to `device` when one is given, or an error saying how to get one."""
         if self.keyframe_selector is None:
             raise ValueError(
                 "This processor has no `keyframe_selector`; load it with `ViLaMPProcessor.from_pretrained` from a "
                 "directory holding keyframe_selector.safetensors, or pass `keyframe_selector=`."
             )
-        return self.keyframe_selector
+        return self.keyframe_selector if device is None else self.keyframe_selector.to(resolve_device(device))
 
     def load_video(
         self, video, *, cache: VideoCache | None = None, progress: ProgressCallback | None = None, **videos_kwargs
     ) -> LoadedVideo:
         """
         The first stage of `__call__`: the video processor's `load_video` (see it for `video`, `progress` and the
-        `videos_kwargs`), with CLIP frames of the keyframe selector's image size. With a [`VideoCache`] as `cache`, a
-        video file's frames are read from it when stored with the same file and frame settings, else decoded and
-        stored. Returns a [`LoadedVideo`].
+        `videos_kwargs`) with CLIP frames for the keyframe selector, read from or stored in `cache` ([`VideoCache`])
+        when one is given. Returns a [`LoadedVideo`].
         """
         if videos_kwargs.get("do_resize") is False:
             raise ValueError(
@@ -279,38 +282,10 @@ class ViLaMPProcessor(ProcessorMixin):
             )
         if cache is not None and not isinstance(cache, VideoCache):
             raise TypeError(f"`cache` must be a `VideoCache` or None, got {type(cache).__name__}.")
-        keyframe_image_size = self._require_keyframe_selector().image_size
-        if cache is not None:
-            return cache.load_video(
-                self.video_processor,
-                video,
-                keyframe_image_size=keyframe_image_size,
-                progress=progress,
-                **videos_kwargs,
-            )
-        return self.video_processor.load_video(
-            video, keyframe_image_size=keyframe_image_size, progress=progress, **videos_kwargs
+        load = self.video_processor.load_video if cache is None else partial(cache.load_video, self.video_processor)
+        return load(
+            video, keyframe_image_size=self._keyframe_selector().image_size, progress=progress, **videos_kwargs
         )
-
-    def _loaded_video(self, video, videos_kwargs: dict) -> LoadedVideo:
-        """`video` loaded by `load_video`, or as it is when it was loaded already; the settings that change frames
-        applied when it was loaded, so passing one again is an error rather than a setting silently ignored."""
-        if not isinstance(video, LoadedVideo):
-            return self.load_video(video, **videos_kwargs)
-        frame_settings = sorted(
-            name for name, value in videos_kwargs.items() if name in FRAME_SETTINGS and value is not None
-        )
-        if frame_settings:
-            raise ValueError(
-                f"it is a `LoadedVideo`, whose frames were sampled and resized when it was loaded, so {frame_settings} "
-                "cannot apply to it now; pass them to `load_video` instead."
-            )
-        if video.clip_frames is None and video.frame_embeds is None:
-            raise ValueError(
-                "the `LoadedVideo` has neither CLIP frames nor `frame_embeds`, so its keyframes cannot be selected; "
-                "load it with `ViLaMPProcessor.load_video`, which makes the CLIP frames."
-            )
-        return video
 
     def embed_frames(
         self,
@@ -320,8 +295,7 @@ class ViLaMPProcessor(ProcessorMixin):
         device: str | torch.device | None = None,
     ) -> LoadedVideo:
         """
-        The keyframe selector's CLIP embeddings of a loaded video's frames, computed once for all the questions about
-        it: each question then only embeds its text and ranks the frames (`select_keyframes`).
+        The keyframe selector's CLIP embeddings of a loaded video's frames, computed once for all its questions.
 
         Args:
             loaded_video ([`LoadedVideo`]): what `load_video` returned.
@@ -329,8 +303,7 @@ class ViLaMPProcessor(ProcessorMixin):
             device (`str` or `torch.device`, *optional*): where the keyframe selector runs; defaults to where it is.
 
         Returns:
-            [`LoadedVideo`]: the same video with `frame_embeds` (on the keyframe selector's device) and without its
-            CLIP frames.
+            [`LoadedVideo`]: the video with `frame_embeds` (on the selector's device) and without CLIP frames.
         """
         if loaded_video.frame_embeds is not None:
             return loaded_video
@@ -339,10 +312,7 @@ class ViLaMPProcessor(ProcessorMixin):
                 "The `LoadedVideo` has no CLIP frames to embed; load it with `ViLaMPProcessor.load_video`, which makes "
                 "them."
             )
-        selector = self._require_keyframe_selector()
-        if device is not None:
-            selector.to(resolve_device(device))
-        frame_embeds = selector.encode_frames(loaded_video.clip_frames, progress=progress)
+        frame_embeds = self._keyframe_selector(device).encode_frames(loaded_video.clip_frames, progress=progress)
         return dataclasses.replace(loaded_video, clip_frames=None, frame_embeds=frame_embeds)
 
     def select_keyframes(
@@ -355,38 +325,31 @@ class ViLaMPProcessor(ProcessorMixin):
         **videos_kwargs,
     ) -> KeyframeSelection:
         """
-        The second stage of `__call__`: the differential keyframe selection of one video against its question, on the
-        keyframe selector's device.
+        The second stage of `__call__`: `KeyframeSelector.select` of one video against its question, with the video
+        processor's keyframe settings.
 
         Args:
             clip_frames (`torch.ByteTensor` of shape `(num_frames, 3, 224, 224)`, *optional*): the CLIP frames
                 (`LoadedVideo.clip_frames`).
             query (`str`): the question the frames are ranked against.
             frame_embeds (`torch.FloatTensor` of shape `(num_frames, embed_dim)`, *optional*): CLIP image embeddings
-                already known, instead of `clip_frames` (pass exactly one of them).
+                already known (`LoadedVideo.frame_embeds`), instead of `clip_frames` (pass exactly one of them).
             progress (`Callable[[int], None]`, *optional*): called with the size of each batch CLIP embedded.
-            videos_kwargs: `num_keyframes`, `keyframe_relevance_threshold`, `keyframe_similarity_threshold` and
-                `device` (where the keyframe selector runs); default to the video processor's settings.
+            videos_kwargs: `num_keyframes`, `keyframe_relevance_threshold`, `keyframe_similarity_threshold` (default to
+                the video processor's settings) and `device` (where the keyframe selector runs).
 
         Returns:
             [`KeyframeSelection`] (on the CPU).
         """
-        if (clip_frames is None) == (frame_embeds is None):
-            raise ValueError("You must specify exactly one of `clip_frames` or `frame_embeds`.")
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError(f"`query` must be the question to rank the frames against, got {query!r}.")
         settings = self.video_processor.call_settings(**videos_kwargs)
-        selector = self._require_keyframe_selector()
-        if videos_kwargs.get("device") is not None:
-            selector.to(resolve_device(videos_kwargs["device"]))
-        if frame_embeds is None:
-            frame_embeds = selector.encode_frames(clip_frames, progress=progress)
-        return rank_keyframes(
-            frame_embeds,
-            selector.encode_query(query).to(frame_embeds.device),
+        return self._keyframe_selector(videos_kwargs.get("device")).select(
+            query,
+            clip_frames=clip_frames,
+            frame_embeds=frame_embeds,
             num_keyframes=settings["num_keyframes"],
             relevance_threshold=settings["keyframe_relevance_threshold"],
             similarity_threshold=settings["keyframe_similarity_threshold"],
+            progress=progress,
         )
 
     def build_inputs(
@@ -403,8 +366,7 @@ class ViLaMPProcessor(ProcessorMixin):
             text (`str` or `list[str]`): the prompts, chat template applied, one `<video>` per video.
             video_frames (`list[torch.Tensor]`, *optional*): per video, `LoadedVideo.siglip_frames`.
             keyframe_selections (`list[KeyframeSelection]`, *optional*): per video, what `select_keyframes` returned.
-            text_kwargs: for the tokenizer (`__call__` passes `padding=True, padding_side="left"` unless told
-                otherwise), and `return_mm_token_type_ids`, `return_text_replacement_offsets`.
+            text_kwargs: for the tokenizer, and `return_mm_token_type_ids`, `return_text_replacement_offsets`.
 
         Returns:
             [`BatchFeature`] as `__call__` returns it.
@@ -426,8 +388,7 @@ class ViLaMPProcessor(ProcessorMixin):
         video_inputs = {}
         if video_frames:
             video_inputs = {
-                "pixel_values_videos": torch.cat(video_frames),
-                "video_frame_counts": torch.tensor([len(frames) for frames in video_frames], dtype=torch.int64),
+                **video_frames_inputs(video_frames),
                 "keyframe_mask": torch.cat([selection.keyframe_mask for selection in keyframe_selections]),
                 "query_embeds": torch.stack([selection.query_embeds for selection in keyframe_selections]),
             }
@@ -478,39 +439,29 @@ class ViLaMPProcessor(ProcessorMixin):
         **kwargs,
     ):
         """
-        `ProcessorMixin.apply_chat_template` (same arguments) plus what ViLaMP needs and transformers lacks: each
-        video's question for the keyframe selection (the text of the message that holds it, or `query`),
-        `return_labels` for training, assistant masks that skip the expanded placeholders alike under transformers
-        5.17 (which does not shift them) and 5.24, and `chat_template_kwargs`. It renders once and tokenizes once.
+        `ProcessorMixin.apply_chat_template` (same arguments) plus what transformers lacks: each video's question (the
+        text of its message, or `query`), `return_labels`, assistant masks past the expanded placeholders alike under
+        transformers 5.17 and 5.24, and `chat_template_kwargs`. It renders once and tokenizes once.
 
         Args:
-            return_assistant_tokens_mask (`bool`, *optional*, defaults to `False`): add `assistant_masks` (needs
-                `tokenize=True` and `return_dict=True`): 1 on the tokens the template marks with `{% generation %}`.
-            return_labels (`bool`, *optional*, defaults to `False`): add `labels`: the assistant tokens' ids (as in
-                `assistant_masks`), -100 elsewhere; same needs.
+            return_assistant_tokens_mask (`bool`, *optional*, defaults to `False`): add `assistant_masks`, 1 on the
+                tokens the template marks with `{% generation %}` (needs `tokenize=True` and `return_dict=True`).
+            return_labels (`bool`, *optional*, defaults to `False`): add `labels`, the assistant tokens' ids and -100
+                elsewhere (same needs).
             query (`str` or `list[str]`, *optional*): overrides the questions, as in `__call__`.
             chat_template_kwargs (`dict`, *optional*): variables for the Jinja template.
             kwargs: template variables when the template uses them, otherwise kwargs for `__call__`.
         """
+        check_assistant_mask_arguments(
+            tokenize=tokenize,
+            return_dict=return_dict,
+            return_assistant_tokens_mask=return_assistant_tokens_mask,
+            return_labels=return_labels,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+        )
         with_masks = return_assistant_tokens_mask or return_labels
-        if with_masks and not (tokenize and return_dict):
-            name = "return_labels" if return_labels else "return_assistant_tokens_mask"
-            raise ValueError(
-                f"`{name}=True` needs `tokenize=True` and `return_dict=True`: the result is returned next to the "
-                f"`input_ids` in the `BatchFeature`; got tokenize={tokenize}, return_dict={return_dict}."
-            )
-        if with_masks and (add_generation_prompt or continue_final_message):
-            raise ValueError(
-                "`return_labels` and `return_assistant_tokens_mask` mark complete answers: leave `add_generation_prompt` "
-                "and `continue_final_message` False and end the conversation with the assistant's answer."
-            )
-        templates = self.chat_template if isinstance(self.chat_template, dict) else {"default": self.chat_template}
-        if chat_template is None and "default" not in templates:
-            raise ValueError(
-                'The processor has no chat template named "default"; pass `chat_template=` with one of '
-                f"{sorted(templates)} or a template."
-            )
-        chat_template = templates.get(chat_template or "default", chat_template)
+        chat_template = named_chat_template(self.chat_template, chat_template)
         template_variables = _get_template_variables(chat_template)
         template_kwargs = {name: value for name, value in kwargs.items() if name in template_variables}
         call_kwargs = {name: value for name, value in kwargs.items() if name not in template_variables}
@@ -526,24 +477,9 @@ class ViLaMPProcessor(ProcessorMixin):
         )
         if not tokenize:
             return prompts if is_batched else prompts[0]
-        videos, questions = [], []
-        for message in (message for messages in conversations for message in messages):
-            content = message.get("content")
-            blocks = content if isinstance(content, (list, tuple)) else []
-            message_videos = [
-                next(block[key] for key in ("video", "path", "url") if key in block)
-                for block in blocks
-                if block.get("type") == "video"
-            ]
-            text = " ".join(block["text"] for block in blocks if block.get("type") == "text").strip()
-            videos += message_videos
-            questions += [text] * len(message_videos)
-        if return_labels and not all(generation_spans):
-            row = [bool(spans) for spans in generation_spans].index(False)
-            raise ValueError(
-                f"Conversation {row} has no assistant message, so nothing to learn; end it with "
-                '`{"role": "assistant", "content": [{"type": "text", "text": answer}]}`.'
-            )
+        videos, questions = conversation_videos(conversations)
+        if return_labels:
+            check_every_conversation_answers(generation_spans)
         if with_masks:
             call_kwargs.update(return_offsets_mapping=True, return_text_replacement_offsets=True)
         inputs = self(
@@ -553,29 +489,12 @@ class ViLaMPProcessor(ProcessorMixin):
             **{**(processor_kwargs or {}), **call_kwargs},
         )
         if with_masks:
-            assistant_masks = self._assistant_masks(inputs, generation_spans)
+            assistant_masks = assistant_token_masks(inputs, generation_spans, self.video_token_id)
             if return_assistant_tokens_mask:
                 inputs["assistant_masks"] = assistant_masks.long()
             if return_labels:
                 inputs["labels"] = inputs["input_ids"].masked_fill(~assistant_masks, IGNORE_INDEX)
         return inputs if return_dict else inputs["input_ids"]
-
-    def _assistant_masks(self, inputs: BatchFeature, generation_spans: list[list[tuple[int, int]]]) -> torch.Tensor:
-        """
-        Which tokens start inside the `[start, end)` character spans the template marks with `{% generation %}`, the
-        spans moved by the placeholder expansions before them; pops `offset_mapping` and `text_replacement_offsets`.
-        Video placeholders and padding are never assistant tokens.
-        """
-        token_starts = inputs.pop("offset_mapping")[..., 0]  # (batch_size, sequence_length)
-        replacement_offsets = inputs.pop("text_replacement_offsets") or [[] for _ in generation_spans]
-        masks = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
-        for row, (spans, replacements) in enumerate(zip(generation_spans, replacement_offsets)):
-            # (end of the placeholder, characters it grew by) for each expansion in the row
-            growths = [(item["span"][1], item["new_span"][1] - item["span"][1]) for item in replacements]
-            for span in spans:
-                start, end = (char + sum(growth for stop, growth in growths if stop <= char) for char in span)
-                masks[row] |= (token_starts[row] >= start) & (token_starts[row] < end)
-        return masks & inputs["attention_mask"].bool() & (inputs["input_ids"] != self.video_token_id)
 
     def to_dict(self) -> dict:
         """The processor settings saved in `processor_config.json`, with the video processor's nested (the tokenizer,
@@ -600,24 +519,13 @@ class ViLaMPProcessor(ProcessorMixin):
 
     @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        """Loads the tokenizer, and builds the video processor from `processor_config.json` (its nested
-        `video_processor`, or the flat settings of processors saved before it was one); video settings in `kwargs`
-        override the saved ones."""
+        """The tokenizer and the video processor (`ViLaMPVideoProcessor.from_processor_dict`)."""
         processor_dict = processor_dict or {}
         subfolder = kwargs.pop("subfolder", "")
         tokenizer = cls._load_tokenizer_from_pretrained(
             "tokenizer", pretrained_model_name_or_path, subfolder=subfolder, **kwargs
         )
-        if isinstance(processor_dict.get("video_processor"), dict):
-            video_processor_dict = processor_dict["video_processor"]
-        else:
-            legacy = {name: processor_dict[name] for name in LEGACY_VIDEO_SETTINGS if name in processor_dict}
-            video_processor_dict = video_processor_with(None, legacy).to_dict()
-        overrides = {
-            name: kwargs[name] for name in ViLaMPVideoProcessor.valid_kwargs.__annotations__ if name in kwargs
-        }
-        video_processor = ViLaMPVideoProcessor.from_dict(video_processor_dict, **overrides)
-        return [tokenizer, video_processor]
+        return [tokenizer, ViLaMPVideoProcessor.from_processor_dict(processor_dict, **kwargs)]
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, device="auto", **kwargs):

@@ -172,6 +172,15 @@ def flatten_videos(videos) -> list:
     )
 
 
+def video_frames_inputs(video_frames: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model inputs of a batch of videos' frames: `pixel_values_videos` (all frames concatenated) and
+    `video_frame_counts` (`(num_videos,)`)."""
+    return {
+        "pixel_values_videos": torch.cat(video_frames),
+        "video_frame_counts": torch.tensor([len(frames) for frames in video_frames], dtype=torch.int64),
+    }
+
+
 def clip_resize_and_crop(image: Image.Image, size: int = 224) -> torch.Tensor:
     """
     Resizes the shortest edge of a frame to `size` (PIL bicubic) and crops its centre, as `CLIPImageProcessor` does.
@@ -221,6 +230,25 @@ class LoadedVideo:
     frame_embeds: torch.Tensor | None = None
 
 
+def check_loaded_video(video: LoadedVideo, videos_kwargs: dict) -> LoadedVideo:
+    """Returns a video given already loaded, checking that no frame setting comes with it (its frames were sampled and
+    resized when it was loaded, so one would be silently ignored) and that its keyframes can be selected."""
+    frame_settings = sorted(
+        name for name, value in videos_kwargs.items() if name in FRAME_SETTINGS and value is not None
+    )
+    if frame_settings:
+        raise ValueError(
+            f"it is a `LoadedVideo`, whose frames were sampled and resized when it was loaded, so {frame_settings} "
+            "cannot apply to it now; pass them to `load_video` instead."
+        )
+    if video.clip_frames is None and video.frame_embeds is None:
+        raise ValueError(
+            "the `LoadedVideo` has neither CLIP frames nor `frame_embeds`, so its keyframes cannot be selected; "
+            "load it with `ViLaMPProcessor.load_video`, which makes the CLIP frames."
+        )
+    return video
+
+
 class ViLaMPVideoProcessor(BaseVideoProcessor):
     r"""
     Opens, samples and decodes each video at `fps` frames per second (at most `max_frames`) and resizes every kept
@@ -262,6 +290,18 @@ class ViLaMPVideoProcessor(BaseVideoProcessor):
     def __init__(self, **kwargs: Unpack[ViLaMPVideoProcessorInitKwargs]):
         super().__init__(**kwargs)
         check_video_settings({name: getattr(self, name, None) for name in self.valid_kwargs.__annotations__})
+
+    @classmethod
+    def from_processor_dict(cls, processor_dict: dict, **kwargs) -> "ViLaMPVideoProcessor":
+        """The video processor of a `processor_config.json`: its nested `video_processor`, or the flat
+        `LEGACY_VIDEO_SETTINGS` of processors saved before it was one; video settings in `kwargs` override them."""
+        if isinstance(processor_dict.get("video_processor"), dict):
+            video_processor_dict = processor_dict["video_processor"]
+        else:
+            legacy = {name: processor_dict[name] for name in LEGACY_VIDEO_SETTINGS if name in processor_dict}
+            video_processor_dict = video_processor_with(None, legacy).to_dict()
+        overrides = {name: kwargs[name] for name in cls.valid_kwargs.__annotations__ if name in kwargs}
+        return cls.from_dict(video_processor_dict, **overrides)
 
     def call_settings(self, **overrides) -> dict[str, Any]:
         """
@@ -419,12 +459,8 @@ class ViLaMPVideoProcessor(BaseVideoProcessor):
                 f"Unexpected video kwargs {sorted(unknown)}; accepted: {sorted(self.valid_kwargs.__annotations__)}."
             )
         return_tensors = kwargs.pop("return_tensors", None)
-        pixel_values_videos = [self.load_video(video, **kwargs).siglip_frames for video in flatten_videos(videos)]
-        data = {
-            "pixel_values_videos": torch.cat(pixel_values_videos),
-            "video_frame_counts": torch.tensor([len(frames) for frames in pixel_values_videos], dtype=torch.int64),
-        }
-        return BatchFeature(data=data, tensor_type=return_tensors)
+        video_frames = [self.load_video(video, **kwargs).siglip_frames for video in flatten_videos(videos)]
+        return BatchFeature(data=video_frames_inputs(video_frames), tensor_type=return_tensors)
 
 
 # Settings that processors saved before the video processor became an attribute kept flat in processor_config.json;
@@ -465,9 +501,11 @@ __all__ = [
     "ProgressCallback",
     "ViLaMPVideoProcessor",
     "ViLaMPVideoProcessorInitKwargs",
+    "check_loaded_video",
     "check_video_settings",
     "clip_resize_and_crop",
     "flatten_videos",
+    "video_frames_inputs",
     "video_processor_with",
     "video_to_frames",
 ]
